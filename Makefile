@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (train a Chichewa student, evaluate, write runs/demo) and `make test`.
+# Each creates .venv and installs what it needs. torch is pinned to the CPU wheel first: a bare `torch`
+# requirement on a machine without torch would pull a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.13.0
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: install demo test lint bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) examples/train_chichewa.py --output-dir runs/demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check optical_st tests examples benchmarks
+
+bench: install
+	$(PY) benchmarks/ot_kernel.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

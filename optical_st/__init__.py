@@ -1,0 +1,24 @@
+"""optical_st: OPTICAL optimal-transport distillation for cross-lingual retrieval, on sentence-transformers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from optical_st import ot
+from optical_st.losses import OTDistillationLoss
+from optical_st.modeling import (
+    add_projection,
+    build_optical_model,
+    export_student,
+    router_mapping,
+)
+
+__all__ = [
+    "OTDistillationLoss",
+    "__version__",
+    "add_projection",
+    "build_optical_model",
+    "export_student",
+    "ot",
+    "router_mapping",
+]

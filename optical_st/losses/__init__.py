@@ -1,0 +1,5 @@
+"""Losses for sentence-transformers' trainer, one class a file."""
+
+from optical_st.losses.ot_distillation import OTDistillationLoss
+
+__all__ = ["OTDistillationLoss"]

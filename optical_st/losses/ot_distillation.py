@@ -1,0 +1,330 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.util import batch_to_device
+from torch import Tensor, nn
+
+from optical_st import ot
+from optical_st.modeling import STUDENT_ROUTE, TEACHER_ROUTE, find_router, same_tokenizer
+
+OPTICAL_CITATION = """
+@inproceedings{huang2023optical,
+    title={Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal Transport Distillation},
+    author={Huang, Zhiqi and Yu, Puxuan and Allan, James},
+    booktitle={Proceedings of the Sixteenth ACM International Conference on Web Search and Data Mining},
+    series={WSDM '23},
+    pages={1048--1056},
+    year={2023},
+    doi={10.1145/3539597.3570468},
+    eprint={2301.12566},
+    archivePrefix={arXiv}
+}
+"""
+
+
+class _Encoder:
+    """One side of the distillation (student or teacher): how to run it and which token ids are special."""
+
+    def __init__(self, run: Callable[[dict[str, Any]], dict[str, Tensor]], tokenizer: Any, route: str | None) -> None:
+        self.run = run
+        self.route = route
+        # [UNK] stays: in LRL text it stands for real (unknown) words that must be aligned too
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self.special_ids = sorted(special - {getattr(tokenizer, "unk_token_id", None)})
+
+
+def _route_tokenizer(modules: Iterable[nn.Module]) -> Any:
+    for module in modules:
+        if getattr(module, "tokenizer", None) is not None:
+            return module.tokenizer
+    return None
+
+
+class OTDistillationLoss(nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        teacher: SentenceTransformer | None = None,
+        reg: float = 0.05,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        cost: Literal["cosine", "sqeuclidean"] | Callable[[Tensor, Tensor], Tensor] = "cosine",
+        exclude_special_tokens: bool = True,
+        solver: Literal["sinkhorn", "emd"] = "sinkhorn",
+        sentence_weight: float = 0.0,
+    ) -> None:
+        """
+        OPTICAL's optimal-transport knowledge distillation (Huang, Yu & Allan, WSDM 2023).
+
+        The student encoder reads the low-resource-language (LRL) side of a bitext pair, the frozen English teacher
+        reads the English side. For every pair the loss builds the cost matrix ``C`` between the student's and the
+        teacher's token embeddings, solves the entropic OT problem for a plan ``P`` (batched log-domain Sinkhorn,
+        :func:`optical_st.ot.sinkhorn_log`) and returns the batch mean of ``<P, C>_F``. The plan is held fixed
+        (envelope theorem: ``dL/dC = P``), so no graph is kept through the Sinkhorn iterations. The student thus
+        learns to place its LRL tokens where the teacher puts their English counterparts, without word alignments.
+
+        Two ways to supply the teacher:
+
+        1. **Recommended:** ``model`` built with :func:`optical_st.build_optical_model` (a Router with a ``query`` route =
+           student and a frozen ``document`` route = teacher), trained with
+           ``router_mapping=optical_st.router_mapping(train_dataset)``. The English column is then tokenized by the
+           teacher's own tokenizer, so student and teacher may use different vocabularies, and the saved model
+           answers ``encode_query`` (LRL, student) and ``encode_document`` (English, teacher).
+        2. ``model`` = the student alone and ``teacher`` = a separate ``SentenceTransformer`` held (frozen) by the
+           loss and never saved with the student. The English column is tokenized by the student's tokenizer, so this
+           path requires both tokenizers to be identical (e.g. a student initialised from the teacher); otherwise a
+           ``ValueError`` points to option 1.
+
+        Args:
+            model: the student, or an OPTICAL Router model (see above).
+            teacher: the frozen English teacher for option 2; ``None`` for option 1.
+            reg: entropic regularisation of Sinkhorn, in cost units (cosine costs lie in [0, 2]). Smaller is closer
+                to exact OT but needs more iterations.
+            max_iter: maximum Sinkhorn iterations per batch.
+            tol: Sinkhorn stops early once every plan's row-marginal error (L2) is below ``tol``.
+            cost: ``"cosine"`` (1 - cosine similarity), ``"sqeuclidean"``, or a callable ``(x, y) -> (B, n, m)``.
+            exclude_special_tokens: give zero mass to special tokens ([CLS], [SEP], <s>, ...) and prompt tokens, so
+                only content tokens are aligned.
+            solver: ``"sinkhorn"`` (entropic, batched) or ``"emd"`` (exact network simplex through POT, CPU, slow;
+                for small experiments).
+            sentence_weight: weight of an extra sentence-level term, ``1 - cos(student, teacher)`` of the pooled
+                embeddings. ``0`` (default) is the paper's loss.
+
+        References:
+            - Huang, Yu, Allan. Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal
+              Transport Distillation. WSDM 2023. https://arxiv.org/abs/2301.12566
+            - Cuturi. Sinkhorn Distances: Lightspeed Computation of Optimal Transport. NeurIPS 2013.
+
+        Requirements:
+            1. Parallel data: an English text and its LRL translation per row.
+            2. A teacher whose token embeddings have the student's width, or a student with a projection
+               (``build_optical_model`` adds one; or :func:`optical_st.add_projection`).
+
+        Inputs:
+            +------------------------------------------+--------+
+            | Texts                                    | Labels |
+            +==========================================+========+
+            | (english source, lrl target) pairs       | none   |
+            +------------------------------------------+--------+
+
+        Relations:
+            - :class:`sentence_transformers.sentence_transformer.losses.MSELoss` distils pooled sentence embeddings
+              (Reimers & Gurevych 2020); this loss distils the token space.
+            - :class:`optical_st.ContrastiveDistillationLoss` is the contrastive-KD baseline.
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+                from optical_st import OTDistillationLoss, build_optical_model, router_mapping
+
+                model = build_optical_model("sentence-transformers/all-MiniLM-L6-v2")  # student = copy of teacher
+                train_dataset = Dataset.from_dict({
+                    "english": ["In the beginning God created the heavens and the earth."],
+                    "chichewa": ["Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi."],
+                })
+                loss = OTDistillationLoss(model, reg=0.05)
+                args = SentenceTransformerTrainingArguments(
+                    output_dir="out", router_mapping=router_mapping(train_dataset)
+                )
+                trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
+                trainer.train()
+                model.encode_query(["Mulungu ndi chikondi"])        # Chichewa -> student
+                model.encode_document(["God is love"])              # English -> teacher
+        """
+        super().__init__()
+        ot._check_reg(reg)
+        if cost not in ot.COSTS and not callable(cost):
+            raise ValueError(f"Unknown cost {cost!r}; use one of {sorted(ot.COSTS)} or a callable.")
+        if solver not in ("sinkhorn", "emd"):
+            raise ValueError(f"Unknown solver {solver!r}; use 'sinkhorn' or 'emd'.")
+        if sentence_weight < 0:
+            raise ValueError("sentence_weight must be >= 0.")
+        self.model = model
+        self.reg = reg
+        self.max_iter = max_iter
+        self.tol = tol
+        self.cost = cost
+        self.exclude_special_tokens = exclude_special_tokens
+        self.solver = solver
+        self.sentence_weight = sentence_weight
+        self.last_solver_log: ot.SinkhornLog | None = None
+
+        router = find_router(model)
+        if router is not None:
+            if teacher is not None:
+                raise ValueError(
+                    "`model` is an OPTICAL Router model, which already holds the teacher as its "
+                    f"{TEACHER_ROUTE!r} route; do not pass `teacher` as well."
+                )
+            missing = {STUDENT_ROUTE, TEACHER_ROUTE} - set(router.sub_modules)
+            if missing:
+                raise ValueError(f"The Router has no {sorted(missing)} route(s); build it with build_optical_model().")
+            teacher_modules = list(router.sub_modules[TEACHER_ROUTE])
+            for p in (p for m in teacher_modules for p in m.parameters()):
+                p.requires_grad_(False)  # also after reloading a saved model, whose params come back trainable
+            self.teacher = None
+            # a plain list, not a submodule: the teacher is already part of `model`
+            self._teacher_modules = teacher_modules
+            # the unwrapped Router, called directly: under DDP only the student pass goes through the wrapper
+            self._router = [router]
+            self._student = _Encoder(self._run_student, _route_tokenizer(router.sub_modules[STUDENT_ROUTE]), STUDENT_ROUTE)
+            self._teacher = _Encoder(self._run_router_teacher, _route_tokenizer(teacher_modules), TEACHER_ROUTE)
+        else:
+            if teacher is None:
+                raise ValueError(
+                    "OTDistillationLoss needs a teacher: pass `teacher=` (a SentenceTransformer), or build the model "
+                    "with optical_st.build_optical_model(teacher, student)."
+                )
+            if not same_tokenizer(model.tokenizer, teacher.tokenizer):
+                raise ValueError(
+                    "The teacher's tokenizer differs from the student's, and the English column is tokenized by the "
+                    "student's. Build the model with optical_st.build_optical_model(teacher, student) and train with "
+                    "router_mapping=optical_st.router_mapping(train_dataset), so the teacher reads its own tokens."
+                )
+            self.teacher = teacher.eval().requires_grad_(False)  # a submodule: moves with loss.to(device)
+            self._teacher_modules = [teacher]
+            # capture tokenizers now: under DDP `self.model` is the wrapper, which has no `.tokenizer`
+            self._student = _Encoder(self._run_student, model.tokenizer, None)
+            self._teacher = _Encoder(self._run_separate_teacher, teacher.tokenizer, None)
+
+    # ----------------------------------------------------------------------------------------------
+    def _run_student(self, features: dict[str, Any]) -> dict[str, Tensor]:
+        return self.model(features)
+
+    def _set_teacher_eval(self) -> None:
+        # the trainer calls model.train() every step, which would switch on the teacher's dropout
+        for module in self._teacher_modules:
+            module.eval()
+
+    def _run_router_teacher(self, features: dict[str, Any]) -> dict[str, Tensor]:
+        return self._router[0](features)
+
+    def _run_separate_teacher(self, features: dict[str, Any]) -> dict[str, Tensor]:
+        device = next(self.teacher.parameters()).device
+        return self.teacher(batch_to_device(dict(features), device))
+
+    def _check_inputs(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
+        n_expected = 2
+        if len(features) != n_expected:
+            raise ValueError(
+                f"OTDistillationLoss expects exactly {n_expected} text columns (english, lrl), got {len(features)}. "
+                "Select them with `dataset.select_columns(['english', 'lrl'])`."
+            )
+        if labels is not None:
+            raise ValueError(
+                "OTDistillationLoss takes no labels, but the dataset has a label/score column; remove it with "
+                "`dataset.remove_columns(...)`."
+            )
+        routes = (self._teacher.route, self._student.route)
+        if routes[0] is not None:
+            got = tuple(f.get("task") for f in features)
+            if got != routes:
+                raise ValueError(
+                    f"The columns were routed to {got}, expected {routes} (english -> teacher, lrl -> student). Set "
+                    "`router_mapping=optical_st.router_mapping(train_dataset)` in SentenceTransformerTrainingArguments "
+                    "(and put the English column first)."
+                )
+
+    def _exclude_mask(self, features: dict[str, Any], side: _Encoder) -> Tensor | None:
+        if not self.exclude_special_tokens:
+            return None
+        return ot.special_tokens_mask(features["input_ids"], side.special_ids, features.get("prompt_length"))
+
+    def _empty_rows_check(self, features: dict[str, Any], side: _Encoder, name: str) -> None:
+        # an empty string tokenizes to [CLS][SEP]: nothing to align, whatever exclude_special_tokens says
+        content = features["attention_mask"].bool() & ~ot.special_tokens_mask(features["input_ids"], side.special_ids)
+        empty = (content.sum(-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"{name}: row(s) {empty[:10]} of the batch are empty or only special tokens. Drop empty texts first, "
+                "e.g. `dataset.filter(lambda row: row['english'].strip() and row['lrl'].strip())`."
+            )
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
+        features = list(sentence_features)
+        self._check_inputs(features, labels)
+        source, target = features
+        self._empty_rows_check(source, self._teacher, "english column (teacher)")
+        self._empty_rows_check(target, self._student, "lrl column (student)")
+
+        student_out = self._student.run(target)
+        self._set_teacher_eval()
+        with torch.no_grad():
+            teacher_out = self._teacher.run(source)
+        return self.compute_loss_from_embeddings(
+            student_tokens=student_out["token_embeddings"],
+            student_mask=student_out["attention_mask"],
+            teacher_tokens=teacher_out["token_embeddings"],
+            teacher_mask=teacher_out["attention_mask"],
+            student_exclude=self._exclude_mask(target, self._student),
+            teacher_exclude=self._exclude_mask(source, self._teacher),
+            student_sentence=student_out.get("sentence_embedding"),
+            teacher_sentence=teacher_out.get("sentence_embedding"),
+        )
+
+    def compute_loss_from_embeddings(
+        self,
+        student_tokens: Tensor,
+        student_mask: Tensor,
+        teacher_tokens: Tensor,
+        teacher_mask: Tensor,
+        student_exclude: Tensor | None = None,
+        teacher_exclude: Tensor | None = None,
+        student_sentence: Tensor | None = None,
+        teacher_sentence: Tensor | None = None,
+    ) -> Tensor | dict[str, Tensor]:
+        """The loss from token embeddings, kept apart from ``forward`` so the maths can be tested on hand-made
+        tensors.
+
+        Args:
+            student_tokens: ``(B, n, d)`` student token embeddings (LRL side), with grad.
+            student_mask: ``(B, n)`` attention mask.
+            teacher_tokens: ``(B, m, d)`` teacher token embeddings (English side).
+            teacher_mask: ``(B, m)`` attention mask.
+            student_exclude / teacher_exclude: optional ``(B, n)`` / ``(B, m)`` masks of tokens with zero mass.
+            student_sentence / teacher_sentence: pooled embeddings, used when ``sentence_weight > 0``.
+
+        Returns:
+            The scalar loss, or ``{"ot": ..., "sentence": ...}`` when the sentence term is on (the trainer sums and
+            logs the components).
+        """
+        a = ot.token_marginals(student_mask, student_exclude, name="lrl column (student)")
+        b = ot.token_marginals(teacher_mask, teacher_exclude, name="english column (teacher)")
+        cost = ot.pairwise_cost(student_tokens, teacher_tokens.detach(), self.cost)
+        if self.solver == "sinkhorn":
+            plan, self.last_solver_log = ot.sinkhorn_log(
+                cost, a, b, reg=self.reg, max_iter=self.max_iter, tol=self.tol, return_log=True
+            )
+        else:
+            plan = ot.emd(cost, a, b)
+        ot_loss = (plan.to(cost.dtype) * cost).sum((1, 2)).mean()
+        if self.sentence_weight == 0:
+            return ot_loss
+        if student_sentence is None or teacher_sentence is None:
+            raise ValueError("sentence_weight > 0 needs pooled 'sentence_embedding' outputs from both encoders.")
+        sentence_loss = (1 - F.cosine_similarity(student_sentence.float(), teacher_sentence.detach().float(), dim=-1)).mean()
+        return {"ot": ot_loss, "sentence": self.sentence_weight * sentence_loss}
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "teacher": self.teacher if self.teacher is not None else f"{TEACHER_ROUTE!r} route of the model",
+            "reg": self.reg,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "cost": self.cost if isinstance(self.cost, str) else getattr(self.cost, "__name__", repr(self.cost)),
+            "exclude_special_tokens": self.exclude_special_tokens,
+            "solver": self.solver,
+            "sentence_weight": self.sentence_weight,
+        }
+
+    @property
+    def citation(self) -> str:
+        return OPTICAL_CITATION

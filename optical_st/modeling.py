@@ -1,0 +1,197 @@
+"""Build, split and inspect the asymmetric OPTICAL model.
+
+OPTICAL trains a *query* encoder for the low-resource language (the student) while documents stay in the
+English teacher's space. :func:`build_optical_model` packages both as ONE sentence-transformers model with a
+``Router``: ``encode_query`` runs the student, ``encode_document`` runs the frozen teacher. Trained with
+``router_mapping`` (see :func:`router_mapping`), sentence-transformers' collator tokenizes the English column with
+the teacher's own tokenizer and the LRL column with the student's, so student and teacher may use different
+vocabularies. The same object is what you save and push to the Hub.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Dense, Router, Transformer
+from torch import nn
+
+__all__ = [
+    "STUDENT_ROUTE",
+    "TEACHER_ROUTE",
+    "add_projection",
+    "build_optical_model",
+    "export_student",
+    "find_router",
+    "router_mapping",
+    "same_tokenizer",
+]
+
+STUDENT_ROUTE = "query"
+TEACHER_ROUTE = "document"
+
+
+def _load(model: SentenceTransformer | str, **kwargs: Any) -> SentenceTransformer:
+    return SentenceTransformer(model, **kwargs) if isinstance(model, str) else model
+
+
+def _transformer_index(modules: Sequence[nn.Module]) -> int:
+    for i, module in enumerate(modules):
+        if isinstance(module, Transformer):
+            return i
+    raise ValueError("The model has no Transformer module; OPTICAL needs token embeddings from a transformer encoder.")
+
+
+def _token_dim(modules: Sequence[nn.Module]) -> int:
+    """Width of the token embeddings the OT loss sees: the transformer's, or a token-level projection's."""
+    dim = modules[_transformer_index(modules)].get_embedding_dimension()
+    for module in modules[_transformer_index(modules) + 1 :]:
+        if isinstance(module, Dense) and module.module_input_name == "token_embeddings":
+            dim = module.out_features
+    return dim
+
+
+def add_projection(student: SentenceTransformer, dim: int) -> SentenceTransformer:
+    """Insert a trainable linear map ``d_student -> dim`` on the token embeddings, right after the transformer.
+
+    Pooling after it then produces ``dim``-wide sentence embeddings, so student queries live in the teacher's space
+    and the projection is saved, loaded and DDP-synchronised with the student. Returns a new model; the input is
+    unchanged. No-op (a copy) when the widths already match.
+    """
+    modules = list(copy.deepcopy(student)._modules.values())
+    idx = _transformer_index(modules)
+    d_in = _token_dim(modules)
+    if d_in == dim:
+        return SentenceTransformer(modules=modules, similarity_fn_name=student.similarity_fn_name)
+    proj = Dense(d_in, dim, bias=False, activation_function=None, module_input_name="token_embeddings")
+    head = [_resize_pooling(m, dim) for m in modules[idx + 1 :]]
+    return SentenceTransformer(modules=[*modules[: idx + 1], proj, *head], similarity_fn_name=student.similarity_fn_name)
+
+
+def _resize_pooling(module: nn.Module, dim: int) -> nn.Module:
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    if isinstance(module, Pooling):
+        config = module.get_config_dict()
+        config["embedding_dimension"] = dim
+        return Pooling(**config)
+    return module
+
+
+def build_optical_model(
+    teacher: SentenceTransformer | str,
+    student: SentenceTransformer | str | None = None,
+    *,
+    freeze_teacher: bool = True,
+    model_card_data: Any | None = None,
+    **load_kwargs: Any,
+) -> SentenceTransformer:
+    """The trainable asymmetric model: ``query`` route = student, ``document`` route = frozen teacher.
+
+    Args:
+        teacher: the English retrieval model (a ``SentenceTransformer`` or a name/path to load).
+        student: the encoder that will read the low-resource language: any model or name/path (a multilingual
+            encoder such as ``xlm-roberta-base``, or ``None`` for a trainable copy of the teacher). Its transformer
+            is kept; its head is replaced by a copy of the teacher's (pooling, normalisation), with a token-level
+            projection when the hidden sizes differ, so student queries are comparable with teacher documents.
+        freeze_teacher: set ``requires_grad=False`` on the teacher route (OPTICAL never updates the teacher).
+        model_card_data: forwarded to ``SentenceTransformer``.
+        **load_kwargs: forwarded when ``teacher``/``student`` are names (``device``, ``cache_folder``, ...).
+
+    Returns:
+        A ``SentenceTransformer`` whose first module is a ``Router``.
+
+    Example::
+
+        >>> from optical_st import build_optical_model
+        >>> model = build_optical_model("sentence-transformers/all-MiniLM-L6-v2", "xlm-roberta-base")  # doctest: +SKIP
+        >>> model.encode_query(["Mulungu ndi chikondi"]).shape  # doctest: +SKIP
+        (1, 384)
+    """
+    teacher = _load(teacher, **load_kwargs)
+    if find_router(teacher) is not None:
+        raise ValueError("The teacher is already a Router model; pass a plain English encoder as teacher.")
+    teacher_modules = list(copy.deepcopy(teacher)._modules.values())
+    t_idx = _transformer_index(teacher_modules)
+    t_dim = _token_dim(teacher_modules)
+    if student is None:
+        student_modules = copy.deepcopy(teacher_modules)
+    else:
+        student = _load(student, **load_kwargs)
+        if find_router(student) is not None:
+            student = export_student(student)
+        s_modules = list(copy.deepcopy(student)._modules.values())
+        s_idx = _transformer_index(s_modules)
+        body = s_modules[: s_idx + 1]
+        if _token_dim(body) != t_dim:
+            body.append(
+                Dense(_token_dim(body), t_dim, bias=False, activation_function=None, module_input_name="token_embeddings")
+            )
+        student_modules = body + copy.deepcopy(teacher_modules[t_idx + 1 :])
+    for p in (p for m in teacher_modules for p in m.parameters()):
+        p.requires_grad_(not freeze_teacher)
+    router = Router.for_query_document(
+        query_modules=student_modules, document_modules=teacher_modules, default_route=TEACHER_ROUTE
+    )
+    kwargs = {"model_card_data": model_card_data} if model_card_data is not None else {}
+    return SentenceTransformer(
+        modules=[router], similarity_fn_name=teacher.similarity_fn_name, device=str(teacher.device), **kwargs
+    )
+
+
+def find_router(model: nn.Module) -> Router | None:
+    """The ``Router`` inside a sentence-transformers model, if any."""
+    for module in model.children():
+        if isinstance(module, Router):
+            return module
+    return None
+
+
+def route_modules(model: nn.Module, route: str) -> list[nn.Module]:
+    router = find_router(model)
+    if router is None or route not in router.sub_modules:
+        raise ValueError(f"The model has no {route!r} route; build it with optical_st.build_optical_model().")
+    return list(router.sub_modules[route])
+
+
+def export_student(model: SentenceTransformer, route: str = STUDENT_ROUTE) -> SentenceTransformer:
+    """A plain student-only ``SentenceTransformer`` (copy of the query route) for users who do not want the
+    Router, e.g. to fine-tune further on their own. Its embeddings equal ``model.encode_query``."""
+    modules = copy.deepcopy(route_modules(model, route))
+    return SentenceTransformer(modules=modules, similarity_fn_name=model.similarity_fn_name, device=str(model.device))
+
+
+def router_mapping(
+    columns: Iterable[str] | Any, *, teacher_route: str = TEACHER_ROUTE, student_route: str = STUDENT_ROUTE
+) -> dict[str, str]:
+    """``router_mapping`` for ``SentenceTransformerTrainingArguments`` from a dataset's columns.
+
+    OPTICAL columns are ``(english, lrl, *english_negatives)``: the first column goes to the teacher route, the
+    second to the student route, the rest (English negatives) to the teacher route. Label columns are skipped.
+    Accepts a ``datasets.Dataset``, a ``DatasetDict`` (first split) or a list of names.
+    """
+    names = getattr(columns, "column_names", columns)
+    if isinstance(names, dict):  # DatasetDict.column_names
+        names = next(iter(names.values()))
+    names = [c for c in names if c not in ("label", "labels", "score", "scores", "dataset_name")]
+    if len(names) < 2:
+        raise ValueError(f"Need at least two text columns (english, lrl); got {names}.")
+    mapping = {names[0]: teacher_route, names[1]: student_route}
+    mapping.update({name: teacher_route for name in names[2:]})
+    return mapping
+
+
+def _tokenizer_signature(tokenizer: Any) -> Any:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        return {k: spec.get(k) for k in ("normalizer", "pre_tokenizer", "model", "added_tokens")}
+    return (type(tokenizer).__name__, tokenizer.get_vocab(), getattr(tokenizer, "do_lower_case", None))
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """True when two tokenizers split every text into the same ids (same vocabulary and normalisation)."""
+    return a is b or _tokenizer_signature(a) == _tokenizer_signature(b)

@@ -1,0 +1,405 @@
+"""Optimal-transport maths on batched token embeddings.
+
+Pure tensor code: no sentence-transformers import, so the solver can be tested and reused on its own.
+
+Shapes follow POT's batched API (``ot.batch``): a batch of ``B`` problems, each with ``n`` source
+points and ``m`` target points.
+
+* ``cost``: ``(B, n, m)``, the ground cost between every source and target token.
+* ``a``: ``(B, n)`` and ``b``: ``(B, m)``, non-negative marginals, each summing to one per problem.
+  Padding and excluded tokens carry **zero mass**; the plan then puts no mass on them.
+* ``plan``: ``(B, n, m)`` with ``plan.sum(-1) == a`` and ``plan.sum(-2) == b``.
+
+The entropic problem solved by :func:`sinkhorn_log` is
+
+.. math::
+
+    P^\\star = \\arg\\min_{P \\in U(a, b)} \\langle P, C \\rangle_F - \\varepsilon H(P)
+
+and the distillation loss is :math:`\\langle P^\\star, C \\rangle_F` with the plan held fixed (the envelope
+theorem gives :math:`\\partial L / \\partial C = P^\\star`), which is what :func:`ot_distance` computes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "COSTS",
+    "SinkhornLog",
+    "cosine_cost",
+    "emd",
+    "ot_distance",
+    "pairwise_cost",
+    "sinkhorn_log",
+    "special_tokens_mask",
+    "sqeuclidean_cost",
+    "token_marginals",
+    "transport_plan",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# Costs
+# --------------------------------------------------------------------------------------------------
+def _check_embeddings(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if y.dim() == 2:
+        y = y.unsqueeze(0)
+    if x.dim() != 3 or y.dim() != 3:
+        raise ValueError(f"Token embeddings must be (B, n, d) and (B, m, d); got {tuple(x.shape)} and {tuple(y.shape)}.")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"Batch sizes differ: {x.shape[0]} student rows vs {y.shape[0]} teacher rows.")
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"Embedding dimensions differ: {x.shape[-1]} (student) vs {y.shape[-1]} (teacher). Put a projection in the "
+            "student, e.g. `optical_st.add_projection(student, teacher_dim)` or build the model with "
+            "`optical_st.build_optical_model(teacher, student)`, which adds one when the sizes differ."
+        )
+    # fp32 at least: token costs in bf16 lose the small differences the plan depends on
+    dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
+    return x.to(dtype), y.to(dtype)
+
+
+def cosine_cost(x: Tensor, y: Tensor) -> Tensor:
+    """Cosine distance ``1 - cos(x_i, y_j)`` between every pair of tokens: ``(B, n, d), (B, m, d) -> (B, n, m)``.
+
+    Values lie in ``[0, 2]``; zero vectors (e.g. padding that was zeroed) get cost 1, never NaN.
+    """
+    x, y = _check_embeddings(x, y)
+    return 1.0 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
+
+
+def sqeuclidean_cost(x: Tensor, y: Tensor) -> Tensor:
+    """Squared Euclidean distance ``||x_i - y_j||^2``: ``(B, n, d), (B, m, d) -> (B, n, m)`` (clamped at 0)."""
+    x, y = _check_embeddings(x, y)
+    xx = (x * x).sum(-1, keepdim=True)
+    yy = (y * y).sum(-1).unsqueeze(1)
+    return (xx + yy - 2.0 * torch.bmm(x, y.transpose(1, 2))).clamp_min_(0.0)
+
+
+COSTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cosine": cosine_cost, "sqeuclidean": sqeuclidean_cost}
+
+
+def pairwise_cost(x: Tensor, y: Tensor, metric: str | Callable[[Tensor, Tensor], Tensor] = "cosine") -> Tensor:
+    """Cost matrix between token sets with a named metric (``"cosine"``, ``"sqeuclidean"``) or a callable."""
+    if callable(metric):
+        return metric(x, y)
+    if metric not in COSTS:
+        raise ValueError(f"Unknown cost {metric!r}; choose one of {sorted(COSTS)} or pass a callable (x, y) -> cost.")
+    return COSTS[metric](x, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Marginals
+# --------------------------------------------------------------------------------------------------
+def special_tokens_mask(input_ids: Tensor, special_ids: list[int] | Tensor, prompt_length: int | Tensor | None = None) -> Tensor:
+    """Boolean ``(B, n)`` mask of special tokens ([CLS], [SEP], <s>, ...) and, if given, prompt tokens.
+
+    ``prompt_length`` is sentence-transformers' ``features["prompt_length"]``: the number of leading tokens (the
+    first special token included) that belong to the prompt.
+    """
+    special_ids = torch.as_tensor(list(special_ids) if not isinstance(special_ids, Tensor) else special_ids)
+    mask = torch.isin(input_ids, special_ids.to(input_ids.device))
+    if prompt_length is not None:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        prompt_length = torch.as_tensor(prompt_length, device=input_ids.device).reshape(-1, 1)
+        mask = mask | (positions.unsqueeze(0) < prompt_length)
+    return mask
+
+
+def token_marginals(
+    attention_mask: Tensor,
+    exclude_mask: Tensor | None = None,
+    weights: Tensor | None = None,
+    *,
+    name: str = "input",
+) -> Tensor:
+    """Probability mass per token: uniform over real tokens, zero on padding and on ``exclude_mask``.
+
+    Args:
+        attention_mask: ``(B, n)``, 1 for real tokens, 0 for padding.
+        exclude_mask: optional ``(B, n)`` boolean mask of tokens to give zero mass (special or prompt tokens).
+        weights: optional non-negative ``(B, n)`` per-token weights (e.g. IDF); normalised per row.
+        name: used in error messages to say which input is at fault.
+
+    Returns:
+        ``(B, n)`` float tensor whose rows sum to one.
+
+    Raises:
+        ValueError: if a row has no mass left (an empty string or a text of special tokens only), or if the
+            weights are negative or not finite.
+    """
+    mass = attention_mask.to(torch.bool)
+    if exclude_mask is not None:
+        mass = mass & ~exclude_mask.to(torch.bool)
+    marg = mass.to(torch.float32)
+    if weights is not None:
+        if weights.shape != attention_mask.shape:
+            raise ValueError(f"{name}: weights have shape {tuple(weights.shape)}, expected {tuple(attention_mask.shape)}.")
+        weights = weights.detach().to(torch.float32)
+        if not torch.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"{name}: token weights must be finite and non-negative.")
+        marg = marg * weights
+    total = marg.sum(-1, keepdim=True)
+    empty = (total.squeeze(-1) <= 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(
+            f"{name}: row(s) {empty[:10]} have no token left to transport (empty text, only special/prompt tokens, "
+            "or all-zero weights). Remove empty texts from the dataset (e.g. `dataset.filter(lambda r: r[col].strip())`)."
+        )
+    return marg / total
+
+
+# --------------------------------------------------------------------------------------------------
+# Solvers
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class SinkhornLog:
+    """What :func:`sinkhorn_log` did: iterations run, final marginal error per problem, convergence, and the
+    dual potentials ``f (B, n)``, ``g (B, m)`` in cost units (``plan = exp((f_i + g_j - C_ij) / reg)``)."""
+
+    n_iter: int
+    err: Tensor
+    converged: bool
+    f: Tensor
+    g: Tensor
+    log_domain_blocks: int = 0
+
+
+def _as_batch(cost: Tensor, a: Tensor | None, b: Tensor | None) -> tuple[Tensor, Tensor, Tensor, bool]:
+    squeeze = cost.dim() == 2
+    if squeeze:
+        cost = cost.unsqueeze(0)
+        a = None if a is None else a.unsqueeze(0)
+        b = None if b is None else b.unsqueeze(0)
+    if cost.dim() != 3:
+        raise ValueError(f"cost must be (n, m) or (B, n, m); got shape {tuple(cost.shape)}.")
+    B, n, m = cost.shape
+    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    a = torch.full((B, n), 1.0 / n, dtype=dtype, device=cost.device) if a is None else a
+    b = torch.full((B, m), 1.0 / m, dtype=dtype, device=cost.device) if b is None else b
+    if a.shape != (B, n) or b.shape != (B, m):
+        raise ValueError(
+            f"Marginals must match the cost matrix {tuple(cost.shape)}: got a {tuple(a.shape)} and b {tuple(b.shape)}."
+        )
+    return cost, a, b, squeeze
+
+
+def _validate(cost: Tensor, a: Tensor, b: Tensor) -> None:
+    # one host sync per call; a NaN loss is far more expensive to debug than this check
+    checks = torch.stack(
+        [
+            torch.isfinite(cost).all(),
+            torch.isfinite(a).all() & torch.isfinite(b).all(),
+            (a >= 0).all() & (b >= 0).all(),
+            (a.sum(-1) > 0).all() & (b.sum(-1) > 0).all(),
+            ((a.sum(-1) - b.sum(-1)).abs() <= 1e-4 * a.sum(-1)).all(),
+        ]
+    ).tolist()
+    if not checks[0]:
+        raise ValueError(
+            "The cost matrix contains NaN or inf: the encoders produced non-finite token embeddings "
+            "(lower the learning rate, or train in fp32/bf16 instead of fp16)."
+        )
+    if not checks[1] or not checks[2]:
+        raise ValueError("Marginals must be finite and non-negative.")
+    if not checks[3]:
+        raise ValueError("Every problem needs positive mass on both sides; a row of the batch is empty.")
+    if not checks[4]:
+        raise ValueError("Balanced OT needs a.sum(-1) == b.sum(-1) for every problem; normalise the marginals.")
+
+
+def _check_reg(reg: float) -> None:
+    if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg > 0):
+        raise ValueError(f"reg must be a positive finite number, got {reg!r}.")
+
+
+def sinkhorn_log(
+    cost: Tensor,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
+    reg: float = 0.05,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    *,
+    check_every: int = 10,
+    return_log: bool = False,
+) -> Tensor | tuple[Tensor, SinkhornLog]:
+    """Batched entropic OT plans, stable for any ``reg``, without an autograd graph.
+
+    Solves ``min_P <P, C> - reg * H(P)`` s.t. ``P 1 = a``, ``P^T 1 = b`` for every problem of the batch.
+    The dual potentials live in the log domain, so nothing under- or overflows however small ``reg`` is
+    (``reg=1e-3`` on cosine costs is fine). Between convergence checks the iterations run as cheap
+    matrix-vector scalings on a kernel into which the potentials have been absorbed (log-stabilised
+    Sinkhorn, Schmitzer 2019); a block that under- or overflows is redone with exact log-sum-exp updates.
+    The iterates are those of POT's ``sinkhorn_log``/``solve_batch(method="log_sinkhorn")``.
+
+    Args:
+        cost: ``(B, n, m)`` or ``(n, m)`` ground costs. Any float dtype; computed in fp32 (fp64 if given fp64),
+            also under ``torch.autocast``.
+        a: ``(B, n)`` source marginals, zero on padding; uniform when ``None``.
+        b: ``(B, m)`` target marginals, zero on padding; uniform when ``None``.
+        reg: entropic regularisation ``epsilon`` (> 0), in the units of the cost.
+        max_iter: maximum number of Sinkhorn iterations (one iteration = a row and a column update).
+        tol: stop once ``max_b ||P 1 - a||_2 < tol`` (POT's criterion), checked every ``check_every`` iterations.
+        check_every: iterations between convergence checks (each check is one host sync on GPU).
+        return_log: also return a :class:`SinkhornLog`.
+
+    Returns:
+        The plans ``(B, n, m)`` (``(n, m)`` for 2-D input), detached, in the dtype used for the solve;
+        with ``return_log=True`` a tuple ``(plan, log)``.
+
+    Raises:
+        ValueError: non-finite costs or marginals, ``reg <= 0``, mismatched shapes, empty rows, unbalanced masses.
+
+    Example::
+
+        >>> import torch
+        >>> from optical_st.ot import sinkhorn_log
+        >>> C = torch.rand(4, 5, 7)
+        >>> P = sinkhorn_log(C, reg=0.05)
+        >>> torch.allclose(P.sum(-1), torch.full((4, 5), 1 / 5), atol=1e-5)
+        True
+    """
+    _check_reg(reg)
+    if max_iter < 1 or check_every < 1:
+        raise ValueError("max_iter and check_every must be >= 1.")
+    cost, a, b, squeeze = _as_batch(cost, a, b)
+    device_type = cost.device.type
+    with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
+        dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+        cost = cost.detach().to(dtype)
+        a = a.detach().to(dtype)
+        b = b.detach().to(dtype)
+        _validate(cost, a, b)
+        plan, f, g, n_iter, err, fallbacks = _sinkhorn_stabilized(cost, a, b, reg, max_iter, tol, check_every)
+    converged = bool(err.max() < tol)
+    if squeeze:
+        plan = plan.squeeze(0)
+    if not return_log:
+        return plan
+    return plan, SinkhornLog(n_iter=n_iter, err=err, converged=converged, f=f * reg, g=g * reg, log_domain_blocks=fallbacks)
+
+
+def _row_err(plan: Tensor, a: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(plan.sum(-1) - a, dim=-1)
+
+
+def _healthy(plan: Tensor, a: Tensor, b: Tensor) -> bool:
+    # finite, and every row/column that should carry mass still does (no underflow to an all-zero line)
+    rows_ok = (plan.sum(-1) > 0) | (a == 0)
+    cols_ok = (plan.sum(-2) > 0) | (b == 0)
+    return bool(torch.isfinite(plan).all() & rows_ok.all() & cols_ok.all())
+
+
+def _sinkhorn_stabilized(
+    cost: Tensor, a: Tensor, b: Tensor, reg: float, max_iter: int, tol: float, check_every: int
+) -> tuple[Tensor, Tensor, Tensor, int, Tensor, int]:
+    K = cost / -reg  # log-kernel
+    loga, logb = a.log(), b.log()  # -inf on zero mass: those rows/columns get exactly zero plan
+    tiny = torch.finfo(K.dtype).tiny
+
+    def log_step(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        f = loga - torch.logsumexp(K + g.unsqueeze(1), dim=2)
+        g = logb - torch.logsumexp(K + f.unsqueeze(2), dim=1)
+        return f, g
+
+    # the first iteration in the log domain: afterwards every column holds exactly b_j and every row at least
+    # a_i * min(b), so the absorbed kernel below has no all-zero row or column whatever reg is
+    f, g = log_step(torch.zeros_like(a), torch.zeros_like(b))
+    n_iter, fallbacks = 1, 0
+    plan = torch.exp(K + f.unsqueeze(2) + g.unsqueeze(1))
+    err = _row_err(plan, a)
+    while n_iter < max_iter and bool(err.max() >= tol):
+        steps = min(check_every, max_iter - n_iter)
+        # scaling iterations on the absorbed kernel exp(K + f + g) == the current plan
+        v = torch.ones_like(b)
+        for _ in range(steps):
+            u = a / torch.bmm(plan, v.unsqueeze(2)).squeeze(2).clamp_min(tiny)
+            v = b / torch.bmm(u.unsqueeze(1), plan).squeeze(1).clamp_min(tiny)
+        f_new, g_new = f + u.log(), g + v.log()
+        new_plan = torch.exp(K + f_new.unsqueeze(2) + g_new.unsqueeze(1))
+        if not _healthy(new_plan, a, b):
+            # the scalings under/overflowed in this block: redo it with exact log-sum-exp updates
+            fallbacks += 1
+            for _ in range(steps):
+                f, g = log_step(f, g)
+            new_plan = torch.exp(K + f.unsqueeze(2) + g.unsqueeze(1))
+        else:
+            f, g = f_new, g_new
+        plan = new_plan
+        n_iter += steps
+        err = _row_err(plan, a)
+    return plan, f, g, n_iter, err, fallbacks
+
+
+def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, num_itermax: int = 100_000) -> Tensor:
+    """Exact (unregularised) OT plans through POT's network simplex (``ot.emd``), one problem at a time.
+
+    Same interface as :func:`sinkhorn_log`; runs on CPU in float64 and returns the plans on ``cost``'s device.
+    Zero-mass rows and columns (padding) are dropped before the solve and get zero plan. Meant for small
+    problems and for users who want sparse, unregularised alignments.
+    """
+    import ot  # lazy: importing POT takes seconds
+
+    cost, a, b, squeeze = _as_batch(cost, a, b)
+    with torch.no_grad():
+        _validate(cost.detach().double(), a.detach().double(), b.detach().double())
+        plan = torch.zeros(cost.shape, dtype=torch.float64)
+        C = cost.detach().double().cpu()
+        A = a.detach().double().cpu()
+        Bm = b.detach().double().cpu()
+        for i in range(C.shape[0]):
+            rows, cols = A[i] > 0, Bm[i] > 0
+            ai, bi = A[i][rows], Bm[i][cols]
+            bi = bi * (ai.sum() / bi.sum())  # exact mass equality, as ot.emd checks it
+            p = ot.emd(ai.numpy(), bi.numpy(), C[i][rows][:, cols].numpy(), numItermax=num_itermax)
+            plan[i][rows.nonzero().flatten().unsqueeze(1), cols.nonzero().flatten().unsqueeze(0)] = torch.from_numpy(p)
+    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    plan = plan.to(device=cost.device, dtype=dtype)
+    return plan.squeeze(0) if squeeze else plan
+
+
+def transport_plan(
+    cost: Tensor,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
+    reg: float = 0.05,
+    solver: str = "sinkhorn",
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+) -> Tensor:
+    """One entry point for both solvers: ``solver="sinkhorn"`` (entropic, :func:`sinkhorn_log`) or ``"emd"``
+    (exact, :func:`emd`; ``reg`` is ignored)."""
+    if solver == "sinkhorn":
+        return sinkhorn_log(cost, a, b, reg=reg, max_iter=max_iter, tol=tol)
+    if solver == "emd":
+        return emd(cost, a, b)
+    raise ValueError(f"Unknown solver {solver!r}; use 'sinkhorn' or 'emd'.")
+
+
+def ot_distance(
+    cost: Tensor,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
+    reg: float = 0.05,
+    solver: str = "sinkhorn",
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+) -> tuple[Tensor, Tensor]:
+    """``<P, C>_F`` per problem, differentiable in ``C`` with the envelope gradient ``dL/dC = P``.
+
+    Returns ``(values (B,), plan (B, n, m))``. The plan is solved without a graph, so memory does not grow
+    with the number of Sinkhorn iterations.
+    """
+    plan = transport_plan(cost, a, b, reg=reg, solver=solver, max_iter=max_iter, tol=tol)
+    cost = cost if cost.dtype == torch.float64 else cost.float()
+    return (plan.to(cost.dtype) * cost).sum((-2, -1)), plan
