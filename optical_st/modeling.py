@@ -68,7 +68,9 @@ def add_projection(student: SentenceTransformer, dim: int) -> SentenceTransforme
         return SentenceTransformer(modules=modules, similarity_fn_name=student.similarity_fn_name)
     proj = Dense(d_in, dim, bias=False, activation_function=None, module_input_name="token_embeddings")
     head = [_resize_pooling(m, dim) for m in modules[idx + 1 :]]
-    return SentenceTransformer(modules=[*modules[: idx + 1], proj, *head], similarity_fn_name=student.similarity_fn_name)
+    return SentenceTransformer(
+        modules=[*modules[: idx + 1], proj, *head], similarity_fn_name=student.similarity_fn_name
+    )
 
 
 def _resize_pooling(module: nn.Module, dim: int) -> nn.Module:
@@ -128,7 +130,9 @@ def build_optical_model(
         body = s_modules[: s_idx + 1]
         if _token_dim(body) != t_dim:
             body.append(
-                Dense(_token_dim(body), t_dim, bias=False, activation_function=None, module_input_name="token_embeddings")
+                Dense(
+                    _token_dim(body), t_dim, bias=False, activation_function=None, module_input_name="token_embeddings"
+                )
             )
         student_modules = body + copy.deepcopy(teacher_modules[t_idx + 1 :])
     for p in (p for m in teacher_modules for p in m.parameters()):

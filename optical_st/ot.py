@@ -54,7 +54,9 @@ def _check_embeddings(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     if y.dim() == 2:
         y = y.unsqueeze(0)
     if x.dim() != 3 or y.dim() != 3:
-        raise ValueError(f"Token embeddings must be (B, n, d) and (B, m, d); got {tuple(x.shape)} and {tuple(y.shape)}.")
+        raise ValueError(
+            f"Token embeddings must be (B, n, d) and (B, m, d); got {tuple(x.shape)} and {tuple(y.shape)}."
+        )
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"Batch sizes differ: {x.shape[0]} student rows vs {y.shape[0]} teacher rows.")
     if x.shape[-1] != y.shape[-1]:
@@ -100,7 +102,9 @@ def pairwise_cost(x: Tensor, y: Tensor, metric: str | Callable[[Tensor, Tensor],
 # --------------------------------------------------------------------------------------------------
 # Marginals
 # --------------------------------------------------------------------------------------------------
-def special_tokens_mask(input_ids: Tensor, special_ids: list[int] | Tensor, prompt_length: int | Tensor | None = None) -> Tensor:
+def special_tokens_mask(
+    input_ids: Tensor, special_ids: list[int] | Tensor, prompt_length: int | Tensor | None = None
+) -> Tensor:
     """Boolean ``(B, n)`` mask of special tokens ([CLS], [SEP], <s>, ...) and, if given, prompt tokens.
 
     ``prompt_length`` is sentence-transformers' ``features["prompt_length"]``: the number of leading tokens (the
@@ -143,7 +147,9 @@ def token_marginals(
     marg = mass.to(torch.float32)
     if weights is not None:
         if weights.shape != attention_mask.shape:
-            raise ValueError(f"{name}: weights have shape {tuple(weights.shape)}, expected {tuple(attention_mask.shape)}.")
+            raise ValueError(
+                f"{name}: weights have shape {tuple(weights.shape)}, expected {tuple(attention_mask.shape)}."
+            )
         weights = weights.detach().to(torch.float32)
         if not torch.isfinite(weights).all() or (weights < 0).any():
             raise ValueError(f"{name}: token weights must be finite and non-negative.")
@@ -217,6 +223,22 @@ def _validate(cost: Tensor, a: Tensor, b: Tensor) -> None:
         raise ValueError("Balanced OT needs a.sum(-1) == b.sum(-1) for every problem; normalise the marginals.")
 
 
+# |C / reg| beyond which exp(-C/reg + f + g) has lost all its digits: fp32 keeps ~7, fp64 ~16
+_MAX_COST_OVER_REG = {torch.float32: 1e5, torch.float64: 1e13}
+
+
+def _check_precision(cost: Tensor, reg: float) -> None:
+    # |K| = |C| / reg itself, not the spread of C: the rounding error of K + f + g grows with |K|
+    scale = float(cost.abs().amax()) / reg
+    limit = _MAX_COST_OVER_REG[cost.dtype]
+    if scale > limit:
+        raise ValueError(
+            f"reg={reg:g} is too small for costs spanning {scale * reg:.3g} in {cost.dtype}: cost/reg = {scale:.3g} > "
+            f"{limit:.0e}, beyond the precision of the dtype. Raise reg (e.g. to {scale * reg / limit * 10:.2g}), use a "
+            "bounded cost such as cosine, or pass float64 costs."
+        )
+
+
 def _check_reg(reg: float) -> None:
     if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg > 0):
         raise ValueError(f"reg must be a positive finite number, got {reg!r}.")
@@ -280,13 +302,17 @@ def sinkhorn_log(
         a = a.detach().to(dtype)
         b = b.detach().to(dtype)
         _validate(cost, a, b)
+        _check_precision(cost, reg)
+        b = b * (a.sum(-1, keepdim=True) / b.sum(-1, keepdim=True))  # exact balance, so tiny tol is reachable
         plan, f, g, n_iter, err, fallbacks = _sinkhorn_stabilized(cost, a, b, reg, max_iter, tol, check_every)
     converged = bool(err.max() < tol)
     if squeeze:
         plan = plan.squeeze(0)
     if not return_log:
         return plan
-    return plan, SinkhornLog(n_iter=n_iter, err=err, converged=converged, f=f * reg, g=g * reg, log_domain_blocks=fallbacks)
+    return plan, SinkhornLog(
+        n_iter=n_iter, err=err, converged=converged, f=f * reg, g=g * reg, log_domain_blocks=fallbacks
+    )
 
 
 def _row_err(plan: Tensor, a: Tensor) -> Tensor:

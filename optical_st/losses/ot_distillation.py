@@ -174,7 +174,9 @@ class OTDistillationLoss(nn.Module):
             self._teacher_modules = teacher_modules
             # the unwrapped Router, called directly: under DDP only the student pass goes through the wrapper
             self._router = [router]
-            self._student = _Encoder(self._run_student, _route_tokenizer(router.sub_modules[STUDENT_ROUTE]), STUDENT_ROUTE)
+            self._student = _Encoder(
+                self._run_student, _route_tokenizer(router.sub_modules[STUDENT_ROUTE]), STUDENT_ROUTE
+            )
             self._teacher = _Encoder(self._run_router_teacher, _route_tokenizer(teacher_modules), TEACHER_ROUTE)
         else:
             if teacher is None:
@@ -248,7 +250,9 @@ class OTDistillationLoss(nn.Module):
             )
 
     # ----------------------------------------------------------------------------------------------
-    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor | dict[str, Tensor]:
+    def forward(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
+    ) -> Tensor | dict[str, Tensor]:
         features = list(sentence_features)
         self._check_inputs(features, labels)
         source, target = features
@@ -310,7 +314,9 @@ class OTDistillationLoss(nn.Module):
             return ot_loss
         if student_sentence is None or teacher_sentence is None:
             raise ValueError("sentence_weight > 0 needs pooled 'sentence_embedding' outputs from both encoders.")
-        sentence_loss = (1 - F.cosine_similarity(student_sentence.float(), teacher_sentence.detach().float(), dim=-1)).mean()
+        sentence_loss = (
+            1 - F.cosine_similarity(student_sentence.float(), teacher_sentence.detach().float(), dim=-1)
+        ).mean()
         return {"ot": ot_loss, "sentence": self.sentence_weight * sentence_loss}
 
     def get_config_dict(self) -> dict[str, Any]:

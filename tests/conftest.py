@@ -1,0 +1,127 @@
+"""Shared fixtures: tiny randomly initialised BERT encoders built on disk, never downloaded."""
+
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ENGLISH_WORDS = [
+    "the",
+    "god",
+    "and",
+    "earth",
+    "light",
+    "water",
+    "is",
+    "love",
+    "created",
+    "heavens",
+    "in",
+    "beginning",
+    "was",
+    "good",
+    "day",
+    "night",
+]
+LRL_WORDS = [
+    "mulungu",
+    "ndi",
+    "dziko",
+    "kuyera",
+    "madzi",
+    "chikondi",
+    "adalenga",
+    "kumwamba",
+    "pachiyambi",
+    "kunali",
+    "kwabwino",
+    "tsiku",
+    "usiku",
+]
+
+# (english, lrl) pairs: small but with repeated words so a few steps of training can move the loss
+PAIRS = [
+    ("in the beginning god created the heavens and the earth", "pachiyambi mulungu adalenga kumwamba ndi dziko"),
+    ("god is love", "mulungu ndi chikondi"),
+    ("the light was good", "kuyera kunali kwabwino"),
+    ("the water and the earth", "madzi ndi dziko"),
+    ("day and night", "tsiku ndi usiku"),
+    ("god created the light", "mulungu adalenga kuyera"),
+    ("the heavens and the water", "kumwamba ndi madzi"),
+    ("the day was good", "tsiku kunali kwabwino"),
+]
+
+
+def write_tiny_bert(
+    path: Path, hidden: int = 32, words: list[str] | None = None, seed: int = 0, lowercase: bool = True
+) -> Path:
+    """A 2-layer BERT with a word + character vocabulary (no [UNK] for lowercase ascii text)."""
+    words = words if words is not None else ENGLISH_WORDS + LRL_WORDS
+    letters = list(string.ascii_lowercase)
+    vocab = SPECIALS + letters + [f"##{c}" for c in letters] + list(dict.fromkeys(words))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab))
+    BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=lowercase).save_pretrained(str(path))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(path))
+    return path
+
+
+def tiny_sentence_transformer(path: Path, hidden: int = 32, **kwargs) -> SentenceTransformer:
+    if not (path / "config.json").exists():
+        write_tiny_bert(path, hidden=hidden, **kwargs)
+    return SentenceTransformer(modules=[Transformer(str(path)), Pooling(hidden)], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "teacher": write_tiny_bert(root / "teacher", hidden=32, seed=0),
+        "student": write_tiny_bert(root / "student", hidden=32, seed=1),
+        # different vocabulary and width: a "multilingual" student for the teacher
+        "wide_student": write_tiny_bert(root / "wide_student", hidden=48, words=[*LRL_WORDS, "xyz"], seed=2),
+    }
+
+
+@pytest.fixture
+def teacher(tiny_dirs) -> SentenceTransformer:
+    return tiny_sentence_transformer(tiny_dirs["teacher"])
+
+
+@pytest.fixture
+def student(tiny_dirs) -> SentenceTransformer:
+    return tiny_sentence_transformer(tiny_dirs["student"])
+
+
+@pytest.fixture
+def wide_student(tiny_dirs) -> SentenceTransformer:
+    return tiny_sentence_transformer(tiny_dirs["wide_student"], hidden=48)
+
+
+@pytest.fixture
+def bitext() -> Dataset:
+    english, lrl = zip(*PAIRS, strict=True)
+    return Dataset.from_dict({"english": list(english), "lrl": list(lrl)})
