@@ -85,7 +85,7 @@ def write_tiny_bert(
         intermediate_size=2 * hidden,
         max_position_embeddings=128,
     )
-    BertModel(config, add_pooling_layer=False).save_pretrained(str(path))
+    BertModel(config).save_pretrained(str(path))
     return path
 
 

@@ -166,18 +166,17 @@ class OTDistillationLoss(nn.Module):
             missing = {STUDENT_ROUTE, TEACHER_ROUTE} - set(router.sub_modules)
             if missing:
                 raise ValueError(f"The Router has no {sorted(missing)} route(s); build it with build_optical_model().")
-            teacher_modules = list(router.sub_modules[TEACHER_ROUTE])
-            for p in (p for m in teacher_modules for p in m.parameters()):
-                p.requires_grad_(False)  # also after reloading a saved model, whose params come back trainable
+            teacher_route = router.sub_modules[TEACHER_ROUTE]
+            teacher_route.requires_grad_(False)  # also after reloading a saved model, whose params come back trainable
             self.teacher = None
             # a plain list, not a submodule: the teacher is already part of `model`
-            self._teacher_modules = teacher_modules
+            self._teacher_modules = [teacher_route]
             # the unwrapped Router, called directly: under DDP only the student pass goes through the wrapper
             self._router = [router]
             self._student = _Encoder(
                 self._run_student, _route_tokenizer(router.sub_modules[STUDENT_ROUTE]), STUDENT_ROUTE
             )
-            self._teacher = _Encoder(self._run_router_teacher, _route_tokenizer(teacher_modules), TEACHER_ROUTE)
+            self._teacher = _Encoder(self._run_router_teacher, _route_tokenizer(teacher_route), TEACHER_ROUTE)
         else:
             if teacher is None:
                 raise ValueError(

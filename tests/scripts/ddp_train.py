@@ -1,0 +1,67 @@
+"""Train OTDistillationLoss on tiny models in every process of a torchrun/accelerate launch; each rank writes a
+digest of its final weights so the test can check that the replicas ended identical.
+
+Usage: torchrun --nproc_per_node 2 tests/scripts/ddp_train.py OUT_DIR MODEL_DIR
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest helpers
+
+import torch
+from conftest import PAIRS, tiny_sentence_transformer
+from datasets import Dataset
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+from optical_st import OTDistillationLoss, build_optical_model, router_mapping
+
+
+def main() -> None:
+    out, model_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    teacher = tiny_sentence_transformer(model_dir / "teacher")
+    student = tiny_sentence_transformer(model_dir / "wide_student", hidden=48)
+    model = build_optical_model(teacher, student)
+    english, lrl = zip(*PAIRS, strict=True)
+    dataset = Dataset.from_dict({"english": list(english) * 4, "lrl": list(lrl) * 4})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "trainer"),
+        per_device_train_batch_size=4,
+        num_train_epochs=2,
+        learning_rate=5e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        router_mapping=router_mapping(dataset),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model, reg=0.05)
+    )
+    trainer.train()
+    rank = int(os.environ.get("RANK", 0))
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    result = {
+        "rank": rank,
+        "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+        "digest": digest.hexdigest(),
+        "losses": losses,
+        "steps": trainer.state.global_step,
+        "finite": all(torch.isfinite(p).all().item() for p in model.parameters()),
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""OTDistillationLoss: maths on hand-made tensors, training with the real trainer, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+from optical_st import OTDistillationLoss, build_optical_model, export_student, router_mapping
+from optical_st.ot import cosine_cost, sinkhorn_log, token_marginals
+
+
+def make_args(tmp_path, dataset=None, **kwargs) -> SentenceTransformerTrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=5e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        router_mapping=router_mapping(dataset) if dataset is not None else {},
+    )
+    defaults.update(kwargs)
+    return SentenceTransformerTrainingArguments(**defaults)
+
+
+def batch_loss(loss: OTDistillationLoss, model: SentenceTransformer, dataset: Dataset, mapping: dict | None) -> float:
+    """The loss on the whole dataset as one batch, tokenized the way the trainer's collator does it."""
+    feats = []
+    for column in dataset.column_names:
+        task = (mapping or {}).get(column)
+        f = model.preprocess(dataset[column], task=task) if task else model.preprocess(dataset[column])
+        if task:
+            f["task"] = task
+        feats.append(f)
+    with torch.no_grad():
+        return float(loss(feats, None))
+
+
+# ------------------------------------------------------------------------------------------------
+# maths
+# ------------------------------------------------------------------------------------------------
+def test_gradient_wrt_cost_is_the_plan(teacher):
+    loss = OTDistillationLoss(teacher, teacher=teacher, reg=0.05, max_iter=500, tol=1e-9)
+    captured = {}
+
+    def cost_fn(x, y):
+        c = cosine_cost(x, y)
+        c.retain_grad()
+        captured["cost"] = c
+        return c
+
+    loss.cost = cost_fn
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(3, 5, 8, generator=g, requires_grad=True)
+    t = torch.randn(3, 6, 8, generator=g)
+    s_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    t_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
+    value = loss.compute_loss_from_embeddings(s, s_mask, t, t_mask)
+    value.backward()
+    plan = sinkhorn_log(
+        captured["cost"].detach(), token_marginals(s_mask), token_marginals(t_mask), reg=0.05, max_iter=500, tol=1e-9
+    )
+    torch.testing.assert_close(captured["cost"].grad, plan / 3, atol=1e-7, rtol=0)  # mean over the batch of 3
+    torch.testing.assert_close(value, (plan * captured["cost"].detach()).sum((1, 2)).mean(), atol=1e-7, rtol=0)
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+
+
+def test_padding_changes_nothing(teacher):
+    loss = OTDistillationLoss(teacher, teacher=teacher, reg=0.05, max_iter=200, tol=0)
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(2, 4, 8, generator=g)
+    t = torch.randn(2, 5, 8, generator=g)
+    ones_s, ones_t = torch.ones(2, 4), torch.ones(2, 5)
+    base = loss.compute_loss_from_embeddings(s.clone().requires_grad_(), ones_s, t, ones_t)
+    # three extra padded student tokens and two teacher ones, filled with junk that must be ignored
+    s_pad = torch.cat([s, 100 * torch.randn(2, 3, 8, generator=g)], 1).requires_grad_()
+    t_pad = torch.cat([t, -50 * torch.randn(2, 2, 8, generator=g)], 1)
+    padded = loss.compute_loss_from_embeddings(
+        s_pad, torch.cat([ones_s, torch.zeros(2, 3)], 1), t_pad, torch.cat([ones_t, torch.zeros(2, 2)], 1)
+    )
+    torch.testing.assert_close(padded, base, atol=1e-6, rtol=0)
+    padded.backward()
+    assert s_pad.grad[:, 4:].abs().max() == 0  # padding receives no gradient
+
+
+def test_special_tokens_can_be_excluded(teacher):
+    loss = OTDistillationLoss(teacher, teacher=teacher)
+    feats = teacher.preprocess(["god is love"])
+    assert loss._exclude_mask(feats, loss._student).tolist() == [[True, False, False, False, True]]
+    loss.exclude_special_tokens = False
+    assert loss._exclude_mask(feats, loss._student) is None
+
+
+def test_sentence_term_and_emd_solver(teacher, student, bitext):
+    both = OTDistillationLoss(student, teacher=teacher, sentence_weight=0.5)
+    feats = [student.preprocess(bitext["english"]), student.preprocess(bitext["lrl"])]
+    out = both(feats)
+    assert set(out) == {"ot", "sentence"} and all(torch.isfinite(v) for v in out.values())
+    exact = OTDistillationLoss(student, teacher=teacher, solver="emd")
+    entropic = OTDistillationLoss(student, teacher=teacher, reg=0.01, max_iter=2000, tol=1e-7)
+    with torch.no_grad():
+        e, s = float(exact(feats)), float(entropic(feats))
+    assert 0 < e <= s + 1e-4  # the exact plan is the cheapest; entropic plans cost a little more
+    assert s - e < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# training with SentenceTransformerTrainer
+# ------------------------------------------------------------------------------------------------
+def test_router_model_trains_with_different_tokenizer_and_width(teacher, wide_student, bitext, tmp_path):
+    """Student with its own vocabulary and hidden 48, teacher hidden 32: the projection lives in the student route,
+    the teacher reads its own tokens and never changes."""
+    model = build_optical_model(teacher, wide_student)
+    teacher_before = {k: v.clone() for k, v in model[0].sub_modules["document"].state_dict().items()}
+    loss = OTDistillationLoss(model, reg=0.05)
+    dataset = Dataset.from_dict({c: list(bitext[c]) * 4 for c in bitext.column_names})
+    mapping = router_mapping(dataset)
+    before = batch_loss(loss, model, bitext, mapping)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=make_args(tmp_path, dataset, num_train_epochs=3), train_dataset=dataset, loss=loss
+    )
+    trainer.train()
+    after = batch_loss(loss, model, bitext, mapping)
+    assert after < 0.8 * before, (before, after)
+    for key, value in model[0].sub_modules["document"].state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    assert all(not p.requires_grad for p in model[0].sub_modules["document"].parameters())
+    # the teacher's own tokenizer handled the English column: ids differ from the student's
+    eng = bitext["english"][:1]
+    assert (
+        model.preprocess(eng, task="document")["input_ids"].tolist()
+        != model.preprocess(eng, task="query")["input_ids"].tolist()
+    )
+    assert model.encode_query(bitext["lrl"][:2]).shape == (2, 32)
+    assert model.encode_document(bitext["english"][:2]).shape == (2, 32)
+
+
+def test_plain_student_with_separate_teacher(teacher, student, bitext, tmp_path):
+    loss = OTDistillationLoss(student, teacher=teacher, reg=0.05)
+    dataset = Dataset.from_dict({c: list(bitext[c]) * 4 for c in bitext.column_names})
+    before = batch_loss(loss, student, bitext, None)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    trainer = SentenceTransformerTrainer(
+        model=student, args=make_args(tmp_path, num_train_epochs=3), train_dataset=dataset, loss=loss
+    )
+    # the optimizer never sees the teacher
+    trainer.create_optimizer()
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    trainer.train()
+    assert batch_loss(loss, student, bitext, None) < 0.8 * before
+    assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
+    assert all(p.grad is None for p in teacher.parameters())
+    # the saved student holds the student only, and its card names the loss and cites OPTICAL
+    out = tmp_path / "saved"
+    student.save_pretrained(str(out))
+    n_student = sum(p.numel() for p in student.parameters())
+    assert sum(p.numel() for p in SentenceTransformer(str(out)).parameters()) == n_student
+    card = (out / "README.md").read_text()
+    assert "OTDistillationLoss" in card and "huang2023optical" in card and '"reg": 0.05' in card
+
+
+def test_teacher_runs_in_eval_mode(teacher, bitext):
+    model = build_optical_model(teacher)
+    loss = OTDistillationLoss(model)
+    model.train()
+    feats = model.preprocess(bitext["english"], task="document")
+    feats["task"] = "document"
+    with torch.no_grad():
+        out1 = loss._teacher.run(dict(feats))["token_embeddings"]
+        loss._set_teacher_eval()
+        out2 = loss._teacher.run(dict(feats))["token_embeddings"]
+        out3 = loss._teacher.run(dict(feats))["token_embeddings"]
+    assert torch.equal(out2, out3)  # no dropout once the loss has set eval
+    assert not model[0].sub_modules["document"].training
+    del out1
+
+
+def test_export_student_matches_query_route(teacher, wide_student, bitext):
+    model = build_optical_model(teacher, wide_student)
+    plain = export_student(model)
+    torch.testing.assert_close(
+        torch.as_tensor(plain.encode(bitext["lrl"])),
+        torch.as_tensor(model.encode_query(bitext["lrl"])),
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# bad inputs
+# ------------------------------------------------------------------------------------------------
+def features(model, *columns, task=None):
+    out = []
+    for col in columns:
+        f = model.preprocess(col, task=task) if task else model.preprocess(col)
+        out.append(f)
+    return out
+
+
+def test_bad_columns_raise(teacher, student):
+    loss = OTDistillationLoss(student, teacher=teacher)
+    with pytest.raises(ValueError, match="exactly 2 text columns"):
+        loss(features(student, ["god is love"]))
+    with pytest.raises(ValueError, match="exactly 2 text columns"):
+        loss(features(student, ["god"], ["mulungu"], ["light"]))
+    with pytest.raises(ValueError, match="takes no labels"):
+        loss(features(student, ["god"], ["mulungu"]), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "[CLS] [SEP]"])
+def test_empty_or_special_only_rows_raise(teacher, student, bad):
+    loss = OTDistillationLoss(student, teacher=teacher)
+    with pytest.raises(ValueError, match=r"lrl column \(student\): row\(s\) \[1\]"):
+        loss(features(student, ["god", "light"], ["mulungu", bad]))
+    with pytest.raises(ValueError, match=r"english column \(teacher\): row\(s\) \[0\]"):
+        loss(features(student, [bad, "light"], ["mulungu", "madzi"]))
+
+
+def test_dims_mismatch_without_projection_raises(teacher, tiny_dirs, tmp_path):
+    from conftest import tiny_sentence_transformer, write_tiny_bert
+
+    same_vocab_wider = tiny_sentence_transformer(write_tiny_bert(tmp_path / "w", hidden=48), hidden=48)
+    loss = OTDistillationLoss(same_vocab_wider, teacher=teacher)
+    with pytest.raises(ValueError, match="add_projection"):
+        loss(features(same_vocab_wider, ["god"], ["mulungu"]))
+
+
+def test_tokenizer_mismatch_points_to_router_model(teacher, wide_student):
+    with pytest.raises(ValueError, match="build_optical_model"):
+        OTDistillationLoss(wide_student, teacher=teacher)
+
+
+def test_router_model_misuse_raises(teacher, bitext):
+    model = build_optical_model(teacher)
+    with pytest.raises(ValueError, match="do not pass `teacher`"):
+        OTDistillationLoss(model, teacher=teacher)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        OTDistillationLoss(teacher)
+    loss = OTDistillationLoss(model)
+    # columns tokenized without router_mapping: no task stamped
+    with pytest.raises(ValueError, match="router_mapping"):
+        loss(features(model, ["god"], ["mulungu"], task="document"))
+
+
+def test_nan_embeddings_raise_instead_of_nan_loss(teacher):
+    loss = OTDistillationLoss(teacher, teacher=teacher)
+    s = torch.randn(1, 3, 8)
+    s[0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        loss.compute_loss_from_embeddings(s, torch.ones(1, 3), torch.randn(1, 4, 8), torch.ones(1, 4))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"reg": 0}, "reg must be"), ({"cost": "l1"}, "Unknown cost"), ({"solver": "greenkhorn"}, "Unknown solver")],
+)
+def test_bad_hyperparameters_raise(teacher, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OTDistillationLoss(teacher, teacher=teacher, **kwargs)
+
+
+def test_config_dict_is_json_serialisable(teacher):
+    model = build_optical_model(teacher)
+    config = OTDistillationLoss(model, reg=0.1).get_config_dict()
+    assert json.loads(json.dumps(config))["reg"] == 0.1
