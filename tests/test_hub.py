@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import json
 import logging
 import shutil
@@ -426,3 +427,55 @@ def test_reload_from_folder_and_offline_hub_cache_is_identical(trained, bitext, 
             np.testing.assert_array_equal(a, b)
     # the card came along and is reused as-is when the loaded model is saved again
     assert from_cache._model_card_text == (folder / "README.md").read_text(encoding="utf8")
+
+
+# ------------------------------------------------------------------------------------------------
+# examples/push_to_hub.py
+# ------------------------------------------------------------------------------------------------
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_push_example_script(trained, tmp_path, fake_hub, capsys):
+    model, _ = trained
+    folder = tmp_path / "final"
+    model.save_pretrained(str(folder))
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(
+        json.dumps(
+            {
+                "dataset_name": "Tiny CLIR",
+                "dataset_type": "me/clir",
+                "dataset_split": "test",
+                "metrics": {"ndcg@10": 0.3},
+            }
+        )
+    )
+    example = load_example("push_to_hub")
+    argv = [str(folder), "--repo-id", REPO, "--private", "--create-pr", "--eval-results", str(eval_json)]
+    assert example.main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"https://huggingface.co/{REPO}/discussions/1"
+    assert fake_hub.api.create_repo.call_args.kwargs["private"] is True
+    (upload,) = fake_hub.uploads
+    assert upload["create_pr"] is True
+    (entry,) = front_matter(upload["readme"])["model-index"][0]["results"]
+    assert entry["dataset"]["type"] == "me/clir" and entry["metrics"][0] == {
+        "type": "ndcg@10",
+        "value": 0.3,
+        "name": "ndcg@10",
+    }
+
+
+def test_push_example_script_offline_fails_cleanly(trained, tmp_path, capsys):
+    model, _ = trained
+    folder = tmp_path / "final"
+    model.save_pretrained(str(folder))
+    before = sorted(p.name for p in folder.rglob("*"))
+    capsys.readouterr()
+    assert load_example("push_to_hub").main([str(folder), "--repo-id", REPO]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Pushing to https://huggingface.co/me/tiny-optical failed (OfflineModeIsEnabled")
+    assert sorted(p.name for p in folder.rglob("*")) == before
