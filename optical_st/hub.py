@@ -48,6 +48,8 @@ __all__ = [
     "OpticalModelCardData",
     "add_eval_results_to_card",
     "eval_results_from_metrics",
+    "hub_model_id",
+    "merge_eval_results",
     "model_card_template_path",
     "push_folder_to_hub",
     "push_to_hub",
@@ -57,6 +59,7 @@ MODEL_CARD_TEMPLATE = "optical_model_card_template.md"
 # the placeholder sentence-transformers writes into usage snippets when the model id is unknown
 MODEL_ID_PLACEHOLDER = "sentence_transformers_model_id"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_ISO_639 = re.compile(r"^[a-z]{2,3}$")
 
 
 def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
@@ -240,6 +243,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     template_path: Path = field(default_factory=model_card_template_path, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        for code in (self.source_language, self.target_language):
+            if code is not None and not _ISO_639.match(code):
+                logger.warning(f"Language {code!r} is not an ISO 639 code (e.g. 'ny', 'en'); the Hub may not list it.")
         if isinstance(self.bitext, Mapping):
             self.bitext = [dict(self.bitext)]
         self.bitext = [dict(corpus) for corpus in self.bitext]
@@ -352,6 +358,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             data["metrics"] = list(
                 dict.fromkeys([*(data.get("metrics") or []), *(r.metric_type for r in self.eval_results)])
             )
+        bitext_ids = [corpus["id"] for corpus in self.bitext if corpus.get("id")]
+        if bitext_ids:  # links the parallel data on the Hub
+            data["datasets"] = list(dict.fromkeys([*(data.get("datasets") or []), *bitext_ids]))
         citations = dict(data.get("citations") or {})
         if not any("huang2023optical" in text for text in citations.values()):
             citations["OPTICAL"] = OPTICAL_CITATION
@@ -376,6 +385,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
                 continue
             setattr(new, f.name, copy.deepcopy(getattr(self, f.name)))
         new.eval_results_dict = dict(self.eval_results_dict or {})
+        if self.model_name == self.get_default_model_name():  # derived from the Router model: derive it anew
+            new.model_name = None
         new.model, new.model_id, new.ir_model, new.widget = None, None, None, []
         new.first_save, new._cached_dict = True, None
         return new
@@ -587,7 +598,9 @@ def add_eval_results_to_card(path: str | os.PathLike, eval_results: Sequence[Eva
     readme = Path(path) / "README.md" if Path(path).is_dir() else Path(path)
     card = ModelCard.load(readme)
     card.data.eval_results = merge_eval_results(card.data.eval_results or [], eval_results)
-    card.data.model_name = card.data.model_name or readme.parent.name
+    if not card.data.model_name:  # model-index needs a name: the card's title, as sentence-transformers uses
+        title = next((line[2:].strip() for line in card.text.splitlines() if line.startswith("# ")), None)
+        card.data.model_name = title or readme.parent.name
     card.save(readme)
     return card
 

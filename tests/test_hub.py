@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import copy
 import importlib.util
 import json
 import logging
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import PAIRS, tiny_sentence_transformer
 from datasets import Dataset
 from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import OfflineModeIsEnabled
@@ -69,13 +71,16 @@ def results(ndcg: float = 0.5) -> list[EvalResult]:
     )
 
 
-@pytest.fixture
-def trained(teacher, wide_student, bitext, tmp_path):
-    """A Router model trained for a few steps, with its trainer (card data filled by the trainer's callbacks)."""
+@pytest.fixture(scope="module")
+def trained_once(tiny_dirs, tmp_path_factory):
+    """A Router model trained for a few steps (card data filled by the trainer's callbacks), trained once a module."""
+    teacher = tiny_sentence_transformer(tiny_dirs["teacher"])
+    wide_student = tiny_sentence_transformer(tiny_dirs["wide_student"], hidden=48)
     model = build_optical_model(teacher, wide_student, model_card_data=card_data())
-    dataset = Dataset.from_dict({c: list(bitext[c]) * 2 for c in bitext.column_names})
+    english, lrl = zip(*PAIRS, strict=True)
+    dataset = Dataset.from_dict({"english": list(english) * 2, "lrl": list(lrl) * 2})
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "trainer"),
+        output_dir=str(tmp_path_factory.mktemp("trainer")),
         per_device_train_batch_size=4,
         num_train_epochs=1,
         learning_rate=5e-3,
@@ -91,6 +96,15 @@ def trained(teacher, wide_student, bitext, tmp_path):
     )
     trainer.train()
     return model, trainer
+
+
+@pytest.fixture
+def trained(trained_once):
+    """A fresh copy of the trained model for each test (tests set model ids, add results, ...), and the trainer."""
+    model, trainer = trained_once
+    copied = copy.deepcopy(model)
+    copied.model_card_data.register_model(copied)  # a copy's FLOP counters are disabled; count into its own card
+    return copied, trainer
 
 
 class FakeHub:
@@ -169,7 +183,8 @@ def test_build_optical_model_attaches_optical_card_data(teacher, wide_student):
 
 
 def test_trainer_save_writes_the_optical_card(trained, bitext, tmp_path):
-    model, trainer = trained
+    _, trainer = trained
+    model = trainer.model
     out = tmp_path / "saved"
     trainer.save_model(str(out))
     readme = (out / "README.md").read_text(encoding="utf8")
@@ -206,6 +221,21 @@ def test_trainer_save_writes_the_optical_card(trained, bitext, tmp_path):
     assert compute["query"]["backward"] and not compute["document"]["backward"]
     assert compute["query"]["tokens"] > 0 and compute["document"]["tokens"] > 0
     assert f"{sum(s['flops'] for s in compute.values()):.3g} FLOPs" in readme
+
+
+def test_card_without_trainer(teacher, wide_student, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="optical_st.hub"):
+        card = card_data(target_language="Chichewa", bitext=[{"name": "Bible", "id": "org/bible", "pairs": "~30k"}])
+    assert "'Chichewa' is not an ISO 639 code" in caplog.text
+    model = build_optical_model(teacher, wide_student, model_card_data=card)
+    model.save_pretrained(str(tmp_path / "saved"))
+    readme = (tmp_path / "saved" / "README.md").read_text(encoding="utf8")
+    meta = front_matter(readme)
+    assert meta["datasets"] == ["org/bible"]  # the bitext is linked on the Hub
+    assert "[Bible](https://huggingface.co/datasets/org/bible): ~30k sentence pairs" in readme
+    # no trainer, so no loss citation: OPTICAL is cited anyway, and no compute is claimed
+    assert "#### OPTICAL" in readme and "huang2023optical" in readme
+    assert "Training compute" not in readme and "model-index" not in meta
 
 
 def test_training_flops_count_training_forwards_only(teacher, wide_student, bitext):
@@ -365,7 +395,12 @@ def test_push_folder_of_reloaded_model_merges_eval_results(trained, tmp_path, fa
     push_folder_to_hub(resaved, REPO, eval_results=results(0.75))  # same metric again: replaced, not duplicated
     readme = fake_hub.uploads[-1]["readme"]
     assert f'SentenceTransformer("{REPO}")' in readme
-    (entry,) = front_matter(readme)["model-index"][0]["results"]
+    index = front_matter(readme)["model-index"]
+    assert (
+        index[0]["name"]
+        == "OPTICAL Chichewa-English retrieval model distilled from sentence-transformers/all-MiniLM-L6-v2"
+    )
+    (entry,) = index[0]["results"]
     assert {m["type"]: m["value"] for m in entry["metrics"]} == {"ndcg@10": 0.75, "mrr@10": 0.4}
     assert "## Bias, Risks and Limitations" in readme  # the body is untouched
     card = add_eval_results_to_card(resaved, results(0.75))
