@@ -8,6 +8,9 @@ import importlib.util
 import json
 import logging
 import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 from unittest import mock
 
@@ -164,6 +167,31 @@ def test_template_is_package_data_mapped_from_top_level_model_cards():
         "optical_st.model_cards"
     }
     assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [options] packages in setup.cfg"
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_template(tmp_path):
+    """Not only a source checkout: a wheel built from the sources has the template inside the package."""
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"  # a clean copy, so the build writes nothing into the checkout
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("optical_st", "model_cards"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, src / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=src,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert f"optical_st/model_cards/{model_card_template_path().name}" in names
+    assert "optical_st/hub.py" in names and not any(n.startswith("model_cards/") for n in names)
 
 
 # ------------------------------------------------------------------------------------------------
