@@ -97,7 +97,7 @@ def _is_main_process() -> bool:
 def _world_size() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return 1
 
 
 def hub_model_id(model: Any) -> str | None:
@@ -122,8 +122,8 @@ class _TokenCounter:
     Uses the convention of ``transformers.Trainer.floating_point_ops`` (Kaplan et al. 2020): ``2 * N`` FLOPs per
     (padded) token for a forward pass and ``6 * N`` with the backward pass, ``N`` the route's non-embedding
     parameters. sentence-transformers models report ``total_flos == 0`` to the trainer, hence this hook. Under DDP
-    every rank runs the same number of steps on equally sized batches, so the count is scaled by the world size
-    (rank 0 writes the card and sees only its own batches).
+    rank 0 writes the card but sees only its own batches; every rank runs as many batches of the same size, so the
+    count is scaled by the world size (exact up to the ranks' different padded lengths).
     """
 
     def __init__(self, card_data: OpticalModelCardData, route: str, modules: list[nn.Module]) -> None:
