@@ -295,8 +295,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         super().set_widget_examples(dataset)
         if not self.is_asymmetric:
             return
-        # The Hub's sentence-similarity widget calls encode() on both sides, i.e. the teacher route for the LRL
-        # query too, so its scores would be wrong: leave it off and show the right calls in the usage snippet.
+        # The Hub's sentence-similarity widget has no query/document distinction, so it would not send the LRL query
+        # through the student route: leave it off; the usage snippet shows encode_query / encode_document instead.
         self.widget = []
         examples = self._query_document_examples(dataset)
         if examples:
