@@ -12,8 +12,10 @@ from optical_st.modeling import (
     export_student,
     router_mapping,
 )
+from optical_st.sampling import DynamicHardNegativeSampler
 
 __all__ = [
+    "DynamicHardNegativeSampler",
     "OTDistillationLoss",
     "__version__",
     "add_projection",
