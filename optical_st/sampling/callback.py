@@ -165,13 +165,19 @@ class HardNegativeMiningCallback(TrainerCallback):
             refresh,
         )
 
-    def _anchors_to_mine(self, args, world: int, activate_at: int, initial: bool, all_anchors: bool) -> np.ndarray:
+    def _anchors_to_mine(
+        self, args, trainer_state, world: int, activate_at: int, initial: bool, all_anchors: bool
+    ) -> np.ndarray:
         config = self.config
         if all_anchors or config.refresh_steps is None or (initial and config.hard_batches):
             return np.arange(self.state.num_anchors)
-        # the batches the next `refresh_steps` optimizer steps will read, plus a step of slack for prefetching
-        span = (config.refresh_steps + 1) * args.gradient_accumulation_steps * world + 2 * world
-        rows = self.sampler.rows_at_positions(max(activate_at, 0), max(activate_at, 0) + span)
+        # The batches read until the next refresh activates: each optimizer step consumes at most
+        # gradient_accumulation_steps rounds of `world` positions, and the next activation may land up to two rounds
+        # later (rounding up to a round, an epoch's unused tail).
+        steps = min(config.refresh_steps, max(trainer_state.max_steps - trainer_state.global_step, 1))
+        span = steps * args.gradient_accumulation_steps * world + 2 * world
+        start = max(activate_at, 0)
+        rows = self.sampler.rows_at_positions(start, start + span)
         return np.unique(self.state.row_anchor[rows])
 
     def _refresh(self, model, args, trainer_state, initial: bool, all_anchors: bool = False) -> None:
@@ -188,7 +194,7 @@ class HardNegativeMiningCallback(TrainerCallback):
         )
         stats: dict[str, float] = {"refresh": float(refresh)}
         if config.strategy == "hard":
-            anchors = self._anchors_to_mine(args, world, activate_at, initial, all_anchors)
+            anchors = self._anchors_to_mine(args, trainer_state, world, activate_at, initial, all_anchors)
             payload = self._mine(model, args, anchors, refresh, trainer_state.global_step)
             ids = payload["anchor_ids"]
             if previous is not None:
@@ -214,8 +220,12 @@ class HardNegativeMiningCallback(TrainerCallback):
         rank, _ = rank_and_world()
         was_training = model.training
         try:
+            start = time.perf_counter()
             queries = self._encode(model, args, [state.anchor_texts[a] for a in anchor_ids.tolist()], "query")
+            timings = {"anchor_seconds": time.perf_counter() - start}
+            start = time.perf_counter()
             corpus = self._documents(model, args)
+            timings["pool_seconds"] = time.perf_counter() - start
         finally:
             model.train(was_training)  # encode() leaves the model in eval mode
         payload = None
@@ -263,7 +273,9 @@ class HardNegativeMiningCallback(TrainerCallback):
                     "random_filled": float(missing.sum()),
                 },
             }
-        return broadcast_from_main(payload)
+        payload = broadcast_from_main(payload)
+        payload["stats"] = {**payload["stats"], **timings}  # this rank's own encoding times
+        return payload
 
     def _autocast(self, args, model) -> contextlib.AbstractContextManager:
         # mine in the precision the model trains in
