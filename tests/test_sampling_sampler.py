@@ -200,6 +200,12 @@ def test_random_strategy_never_encodes(tiny_dirs, tmp_path, fetches):
     for fetch in fetches:
         for _, positive, *negatives in fetch["rows"]:
             assert positive not in negatives and len(set(negatives)) == 3
+    # a second train() call on the same trainer re-indexes cleanly: one callback, negatives again
+    first_run = len(fetches)
+    trainer.train()
+    assert sum(isinstance(cb, HardNegativeMiningCallback) for cb in trainer.callback_handler.callbacks) == 1
+    assert len(fetches) > first_run and all(len(f["rows"][0]) == 5 for f in fetches[first_run:])
+    assert trainer.train_dataset.format["type"] is None
 
 
 def test_optical_router_model_with_ot_loss_and_eval(teacher, wide_student, tmp_path, fetches):
@@ -253,6 +259,23 @@ def test_trainable_document_encoder_is_re_encoded(tiny_dirs, tmp_path):
     )
     trainer.train()
     assert calls["document"] == 3  # initial + steps 2 and 4: the pool moves with the model
+
+
+def test_class_as_batch_sampler_and_train_dataset_reused_for_eval(tiny_dirs, tmp_path):
+    """The class itself works as `batch_sampler` (defaults), and evaluating on the training dataset object mid-run
+    neither re-indexes it nor restarts the mining."""
+    model = tiny_sentence_transformer(tiny_dirs["student"])
+    dataset = pairs(48)
+    args = make_args(tmp_path, batch_sampler=DynamicHardNegativeSampler, eval_strategy="steps", eval_steps=2)
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset, loss=RecordingMNRL(model)
+    )
+    trainer.train()
+    callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HardNegativeMiningCallback)]
+    assert len(callbacks) == 1 and not callbacks[0]._detached
+    assert len(mining_logs(trainer)) == 1  # refresh_steps=200 by default: only the initial mining in 6 steps
+    assert sum("eval_loss" in e for e in trainer.state.log_history) == 3
+    assert all(len(call) == 3 for call in trainer.loss.calls)  # train and eval batches: (anchor, positive, negative_1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -123,6 +123,18 @@ def search_topk(
     return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long, device=queries.device)
 
 
+def _gathered_scores(queries: Tensor, corpus: Tensor, ids: Tensor) -> Tensor:
+    """``(Q, K)`` inner products of each query with its own ``K`` corpus rows (``-1`` ids score row 0), computed in
+    query chunks so the gathered ``(chunk, K, d)`` block stays small."""
+    step = max(1, _MAX_CHUNK_ELEMENTS // max(ids.shape[1] * corpus.shape[1], 1))
+    ids = ids.clamp(min=0)
+    parts = [
+        torch.einsum("qd,qkd->qk", queries[i : i + step], corpus[ids[i : i + step]])
+        for i in range(0, queries.shape[0], step)
+    ]
+    return torch.cat(parts) if parts else queries.new_zeros(0, ids.shape[1])
+
+
 def _sort_by_score(ids: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     """Sort each row by score (desc), ties by id (asc): a total order, so both backends agree."""
     by_id = torch.argsort(ids, dim=1, stable=True)
@@ -204,12 +216,12 @@ def mine_negatives(
     # 1. retrieve, then re-score exactly and order (score desc, id asc) so faiss and torch agree
     cand = search_topk(queries, corpus, range_max + max_positives, use_faiss=use_faiss, chunk_size=chunk_size)
     cand = cand.to(device)
-    scores = torch.einsum("qd,qkd->qk", queries, corpus[cand.clamp(min=0)])
+    scores = _gathered_scores(queries, corpus, cand)
     scores = scores.masked_fill(cand < 0, float("-inf"))  # faiss pads with -1 when k > corpus
     cand, scores = _sort_by_score(cand, scores)
 
     pos_valid = pos >= 0
-    pos_scores = torch.einsum("qd,qpd->qp", queries, corpus[pos.clamp(min=0)])
+    pos_scores = _gathered_scores(queries, corpus, pos)
     positive_scores = pos_scores.masked_fill(~pos_valid, float("inf")).min(dim=1).values
 
     # 2. the positives are not negatives

@@ -56,24 +56,28 @@ class _ConfiguredSampler:
         return f"{self.sampler_cls.__name__}.configure({args})"
 
 
-def _find_trainer() -> Any | None:
-    """The transformers ``Trainer`` whose ``get_batch_sampler`` is instantiating us (found on the call stack).
+def _find_trainer() -> tuple[Any | None, str | None]:
+    """The transformers ``Trainer`` whose ``get_batch_sampler`` is instantiating us (found on the call stack), and
+    the kind of dataloader it is building (``"train"``/``"eval"``/``"test"``, when sentence-transformers says so).
 
     The trainer passes only the dataset to a batch sampler, but mining needs the model, the callbacks and the data
-    collator. Looking one or two frames up for the ``Trainer`` method that is calling us keeps the user's code to one
+    collator. Looking a few frames up for the ``Trainer`` method that is calling us keeps the user's code to one
     line; it is checked (the frame's ``self`` must be a ``Trainer``) and anything else raises a clear error.
     """
     from transformers import Trainer
 
+    trainer, kind = None, None
     frame = sys._getframe(1)
     for _ in range(16):
-        if frame is None:
+        if frame is None or (trainer is not None and kind is not None):
             break
+        if kind is None and isinstance(frame.f_locals.get("dataset_kind"), str):
+            kind = frame.f_locals["dataset_kind"]  # ST's _build_dataloader, just above get_batch_sampler
         candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
-            return candidate
+        if trainer is None and isinstance(candidate, Trainer):
+            trainer = candidate
         frame = frame.f_back
-    return None
+    return trainer, kind
 
 
 def compose_hard_batches(
@@ -297,15 +301,16 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         self.config = config
         self.state: HardNegativeState | None = None
         self.callback = None
-        self.trainer = trainer if trainer is not None else _find_trainer()
+        found, kind = _find_trainer()
+        self.trainer = trainer if trainer is not None else found
         if self.trainer is None:
             raise ValueError(
                 "DynamicHardNegativeSampler is instantiated by the sentence-transformers trainer: pass "
                 "`batch_sampler=DynamicHardNegativeSampler.configure(...)` to SentenceTransformerTrainingArguments "
                 "(or give `trainer=` in a custom training loop)."
             )
-        # the trainer also builds eval dataloaders with `batch_sampler`: those get a plain shuffled order
-        self.passive = dataset is not self.trainer.train_dataset
+        # the trainer also builds eval/test dataloaders with `batch_sampler`: those get a plain shuffled order
+        self.passive = dataset is not self.trainer.train_dataset or kind not in (None, "train")
         if not self.passive:
             self._setup_training()
 
@@ -335,6 +340,10 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
                 "DynamicHardNegativeSampler refreshes its negatives in the main process, which DataLoader workers "
                 "would never see: set dataloader_num_workers=0 (or refresh_steps=None for static negatives)."
             )
+        for callback in list(trainer.callback_handler.callbacks):
+            if isinstance(callback, HardNegativeMiningCallback):  # from an earlier train() call
+                callback.detach()  # also puts the dataset's own format back
+                trainer.callback_handler.remove_callback(callback)
         fmt = dataset.format
         if fmt["type"] not in (None, "python", "custom"):
             raise ValueError(
@@ -352,17 +361,15 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         self.state = HardNegativeState(
             config, list(plain[anchor_column]), list(plain[positive_column]), anchor_column, positive_column
         )
-        self._original_format = fmt
         inner = fmt["format_kwargs"].get("transform") if fmt["type"] == "custom" else None
+        while isinstance(inner, NegativesTransform):  # left over by a run that crashed before on_train_end
+            inner = inner.inner
+            fmt = {**fmt, "type": "custom" if inner else None, "format_kwargs": {"transform": inner} if inner else {}}
+        self._original_format = fmt
         dataset.set_transform(
             NegativesTransform(self.state, inner), columns=fmt["columns"], output_all_columns=fmt["output_all_columns"]
         )
         self._extend_collator(positive_column)
-
-        for callback in list(trainer.callback_handler.callbacks):
-            if isinstance(callback, HardNegativeMiningCallback):  # from an earlier train() call
-                callback.detach()
-                trainer.callback_handler.remove_callback(callback)
         self.callback = HardNegativeMiningCallback(self, trainer)
         trainer.add_callback(self.callback)
         logger.info(
