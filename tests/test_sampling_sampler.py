@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_sentence_transformer, toy_bitext
+from conftest import tiny_sentence_transformer, toy_bitext, write_tiny_bert
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -241,6 +241,23 @@ def test_optical_router_model_with_ot_loss_and_eval(teacher, wide_student, tmp_p
     assert any("contrastive" in e for e in logs) and any("eval_loss" in e for e in logs)  # eval: no negatives
     assert all(np.isfinite(e["loss"]) for e in logs if "loss" in e)
     assert fetches and all(len(f["rows"][0]) == 4 for f in fetches)
+
+
+def test_separate_teacher_mode_mines_english_negatives_for_the_lrl_side(teacher, tmp_path):
+    """Without a Router there is no router_mapping to tell the sides apart: OTDistillationLoss declares them."""
+    student = tiny_sentence_transformer(write_tiny_bert(tmp_path / "student", seed=3))  # the teacher's vocabulary
+    dataset = toy_bitext(32)
+    sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=None)
+    trainer = SentenceTransformerTrainer(
+        model=student,
+        args=make_args(tmp_path, batch_sampler=sampler, max_steps=1),
+        train_dataset=dataset,
+        loss=OTDistillationLoss(student, teacher=teacher, contrastive_weight=0.5),
+    )
+    trainer.train()
+    state = callback_of(trainer).state
+    assert (state.anchor_column, state.positive_column) == ("lrl", "english")
+    assert set(state.pool) == set(dataset["english"])
 
 
 def test_trainable_document_encoder_is_re_encoded(tiny_dirs, tmp_path):

@@ -234,7 +234,8 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
                 - ``hard_batches`` (False): also compose batches from mutually hard anchors, so in-batch negatives
                   are hard too (needs every anchor mined before training, so the first mining covers all anchors).
                 - ``anchor_column`` / ``positive_column``: default: the columns that ``router_mapping`` routes to
-                  ``"query"`` / ``"document"``, else the first / second column.
+                  ``"query"`` / ``"document"``, else those the loss declares in ``retrieval_columns`` (OPTICAL
+                  losses: the LRL column is the anchor, the English one the positive), else the first / second.
                 - ``corpus``: extra candidate texts besides the positives.
                 - ``negative_column_prefix`` (``"negative"``): the columns are ``{prefix}_1 .. {prefix}_k``.
                 - ``mining_batch_size`` (64), ``use_faiss`` (None = when installed), ``cache_documents`` (None =
@@ -389,6 +390,11 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         mapping = getattr(self.trainer.data_collator, "router_mapping", None) or {}
         flat = mapping if mapping and not isinstance(next(iter(mapping.values())), dict) else {}
         by_task = {task: [c for c in text_columns if flat.get(c) == task] for task in ("query", "document")}
+        # a loss may declare which of its text columns are the query and the document, e.g. OTDistillationLoss
+        # reads (english, lrl, *negatives): the LRL side is the anchor, the English side the positive
+        declared = getattr(self.trainer.loss, "retrieval_columns", None)
+        if declared is not None and not by_task["query"] and len(text_columns) > max(declared):
+            by_task = {"query": [text_columns[declared[0]]], "document": [text_columns[declared[1]]]}
         anchor = config.anchor_column or (
             by_task["query"][0] if by_task["query"] else (text_columns[0] if text_columns else None)
         )
