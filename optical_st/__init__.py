@@ -13,8 +13,10 @@ from optical_st.modeling import (
     export_student,
     router_mapping,
 )
+from optical_st.sampling import DynamicHardNegativeSampler
 
 __all__ = [
+    "DynamicHardNegativeSampler",
     "HubPushError",
     "OTDistillationLoss",
     "OpticalModelCardData",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import string
 from pathlib import Path
 
@@ -64,6 +66,18 @@ PAIRS = [
     ("the heavens and the water", "kumwamba ndi madzi"),
     ("the day was good", "tsiku kunali kwabwino"),
 ]
+
+
+def toy_bitext(n: int = 48, seed: int = 0) -> Dataset:
+    """``n`` distinct (english, lrl) pairs: random word sequences and their word-by-word "translation" (a few
+    English words share an LRL word, so some LRL anchors repeat with different English positives)."""
+    rng = random.Random(seed)
+    lexicon = dict(zip(ENGLISH_WORDS, itertools.cycle(LRL_WORDS)))
+    pairs: dict[str, str] = {}
+    while len(pairs) < n:
+        words = rng.sample(ENGLISH_WORDS, rng.randint(3, 6))
+        pairs.setdefault(" ".join(words), " ".join(lexicon[w] for w in words))
+    return Dataset.from_dict({"english": list(pairs), "lrl": list(pairs.values())})
 
 
 def write_tiny_bert(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -27,6 +28,42 @@ OPTICAL_CITATION = """
 """
 
 
+def info_nce(
+    student: Tensor, teacher: Tensor, negatives: Sequence[Tensor] | None = None, temperature: float = 0.05
+) -> Tensor:
+    """InfoNCE of student embeddings against frozen teacher embeddings, cosine similarity.
+
+    Row ``i`` of ``student`` must score its own ``teacher[i]`` above every other candidate: the other teacher rows
+    (in-batch negatives) and every row of every ``negatives`` tensor (hard negatives of all rows, as in ST's
+    MultipleNegativesRankingLoss). Candidates whose teacher embedding equals ``teacher[i]`` (cosine > 1 - 1e-5: the
+    same text twice) are masked, since they are not negatives. Teacher inputs are detached.
+
+    Args:
+        student: ``(B, d)`` with grad.
+        teacher: ``(B, d)``.
+        negatives: ``K`` tensors ``(B, d)`` (one per negative column), or None.
+        temperature: softmax temperature.
+
+    Returns:
+        The mean cross-entropy over the batch.
+    """
+    if student.dim() != 2 or student.shape != teacher.shape:
+        raise ValueError(
+            f"Need (B, d) student and teacher sentence embeddings of one shape, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}."
+        )
+    negatives = [n.detach() for n in (negatives or [])]
+    if any(n.shape != teacher.shape for n in negatives):
+        raise ValueError("Every negative column must give (B, d) embeddings like the positives.")
+    candidates = F.normalize(torch.cat([teacher.detach(), *negatives]).float(), dim=-1)  # positive i at row i
+    scores = F.normalize(student.float(), dim=-1) @ candidates.T / temperature
+    with torch.no_grad():
+        duplicate = candidates[: len(teacher)] @ candidates.T > 1 - 1e-5
+        duplicate.fill_diagonal_(False)
+    scores = scores.masked_fill(duplicate, float("-inf"))
+    return F.cross_entropy(scores, torch.arange(len(teacher), device=scores.device))
+
+
 class _Encoder:
     """One side of the distillation (student or teacher): how to run it and which token ids are special."""
 
@@ -46,6 +83,10 @@ def _route_tokenizer(modules: Iterable[nn.Module]) -> Any:
 
 
 class OTDistillationLoss(nn.Module):
+    # (query, document) positions among the text columns (english, lrl, *negatives): hard-negative samplers mine
+    # English negatives for the LRL side (see optical_st.DynamicHardNegativeSampler)
+    retrieval_columns = (1, 0)
+
     def __init__(
         self,
         model: SentenceTransformer,
@@ -57,6 +98,8 @@ class OTDistillationLoss(nn.Module):
         exclude_special_tokens: bool = True,
         solver: Literal["sinkhorn", "emd"] = "sinkhorn",
         sentence_weight: float = 0.0,
+        contrastive_weight: float = 0.0,
+        temperature: float = 0.05,
     ) -> None:
         """
         OPTICAL's optimal-transport knowledge distillation (Huang, Yu & Allan, WSDM 2023).
@@ -94,6 +137,14 @@ class OTDistillationLoss(nn.Module):
                 for small experiments).
             sentence_weight: weight of an extra sentence-level term, ``1 - cos(student, teacher)`` of the pooled
                 embeddings. ``0`` (default) is the paper's loss.
+            contrastive_weight: weight of an extra InfoNCE term on pooled embeddings: the student's LRL embedding
+                must pick the teacher's embedding of its English translation among the teacher embeddings of the
+                batch's other English texts and of the hard-negative columns (``english, lrl, negative_1, ...``,
+                e.g. from :class:`optical_st.DynamicHardNegativeSampler`). Candidates identical to the positive
+                (repeated texts) are masked. ``0`` (default) is the paper's loss, which then accepts no extra
+                columns.
+            temperature: softmax temperature of the InfoNCE term (``0.05`` = ST's MultipleNegativesRankingLoss
+                ``scale=20``).
 
         References:
             - Huang, Yu, Allan. Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal
@@ -106,16 +157,21 @@ class OTDistillationLoss(nn.Module):
                (``build_optical_model`` adds one; or :func:`optical_st.add_projection`).
 
         Inputs:
-            +------------------------------------------+--------+
-            | Texts                                    | Labels |
-            +==========================================+========+
-            | (english source, lrl target) pairs       | none   |
-            +------------------------------------------+--------+
+            +-------------------------------------------------------------+--------+
+            | Texts                                                       | Labels |
+            +=============================================================+========+
+            | (english source, lrl target) pairs                          | none   |
+            +-------------------------------------------------------------+--------+
+            | (english, lrl, negative_1, ..., negative_k), with           | none   |
+            | ``contrastive_weight > 0`` (negatives are English texts)    |        |
+            +-------------------------------------------------------------+--------+
 
         Relations:
             - :class:`sentence_transformers.sentence_transformer.losses.MSELoss` distils pooled sentence embeddings
               (Reimers & Gurevych 2020); this loss distils the token space.
             - :class:`optical_st.ContrastiveDistillationLoss` is the contrastive-KD baseline.
+            - :class:`optical_st.DynamicHardNegativeSampler` supplies hard-negative columns, re-mined with the
+              student during training, for the ``contrastive_weight`` term.
 
         Example:
             ::
@@ -146,6 +202,10 @@ class OTDistillationLoss(nn.Module):
             raise ValueError(f"Unknown solver {solver!r}; use 'sinkhorn' or 'emd'.")
         if sentence_weight < 0:
             raise ValueError("sentence_weight must be >= 0.")
+        if not (isinstance(contrastive_weight, (int, float)) and contrastive_weight >= 0):
+            raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight!r}.")
+        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
         self.model = model
         self.reg = reg
         self.max_iter = max_iter
@@ -154,6 +214,8 @@ class OTDistillationLoss(nn.Module):
         self.exclude_special_tokens = exclude_special_tokens
         self.solver = solver
         self.sentence_weight = sentence_weight
+        self.contrastive_weight = float(contrastive_weight)
+        self.temperature = float(temperature)
         self.last_solver_log: ot.SinkhornLog | None = None
 
         router = find_router(model)
@@ -213,24 +275,30 @@ class OTDistillationLoss(nn.Module):
 
     def _check_inputs(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
         n_expected = 2
-        if len(features) != n_expected:
+        if self.contrastive_weight > 0:
+            if len(features) < n_expected:
+                raise ValueError(
+                    f"OTDistillationLoss expects (english, lrl, *english_negatives) text columns, got {len(features)}."
+                )
+        elif len(features) != n_expected:
             raise ValueError(
                 f"OTDistillationLoss expects exactly {n_expected} text columns (english, lrl), got {len(features)}. "
-                "Select them with `dataset.select_columns(['english', 'lrl'])`."
+                "Select them with `dataset.select_columns(['english', 'lrl'])`, or set contrastive_weight > 0 to "
+                "use extra columns as hard negatives."
             )
         if labels is not None:
             raise ValueError(
                 "OTDistillationLoss takes no labels, but the dataset has a label/score column; remove it with "
                 "`dataset.remove_columns(...)`."
             )
-        routes = (self._teacher.route, self._student.route)
+        routes = (self._teacher.route, self._student.route) + (self._teacher.route,) * (len(features) - 2)
         if routes[0] is not None:
             got = tuple(f.get("task") for f in features)
             if got != routes:
                 raise ValueError(
-                    f"The columns were routed to {got}, expected {routes} (english -> teacher, lrl -> student). Set "
-                    "`router_mapping=optical_st.router_mapping(train_dataset)` in SentenceTransformerTrainingArguments "
-                    "(and put the English column first)."
+                    f"The columns were routed to {got}, expected {routes} (english -> teacher, lrl -> student, "
+                    "negatives -> teacher). Set `router_mapping=optical_st.router_mapping(train_dataset)` in "
+                    "SentenceTransformerTrainingArguments (and put the English column first)."
                 )
 
     def _exclude_mask(self, features: dict[str, Any], side: _Encoder) -> Tensor | None:
@@ -254,14 +322,18 @@ class OTDistillationLoss(nn.Module):
     ) -> Tensor | dict[str, Tensor]:
         features = list(sentence_features)
         self._check_inputs(features, labels)
-        source, target = features
+        source, target, *negatives = features
         self._empty_rows_check(source, self._teacher, "english column (teacher)")
         self._empty_rows_check(target, self._student, "lrl column (student)")
+        for i, negative in enumerate(negatives):
+            self._empty_rows_check(negative, self._teacher, f"negative column {i + 1} (teacher)")
 
         student_out = self._student.run(target)
         self._set_teacher_eval()
         with torch.no_grad():
             teacher_out = self._teacher.run(source)
+            # only the pooled embedding of a negative is used; no graph, like the positive's
+            negative_sentences = [self._teacher.run(negative)["sentence_embedding"] for negative in negatives]
         return self.compute_loss_from_embeddings(
             student_tokens=student_out["token_embeddings"],
             student_mask=student_out["attention_mask"],
@@ -271,6 +343,7 @@ class OTDistillationLoss(nn.Module):
             teacher_exclude=self._exclude_mask(source, self._teacher),
             student_sentence=student_out.get("sentence_embedding"),
             teacher_sentence=teacher_out.get("sentence_embedding"),
+            negative_sentences=negative_sentences or None,
         )
 
     def compute_loss_from_embeddings(
@@ -283,6 +356,7 @@ class OTDistillationLoss(nn.Module):
         teacher_exclude: Tensor | None = None,
         student_sentence: Tensor | None = None,
         teacher_sentence: Tensor | None = None,
+        negative_sentences: Sequence[Tensor] | None = None,
     ) -> Tensor | dict[str, Tensor]:
         """The loss from token embeddings, kept apart from ``forward`` so the maths can be tested on hand-made
         tensors.
@@ -293,11 +367,14 @@ class OTDistillationLoss(nn.Module):
             teacher_tokens: ``(B, m, d)`` teacher token embeddings (English side).
             teacher_mask: ``(B, m)`` attention mask.
             student_exclude / teacher_exclude: optional ``(B, n)`` / ``(B, m)`` masks of tokens with zero mass.
-            student_sentence / teacher_sentence: pooled embeddings, used when ``sentence_weight > 0``.
+            student_sentence / teacher_sentence: ``(B, d)`` pooled embeddings, used when ``sentence_weight > 0`` or
+                ``contrastive_weight > 0``.
+            negative_sentences: teacher embeddings of the hard negatives, one ``(B, d)`` tensor per negative column
+                (used by the contrastive term).
 
         Returns:
-            The scalar loss, or ``{"ot": ..., "sentence": ...}`` when the sentence term is on (the trainer sums and
-            logs the components).
+            The scalar loss, or a dict of weighted components (``"ot"``, ``"sentence"``, ``"contrastive"``) when an
+            extra term is on (the trainer sums and logs them).
         """
         a = ot.token_marginals(student_mask, student_exclude, name="lrl column (student)")
         b = ot.token_marginals(teacher_mask, teacher_exclude, name="english column (teacher)")
@@ -309,14 +386,25 @@ class OTDistillationLoss(nn.Module):
         else:
             plan = ot.emd(cost, a, b)
         ot_loss = (plan.to(cost.dtype) * cost).sum((1, 2)).mean()
-        if self.sentence_weight == 0:
+        if self.sentence_weight == 0 and self.contrastive_weight == 0:
+            if negative_sentences:
+                raise ValueError("Hard-negative embeddings were given but contrastive_weight is 0.")
             return ot_loss
         if student_sentence is None or teacher_sentence is None:
-            raise ValueError("sentence_weight > 0 needs pooled 'sentence_embedding' outputs from both encoders.")
-        sentence_loss = (
-            1 - F.cosine_similarity(student_sentence.float(), teacher_sentence.detach().float(), dim=-1)
-        ).mean()
-        return {"ot": ot_loss, "sentence": self.sentence_weight * sentence_loss}
+            raise ValueError(
+                "sentence_weight > 0 or contrastive_weight > 0 needs pooled 'sentence_embedding' outputs from both "
+                "encoders."
+            )
+        losses = {"ot": ot_loss}
+        if self.sentence_weight > 0:
+            sentence_loss = (
+                1 - F.cosine_similarity(student_sentence.float(), teacher_sentence.detach().float(), dim=-1)
+            ).mean()
+            losses["sentence"] = self.sentence_weight * sentence_loss
+        if self.contrastive_weight > 0:
+            contrastive = info_nce(student_sentence, teacher_sentence, negative_sentences, self.temperature)
+            losses["contrastive"] = self.contrastive_weight * contrastive
+        return losses
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -328,6 +416,8 @@ class OTDistillationLoss(nn.Module):
             "exclude_special_tokens": self.exclude_special_tokens,
             "solver": self.solver,
             "sentence_weight": self.sentence_weight,
+            "contrastive_weight": self.contrastive_weight,
+            "temperature": self.temperature,
         }
 
     @property

@@ -1,0 +1,92 @@
+"""The settings of :class:`~optical_st.DynamicHardNegativeSampler`, validated once, before any training starts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+__all__ = ["HardNegativeConfig"]
+
+
+@dataclass
+class HardNegativeConfig:
+    """What to mine, how often, and how the negatives reach the loss. See
+    :class:`~optical_st.DynamicHardNegativeSampler` for the meaning of every field."""
+
+    num_negatives: int = 1
+    refresh_steps: int | None = 200
+    strategy: Literal["hard", "random"] = "hard"
+    range_min: int = 0
+    range_max: int | None = None
+    absolute_margin: float | None = None
+    relative_margin: float | None = None
+    max_score: float | None = None
+    min_score: float | None = None
+    sampling_strategy: Literal["top", "random"] = "top"
+    hard_batches: bool = False
+    anchor_column: str | None = None
+    positive_column: str | None = None
+    corpus: list[str] | None = field(default=None, repr=False)
+    negative_column_prefix: str = "negative"
+    mining_batch_size: int = 64
+    use_faiss: bool | None = None
+    cache_documents: bool | None = None
+    show_progress_bar: bool = False
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, value: Any) -> None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+        positive_int("num_negatives", self.num_negatives)
+        positive_int("mining_batch_size", self.mining_batch_size)
+        if self.refresh_steps is not None:
+            positive_int("refresh_steps", self.refresh_steps)
+        if self.strategy not in ("hard", "random"):
+            raise ValueError(f"strategy must be 'hard' (mined with the model) or 'random', got {self.strategy!r}.")
+        if self.sampling_strategy not in ("top", "random"):
+            raise ValueError(f"sampling_strategy must be 'top' or 'random', got {self.sampling_strategy!r}.")
+        if not isinstance(self.range_min, int) or self.range_min < 0:
+            raise ValueError(f"range_min must be a non-negative integer, got {self.range_min!r}.")
+        if self.range_max is not None and self.num_negatives > self.range_max - self.range_min:
+            raise ValueError(
+                f"Cannot take {self.num_negatives} negatives from the rank window [{self.range_min}, {self.range_max}):"
+                " raise range_max or lower num_negatives/range_min."
+            )
+        for name in ("absolute_margin", "relative_margin", "max_score", "min_score"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number or None, got {value!r}.")
+        if self.hard_batches and self.strategy == "random":
+            raise ValueError(
+                "hard_batches groups anchors that are hard negatives of each other; with strategy='random' there is "
+                "no such relation. Use strategy='hard' or hard_batches=False."
+            )
+        if not self.negative_column_prefix or not isinstance(self.negative_column_prefix, str):
+            raise ValueError("negative_column_prefix must be a non-empty string.")
+        if self.corpus is not None:
+            self.corpus = list(self.corpus)
+            if not all(isinstance(text, str) for text in self.corpus):
+                raise ValueError("corpus must be a list of strings.")
+
+    @property
+    def negative_columns(self) -> list[str]:
+        """``negative_1 .. negative_k``: the columns added to every training row."""
+        return [f"{self.negative_column_prefix}_{i + 1}" for i in range(self.num_negatives)]
+
+    @property
+    def filtering(self) -> bool:
+        return any(v is not None for v in (self.absolute_margin, self.relative_margin, self.max_score))
+
+    def non_default(self) -> dict[str, Any]:
+        """The fields that differ from their defaults (for reprs and logs); ``corpus`` shown by its size."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != f.default and not (f.name == "corpus" and value is None):
+                out[f.name] = f"<{len(value)} texts>" if f.name == "corpus" else value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
