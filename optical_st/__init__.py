@@ -5,7 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from optical_st import ot
-from optical_st.losses import OTDistillationLoss
+from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
 from optical_st.modeling import (
     add_projection,
     build_optical_model,
@@ -14,6 +14,7 @@ from optical_st.modeling import (
 )
 
 __all__ = [
+    "ContrastiveDistillationLoss",
     "OTDistillationLoss",
     "__version__",
     "add_projection",
