@@ -8,6 +8,13 @@ from optical_st.evaluation.benchmarks import (
     load_mewsli_x,
     load_tatoeba,
 )
+from optical_st.evaluation.flops import (
+    FlopReport,
+    FlopsCallback,
+    PhaseFlopCounter,
+    count_flops,
+    sinkhorn_elementwise_flops,
+)
 from optical_st.evaluation.retrieval import (
     BitextRetrievalEvaluator,
     CrossLingualRetrievalEvaluator,
@@ -18,12 +25,17 @@ from optical_st.evaluation.retrieval import (
 __all__ = [
     "BitextRetrievalEvaluator",
     "CrossLingualRetrievalEvaluator",
+    "FlopReport",
+    "FlopsCallback",
+    "PhaseFlopCounter",
     "RetrievalBenchmark",
     "bitext_to_ir",
+    "count_flops",
     "load_benchmark",
     "load_bible_benchmark",
     "load_lareqa",
     "load_mewsli_x",
     "load_tatoeba",
+    "sinkhorn_elementwise_flops",
     "trec_eval_metrics",
 ]
