@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--contrastive-weight", type=float, default=0.1, help="weight of the InfoNCE term")
     parser.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature")
     parser.add_argument("--num-negatives", type=int, default=1, help="hard-negative columns per row")
-    parser.add_argument("--refresh-steps", type=int, default=50, help="steps between re-minings (dynamic)")
+    parser.add_argument("--refresh-steps", type=int, default=25, help="steps between re-minings (dynamic)")
     parser.add_argument("--range-min", type=int, default=0, help="skip the top-ranked candidates (false negatives)")
     parser.add_argument(
         "--methods",
