@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import statistics
@@ -613,9 +612,3 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         flops_every=args.flops_every,
         threads=args.threads,
     )
-
-
-def finite_metrics(records: Sequence[dict[str, Any]]) -> bool:
-    """True when every metric and FLOPs number of every run is finite (used by the smoke tests)."""
-    values = [v for r in records for v in r["metrics"].values()] + [float(r["flops"].get("total", 0)) for r in records]
-    return bool(values) and all(math.isfinite(v) for v in values)
