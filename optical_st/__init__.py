@@ -4,7 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from optical_st import ot
+from optical_st import hub, ot
+from optical_st.hub import HubPushError, OpticalModelCardData
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
 from optical_st.modeling import (
     add_projection,
@@ -15,11 +16,14 @@ from optical_st.modeling import (
 
 __all__ = [
     "ContrastiveDistillationLoss",
+    "HubPushError",
     "OTDistillationLoss",
+    "OpticalModelCardData",
     "__version__",
     "add_projection",
     "build_optical_model",
     "export_student",
+    "hub",
     "ot",
     "router_mapping",
 ]

@@ -100,7 +100,8 @@ def build_optical_model(
             is kept; its head is replaced by a copy of the teacher's (pooling, normalisation), with a token-level
             projection when the hidden sizes differ, so student queries are comparable with teacher documents.
         freeze_teacher: set ``requires_grad=False`` on the teacher route (OPTICAL never updates the teacher).
-        model_card_data: forwarded to ``SentenceTransformer``.
+        model_card_data: card data for the saved model's README; ``None`` attaches an
+            :class:`optical_st.OpticalModelCardData` (the OPTICAL card) with the teacher and student Hub ids filled in.
         **load_kwargs: forwarded when ``teacher``/``student`` are names (``device``, ``cache_folder``, ...).
 
     Returns:
@@ -113,6 +114,7 @@ def build_optical_model(
         >>> model.encode_query(["Mulungu ndi chikondi"]).shape  # doctest: +SKIP
         (1, 384)
     """
+    teacher_arg, student_arg = teacher, student
     teacher = _load(teacher, **load_kwargs)
     if find_router(teacher) is not None:
         raise ValueError("The teacher is already a Router model; pass a plain English encoder as teacher.")
@@ -140,10 +142,27 @@ def build_optical_model(
     router = Router.for_query_document(
         query_modules=student_modules, document_modules=teacher_modules, default_route=TEACHER_ROUTE
     )
-    kwargs = {"model_card_data": model_card_data} if model_card_data is not None else {}
+    model_card_data = _optical_card_data(model_card_data, teacher_arg, student_arg)
     return SentenceTransformer(
-        modules=[router], similarity_fn_name=teacher.similarity_fn_name, device=str(teacher.device), **kwargs
+        modules=[router],
+        similarity_fn_name=teacher.similarity_fn_name,
+        device=str(teacher.device),
+        model_card_data=model_card_data,
     )
+
+
+def _optical_card_data(card_data: Any | None, teacher: Any, student: Any) -> Any:
+    """An ``OpticalModelCardData`` (the OPTICAL model card) unless the caller chose other card data."""
+    from optical_st.hub import OpticalModelCardData, hub_model_id  # hub imports this module
+
+    if card_data is None:
+        card_data = OpticalModelCardData()
+    if isinstance(card_data, OpticalModelCardData):
+        card_data.teacher_id = card_data.teacher_id or hub_model_id(teacher)
+        if student is not None and not card_data.student_id:
+            card_data.student_id = hub_model_id(student)
+            card_data.base_model = card_data.base_model or card_data.student_id
+    return card_data
 
 
 def find_router(model: nn.Module) -> Router | None:
@@ -163,9 +182,17 @@ def route_modules(model: nn.Module, route: str) -> list[nn.Module]:
 
 def export_student(model: SentenceTransformer, route: str = STUDENT_ROUTE) -> SentenceTransformer:
     """A plain student-only ``SentenceTransformer`` (copy of the query route) for users who do not want the
-    Router, e.g. to fine-tune further on their own. Its embeddings equal ``model.encode_query``."""
+    Router, e.g. to fine-tune further on their own. Its embeddings equal ``model.encode_query``. An OPTICAL model
+    card (training record, evaluation results) carries over; the student's card explains that documents are encoded
+    with the teacher."""
+    from optical_st.hub import OpticalModelCardData  # hub imports this module
+
     modules = copy.deepcopy(route_modules(model, route))
-    return SentenceTransformer(modules=modules, similarity_fn_name=model.similarity_fn_name, device=str(model.device))
+    card = model.model_card_data
+    kwargs = {"model_card_data": card.for_student_export()} if isinstance(card, OpticalModelCardData) else {}
+    return SentenceTransformer(
+        modules=modules, similarity_fn_name=model.similarity_fn_name, device=str(model.device), **kwargs
+    )
 
 
 def router_mapping(

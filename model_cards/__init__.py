@@ -1,0 +1,1 @@
+"""Jinja model card templates (installed as ``optical_st.model_cards``)."""

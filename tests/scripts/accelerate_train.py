@@ -1,0 +1,152 @@
+"""Train the OPTICAL Router model with OTDistillationLoss in every process of an `accelerate launch` (or torchrun) run,
+then save and push it the way a user would, calling both on every rank.
+
+The Hub is faked (``optical_st.hub.HfApi`` replaced) and card writes are recorded, so the test can check that only
+rank 0 writes model cards and pushes. Each rank writes ``rank{R}.json`` with a digest of its final weights.
+
+Usage:
+    accelerate launch --config_file examples/accelerate/cpu_2proc.yaml tests/scripts/accelerate_train.py OUT MODELS
+    torchrun --nproc_per_node 2 tests/scripts/accelerate_train.py OUT MODELS
+
+``--batch-sampler module:attr`` plugs in a batch sampler (a ``DefaultBatchSampler`` subclass or factory), e.g. the
+dynamic hard-negative sampler once it exists; the default is sentence-transformers' own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest helpers
+
+import sentence_transformers.base.model as st_base_model
+import torch
+from conftest import PAIRS, tiny_sentence_transformer
+from datasets import Dataset
+from huggingface_hub import CommitInfo, RepoUrl
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+import optical_st.hub
+from optical_st import OpticalModelCardData, OTDistillationLoss, build_optical_model, router_mapping
+
+RANK = int(os.environ.get("RANK", 0))
+# model cards written by this rank, per phase: "train" (checkpoints), "save" (final save), "push"
+EVENTS: dict[str, list] = {"card_writes": [], "hub_calls": []}
+PHASE = ["setup"]
+
+
+def record_card_writes() -> None:
+    generate = st_base_model.generate_model_card
+
+    def recording(model):
+        EVENTS["card_writes"].append(PHASE[0])
+        return generate(model)
+
+    st_base_model.generate_model_card = recording
+
+
+class FakeHfApi:
+    """Stands in for huggingface_hub.HfApi: records the calls, checks the folder it is asked to upload."""
+
+    def __init__(self, token=None) -> None:
+        EVENTS["hub_calls"].append("HfApi")
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **kwargs):
+        EVENTS["hub_calls"].append("create_repo")
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        EVENTS["hub_calls"].append("upload_folder")
+        EVENTS["uploaded_files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        oid = "b" * 40
+        return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", "msg", "", oid)
+
+
+def load_object(spec: str):
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("models", type=Path, help="folder with the tiny 'teacher' and 'wide_student' models")
+    parser.add_argument("--batch-sampler", default=None, help="module:attr of a batch sampler class or factory")
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args()
+
+    record_card_writes()
+    optical_st.hub.HfApi = FakeHfApi
+
+    teacher = tiny_sentence_transformer(args.models / "teacher")
+    student = tiny_sentence_transformer(args.models / "wide_student", hidden=48)
+    card = OpticalModelCardData(target_language="ny", target_language_name="Chichewa", local_files_only=True)
+    model = build_optical_model(teacher, student, model_card_data=card)
+
+    # raw (unscaled) tokens this rank feeds the student, to check the card's world-size scaling
+    local_tokens = {"query": 0}
+
+    def count(module, inputs):
+        if model.training:
+            local_tokens["query"] += inputs[0]["input_ids"].numel()
+
+    model[0].sub_modules["query"][0].register_forward_pre_hook(count)
+
+    english, lrl = zip(*PAIRS, strict=True)
+    dataset = Dataset.from_dict({"english": list(english) * 2, "lrl": list(lrl) * 2})
+    extra = {"batch_sampler": load_object(args.batch_sampler)} if args.batch_sampler else {}
+    training_args = SentenceTransformerTrainingArguments(
+        output_dir=str(args.out / "trainer"),
+        per_device_train_batch_size=4,
+        num_train_epochs=args.epochs,
+        learning_rate=5e-3,
+        report_to=[],
+        save_strategy="steps",  # one checkpoint, at the last step
+        save_steps=2,
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,  # without it, processes on a GPU-less machine would each train alone
+        router_mapping=router_mapping(dataset),
+        **extra,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=training_args, train_dataset=dataset, loss=OTDistillationLoss(model, reg=0.05)
+    )
+    PHASE[0] = "train"
+    trainer.train()
+
+    # what a user script does at the end. The final save is guarded: with sentence-transformers 6.2 and
+    # transformers 5, trainer.save_model() writes on every rank (see docs/multi_gpu.md); push_to_hub needs no guard.
+    PHASE[0] = "save"
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(args.out / "model"))
+    PHASE[0] = "push"
+    url = optical_st.hub.push_to_hub(model, "me/ddp-optical", local_dir=args.out / "push")
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    result = {
+        "rank": RANK,
+        "world_size": trainer.args.world_size,
+        "digest": digest.hexdigest(),
+        "steps": trainer.state.global_step,
+        "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "finite": all(torch.isfinite(p).all().item() for p in model.parameters()),
+        "push_return": url,
+        "local_query_tokens": local_tokens["query"],
+        "card_query_tokens": model.model_card_data.training_compute["query"]["tokens"],
+        **EVENTS,
+    }
+    (args.out / f"rank{RANK}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
