@@ -154,9 +154,9 @@ def test_callback_extrapolates_and_tracks_mining(teacher, wide_student, tmp_path
 
 
 def test_sinkhorn_elementwise_estimate_formula():
-    assert sinkhorn_elementwise_flops(2, 3, 4, 1) == 2 * 3 * 4 * 18
-    # 21 iterations after the first = 2 blocks of 10 (7 per entry each); a log-domain fallback block costs 100 more
-    assert sinkhorn_elementwise_flops(1, 1, 1, 21) == 18 + 2 * 7
-    assert sinkhorn_elementwise_flops(1, 1, 1, 21, log_domain_blocks=1) == 18 + 2 * 7 + 100
+    assert sinkhorn_elementwise_flops(2, 3, 4) == 2 * 3 * 4 * 23
+    # an absorption rebuilds the kernel (5 per entry); a log-domain fallback block also runs 10 exact iterations
+    assert sinkhorn_elementwise_flops(1, 1, 1, absorptions=2) == 23 + 2 * 5
+    assert sinkhorn_elementwise_flops(1, 1, 1, log_domain_blocks=1) == 23 + 5 + 100
     with pytest.raises(ValueError, match="every_n_steps"):
         FlopsCallback(nn.Linear(1, 1), every_n_steps=0)

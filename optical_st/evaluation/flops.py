@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -183,19 +182,20 @@ def encoder_phases(model: nn.Module, loss: nn.Module | None = None) -> dict[str,
 
 
 def sinkhorn_elementwise_flops(
-    batch: int, n: int, m: int, n_iter: int, *, check_every: int = 10, log_domain_blocks: int = 0
+    batch: int, n: int, m: int, *, absorptions: int = 0, log_domain_blocks: int = 0, check_every: int = 10
 ) -> int:
     """Analytic estimate (not a measurement) of the elementwise work of :func:`optical_st.ot.sinkhorn_log` plus the
     OT loss on a ``(batch, n, m)`` cost, i.e. what ``FlopCounterMode`` does not see.
 
-    Per cost entry: cosine cost ``1 - S T^T`` (1), log-kernel ``-C / reg`` (1), the first log-domain iteration (two
-    log-sum-exps of add, max, subtract, exp, sum: 10), the first plan ``exp(K + f + g)`` and its row error (4), then per
-    convergence block of ``check_every`` iterations a new plan and row error (4) and a health check (3), each
-    log-domain fallback iteration (10), and the loss ``sum(P * C)`` (2). The scaling iterations themselves are ``bmm``
-    matrix-vector products and are measured by the counter.
+    Per cost entry: the cosine cost ``1 - S T^T`` (1), the log-kernel ``-C / reg`` (1), the padding mask (1), the first
+    log-domain iteration (two log-sum-exps of add, max, subtract, exp, sum: 10), every build of the absorbed kernel
+    ``exp(K + f + g)`` and its transposed copy (5; once, plus once per absorption and per log-domain fallback), each
+    fallback's ``check_every`` log-domain iterations (10 each), the final plan (3) and the loss ``sum(P * C)`` (2).
+    The scaling iterations themselves are batched row-vector x matrix products (``bmm``), measured by the counter.
+    Follows the implementation in ``optical_st/ot.py``; update it with the solver.
     """
-    blocks = math.ceil(max(n_iter - 1, 0) / check_every)
-    per_entry = 1 + 1 + 10 + 4 + blocks * (4 + 3) + log_domain_blocks * check_every * 10 + 2
+    kernels = 1 + absorptions + log_domain_blocks
+    per_entry = 1 + 1 + 1 + 10 + 5 * kernels + log_domain_blocks * check_every * 10 + 3 + 2
     return batch * n * m * per_entry
 
 
@@ -325,7 +325,11 @@ class FlopsCallback(TrainerCallback):
         if log is not None and getattr(log, "f", None) is not None:
             batch, n = log.f.shape
             self._analytic["ot_elementwise_analytic"] += sinkhorn_elementwise_flops(
-                batch, n, log.g.shape[-1], log.n_iter, log_domain_blocks=log.log_domain_blocks
+                batch,
+                n,
+                log.g.shape[-1],
+                absorptions=getattr(log, "absorptions", 0),
+                log_domain_blocks=getattr(log, "log_domain_blocks", 0),
             )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
