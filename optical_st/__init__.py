@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from optical_st import hub, ot
 from optical_st.hub import HubPushError, OpticalModelCardData
-from optical_st.losses import OTDistillationLoss
+from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
 from optical_st.modeling import (
     add_projection,
     build_optical_model,
@@ -16,6 +16,7 @@ from optical_st.modeling import (
 from optical_st.sampling import DynamicHardNegativeSampler
 
 __all__ = [
+    "ContrastiveDistillationLoss",
     "DynamicHardNegativeSampler",
     "HubPushError",
     "OTDistillationLoss",

@@ -1,5 +1,41 @@
-"""Evaluation: cross-lingual retrieval (XTREME-style)."""
+"""Evaluation: cross-lingual retrieval (XTREME-style), benchmark loaders, training FLOPs."""
 
-from optical_st.evaluation.retrieval import CrossLingualRetrievalEvaluator, bitext_to_ir
+from optical_st.evaluation.benchmarks import (
+    RetrievalBenchmark,
+    load_benchmark,
+    load_bible_benchmark,
+    load_lareqa,
+    load_mewsli_x,
+    load_tatoeba,
+)
+from optical_st.evaluation.flops import (
+    FlopReport,
+    FlopsCallback,
+    PhaseFlopCounter,
+    count_flops,
+    sinkhorn_elementwise_flops,
+)
+from optical_st.evaluation.retrieval import (
+    BitextRetrievalEvaluator,
+    CrossLingualRetrievalEvaluator,
+    bitext_to_ir,
+    trec_eval_metrics,
+)
 
-__all__ = ["CrossLingualRetrievalEvaluator", "bitext_to_ir"]
+__all__ = [
+    "BitextRetrievalEvaluator",
+    "CrossLingualRetrievalEvaluator",
+    "FlopReport",
+    "FlopsCallback",
+    "PhaseFlopCounter",
+    "RetrievalBenchmark",
+    "bitext_to_ir",
+    "count_flops",
+    "load_benchmark",
+    "load_bible_benchmark",
+    "load_lareqa",
+    "load_mewsli_x",
+    "load_tatoeba",
+    "sinkhorn_elementwise_flops",
+    "trec_eval_metrics",
+]

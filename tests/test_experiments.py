@@ -1,0 +1,128 @@
+"""Smoke tests of the research-question scripts (tiny models, tiny data, seconds) and of the harness's bookkeeping."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from optical_st.experiments import aggregate, format_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_args(tiny_dirs, out: Path, *extra: str) -> list[str]:
+    return [
+        "--output-dir",
+        str(out),
+        "--teacher",
+        str(tiny_dirs["teacher"]),
+        "--train-pairs",
+        "24",
+        "--eval-pairs",
+        "12",
+        "--seeds",
+        "0",
+        "1",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-seq-length",
+        "16",
+        "--eval-max-seq-length",
+        "16",
+        "--eval-batch-size",
+        "8",
+        "--flops-every",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def check_outputs(out: Path, expected_methods: dict[str, int]) -> dict:
+    results = json.loads((out / "results.json").read_text())
+    assert {row["method"]: row["n"] for row in results["aggregate"]} == expected_methods
+    for run in results["runs"]:
+        assert run["metrics"], run["method"]
+        for name, value in run["metrics"].items():
+            assert math.isfinite(value) and 0 <= value <= 1, (run["method"], name, value)
+        assert math.isfinite(run["flops"]["total"])
+        if run["method"] != "zero-shot":
+            assert run["flops"]["total"] > 0 and run["steps"] == 3 and run["train_seconds"] > 0
+            assert {"student_forward", "backward"} <= set(run["flops"]["per_step"])
+    table = (out / "results.md").read_text()
+    for method in expected_methods:
+        assert f"| {method} |" in table
+    assert "## Conditions" in table
+    png = (out / "quality_vs_flops.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert not (out / "runs.partial.json").exists()
+    return results
+
+
+@pytest.mark.slow
+def test_rq2_script_end_to_end(tiny_dirs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rq2"
+    argv = tiny_args(tiny_dirs, out, "--student", str(tiny_dirs["wide_student"]))
+    monkeypatch.setattr(sys, "argv", ["rq2", *argv])
+    load_script("rq2_ot_vs_contrastive").main()
+    results = check_outputs(out, {"zero-shot": 1, "OT-KD": 2, "Contrastive-KD": 2, "MSE-KD": 2})
+    runs = {(r["method"], r["seed"]): r for r in results["runs"]}
+    # OT and contrastive run the teacher in every step; MSE-KD precomputes it once, as a one-off cost
+    assert runs[("OT-KD", 0)]["flops"]["per_step"]["teacher_forward"] > 0
+    assert "teacher_forward" not in runs[("MSE-KD", 0)]["flops"]["per_step"]
+    assert runs[("MSE-KD", 0)]["flops"]["one_off"]["teacher_precompute"] > 0
+    assert runs[("OT-KD", 0)]["flops"]["analytic_per_step"]["ot_elementwise_analytic"] > 0
+    assert "| OT-KD | 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_rq1_script_without_negatives(tiny_dirs, tmp_path, monkeypatch):
+    out = tmp_path / "rq1"
+    monkeypatch.setattr(sys, "argv", ["rq1", *tiny_args(tiny_dirs, out, "--methods", "none")])
+    load_script("rq1_dynamic_vs_static").main()
+    check_outputs(out, {"OT (no negatives)": 2})
+
+
+@pytest.mark.slow
+def test_rq1_script_with_mined_negatives(tiny_dirs, tmp_path, monkeypatch):
+    pytest.importorskip("optical_st.sampling", reason="DynamicHardNegativeSampler not merged yet")
+    out = tmp_path / "rq1"
+    methods = ("in-batch", "static", "dynamic")
+    argv = tiny_args(tiny_dirs, out, "--methods", *methods, "--refresh-steps", "1", "--seeds", "0")
+    monkeypatch.setattr(sys, "argv", ["rq1", *argv])
+    load_script("rq1_dynamic_vs_static").main()
+    names = ("OT + in-batch InfoNCE", "OT + static hard negatives", "OT + dynamic hard negatives")
+    results = check_outputs(out, dict.fromkeys(names, 1))
+    mining = {r["method"]: r["flops"]["one_off"].get("mining", 0) for r in results["runs"]}
+    assert mining["OT + in-batch InfoNCE"] == 0
+    assert mining["OT + static hard negatives"] > 0 and mining["OT + dynamic hard negatives"] > 0
+
+
+def test_aggregate_and_table_hand_computed():
+    records = [
+        {"method": "A", "metrics": {"MAP@100": 0.2}, "flops": {"total": 10.0}, "train_seconds": 4.0},
+        {"method": "A", "metrics": {"MAP@100": 0.4}, "flops": {"total": 30.0}, "train_seconds": 6.0},
+        {"method": "B", "metrics": {"MAP@100": 0.1}, "flops": {"total": 0.0}, "train_seconds": 0.0},
+    ]
+    rows = aggregate(records)
+    assert [r["method"] for r in rows] == ["A", "B"]
+    mean, std = rows[0]["MAP@100"]
+    assert mean == pytest.approx(0.3) and std == pytest.approx(math.sqrt(0.02))  # sample std of (0.2, 0.4)
+    assert rows[0]["train FLOPs"] == (20.0, pytest.approx(math.sqrt(200)))
+    table = format_table(rows)
+    assert "| A | 2 | 0.3000 ± 0.1414 |" in table and "| B | 1 | 0.1000 ± 0.0000 |" in table

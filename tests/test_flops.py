@@ -1,0 +1,162 @@
+"""Training FLOPs: FlopCounterMode phases against analytic matmul counts, CPU attention, the trainer callback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import BertModel, TrainerCallback
+
+from optical_st import OTDistillationLoss, build_optical_model, router_mapping
+from optical_st.evaluation.flops import (
+    FlopsCallback,
+    PhaseFlopCounter,
+    count_flops,
+    encoder_phases,
+    sinkhorn_elementwise_flops,
+)
+
+
+def test_linear_forward_and_backward_match_the_matmul_formula():
+    torch.manual_seed(0)
+    student, teacher = nn.Linear(8, 4), nn.Linear(8, 4).requires_grad_(False)
+    x = torch.randn(3, 8)
+
+    def step():
+        with torch.no_grad():
+            t = teacher(x)
+        s = student(x)
+        ((s - t) ** 2).sum().backward()
+
+    _, phases = count_flops(step, phases={"student_forward": [student], "teacher_forward": [teacher]})
+    matmul = 2 * 3 * 8 * 4
+    # backward: grad of the weight only (x needs no grad) -> one matmul of the same size
+    assert phases == {"teacher_forward": matmul, "student_forward": matmul, "backward": matmul}
+
+
+def test_forced_phase_wins_over_module_phases():
+    layer = nn.Linear(4, 4)
+    with PhaseFlopCounter({"student_forward": [layer]}) as counter:
+        layer(torch.randn(2, 4))
+        with counter.force_phase("mining"), torch.no_grad():
+            layer(torch.randn(5, 4))
+    assert dict(counter.phase_flops) == {"student_forward": 2 * 2 * 4 * 4, "mining": 2 * 5 * 4 * 4}
+    assert counter.get_total_flops() == 2 * 7 * 4 * 4
+
+
+def test_cpu_attention_is_counted_like_the_eager_path(tiny_dirs):
+    """torch's registry misses the CPU SDPA kernel; ours counts it, and the forward equals the eager matmuls."""
+    ids = torch.randint(5, 40, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    forward = {}
+    for impl in ("eager", "sdpa"):
+        model = BertModel.from_pretrained(str(tiny_dirs["teacher"]), attn_implementation=impl)
+        with torch.no_grad():
+            _, phases = count_flops(model, input_ids=ids, attention_mask=mask)
+        forward[impl] = phases["loss"]
+        if impl == "sdpa":
+            with FlopCounterMode(display=False) as plain, torch.no_grad():
+                model(input_ids=ids, attention_mask=mask)
+            attention = 2 * (2 * 3 * 2 * 7 * 7 * 16) * 2  # QK^T and PV: 2 layers x batch 3 x 2 heads x 7 x 7 x d 16
+            assert forward["sdpa"] - plain.get_total_flops() == attention
+    assert forward["sdpa"] == forward["eager"]
+
+
+def ot_setup(teacher, wide_student, bitext):
+    model = build_optical_model(teacher, wide_student)
+    loss = OTDistillationLoss(model, reg=0.05)
+    mapping = router_mapping(bitext)
+    feats = []
+    for column in bitext.column_names:
+        f = model.preprocess(bitext[column], task=mapping[column])
+        f["task"] = mapping[column]
+        feats.append(f)
+    return model, loss, feats
+
+
+def test_ot_step_phases_match_separate_counts(teacher, wide_student, bitext):
+    model, loss, feats = ot_setup(teacher, wide_student, bitext)
+    phases = encoder_phases(model, loss)
+    router = model[0]
+    _, step = count_flops(lambda: loss([dict(f) for f in feats]).backward(), phases=phases)
+    with torch.no_grad():
+        _, teacher_only = count_flops(router, dict(feats[0]))
+        _, student_only = count_flops(router, dict(feats[1]))
+    assert step["teacher_forward"] == teacher_only["loss"] > 0
+    assert step["student_forward"] == student_only["loss"] > 0
+    # the loss phase is the cosine cost bmm + Sinkhorn's matrix-vector products: at least the cost matrix
+    n, m = feats[1]["input_ids"].shape[1], feats[0]["input_ids"].shape[1]
+    assert step["loss"] >= 2 * len(bitext) * n * m * 32
+    assert step["backward"] > step["student_forward"]  # backward of the student ~2x its forward
+
+
+class Miner:
+    """Stands in for a hard-negative sampler's re-mining: encodes texts with the current student."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def mine(self, texts):
+        with torch.no_grad():
+            return self.model.encode_query(texts, convert_to_tensor=True)
+
+
+class MineEveryStep(TrainerCallback):
+    """Re-mines at the start of every step, i.e. inside the steps FlopsCallback measures (registered after it)."""
+
+    def __init__(self, miner):
+        self.miner = miner
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.miner.mine(["mulungu ndi"] * 2)
+
+
+def test_callback_extrapolates_and_tracks_mining(teacher, wide_student, tmp_path):
+    model = build_optical_model(teacher, wide_student)
+    loss = OTDistillationLoss(model, reg=0.05, max_iter=20, tol=0)  # fixed iterations: identical steps
+    # identical rows: every step has the same shapes, so sampled and exhaustive measurement must agree
+    dataset = Dataset.from_dict({"english": ["god is love"] * 12, "lrl": ["mulungu ndi chikondi"] * 12})
+    reports = {}
+    for every in (1, 2):
+        callback = FlopsCallback(model, loss, every_n_steps=every)
+        miner = Miner(model)
+        callback.track(miner, "mine")
+        miner.mine(["mulungu"] * 3)  # outside any step: runs under its own counter
+        args = SentenceTransformerTrainingArguments(
+            output_dir=str(tmp_path / f"out{every}"),
+            per_device_train_batch_size=4,
+            num_train_epochs=1,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            router_mapping=router_mapping(dataset),
+        )
+        SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback, MineEveryStep(miner)]
+        ).train()
+        reports[every] = callback.report
+    exact, sampled = reports[1], reports[2]
+    assert (exact.total_steps, exact.measured_steps, sampled.measured_steps) == (3, 3, 2)
+    assert set(exact.per_step) == {"student_forward", "teacher_forward", "loss", "backward"}
+    for phase, value in exact.per_step.items():
+        assert sampled.per_step[phase] == pytest.approx(value), phase
+    assert sampled.total == pytest.approx(exact.total)
+    # mining is summed exactly, inside measured steps (forced phase) or not (own counter): the same in both runs
+    mining = exact.one_off["mining"]
+    assert mining > 0 and sampled.one_off["mining"] == mining
+    assert exact.total == pytest.approx(exact.step_flops * 3 + mining)
+    assert exact.analytic_per_step["ot_elementwise_analytic"] > 0
+    assert exact.total_with_analytic > exact.total
+
+
+def test_sinkhorn_elementwise_estimate_formula():
+    assert sinkhorn_elementwise_flops(2, 3, 4) == 2 * 3 * 4 * 23
+    # an absorption rebuilds the kernel (5 per entry); a log-domain fallback block also runs 10 exact iterations
+    assert sinkhorn_elementwise_flops(1, 1, 1, absorptions=2) == 23 + 2 * 5
+    assert sinkhorn_elementwise_flops(1, 1, 1, log_domain_blocks=1) == 23 + 5 + 100
+    with pytest.raises(ValueError, match="every_n_steps"):
+        FlopsCallback(nn.Linear(1, 1), every_n_steps=0)
