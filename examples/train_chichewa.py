@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--scheduler", default="linear", help="transformers lr_scheduler_type")
     train.add_argument("--warmup", type=float, default=0.1, help="warm-up: ratio of steps if < 1, else steps")
     train.add_argument("--max-seq-length", type=int, default=128, help="truncate texts to this many tokens")
+    train.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="fp32",
+        help="bf16 autocast for training (about 2x faster on CPUs with AVX512-BF16/AMX); auto = bf16 where supported",
+    )
     train.add_argument("--random-batches", action="store_true", help="random batches instead of length-grouped")
     train.add_argument("--seed", type=int, default=0)
     loss = p.add_argument_group("OTDistillationLoss")
@@ -75,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     return p.parse_args(argv)
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:  # private torch helpers; absent on some builds
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:
+        return False
 
 
 def short_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -127,6 +140,7 @@ def plot(rows: list[dict], log_history: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cpu_has_fast_bf16())
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -183,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
         logging_steps=max(1, min(25, len(train) // args.batch_size // 10)),
         report_to="none",
         use_cpu=True,
+        bf16=bf16,
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=training_args, train_dataset=train, loss=loss, evaluator=dev_eval
@@ -225,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_time_s": train_time,
         "total_time_s": total,
         "threads": torch.get_num_threads(),
+        "bf16": bf16,
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "data": {"train": len(train), "dev": len(dev), "test": len(test), "test_corpus": len(test_eval.corpus)},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
