@@ -32,7 +32,7 @@ from sentence_transformers import (
 )
 
 from optical_st import OTDistillationLoss, build_optical_model, router_mapping
-from optical_st.data import load_bible_bitext
+from optical_st.data import DEFAULT_SPLITS, load_bible_bitext
 from optical_st.evaluation import CrossLingualRetrievalEvaluator
 from optical_st.sampling import LengthGroupedBatchSampler
 
@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", default=default_teacher(), help="English retrieval model (name or path)")
     p.add_argument("--student", default=None, help="encoder for Chichewa (name or path); default: copy of teacher")
     data = p.add_argument_group("data (Bible books: train 1-44, dev 58-66, test 45-57)")
+    data.add_argument(
+        "--train-books", default="1-44", help="training books, e.g. '1-44' (Genesis-Acts) or '40-44' (Gospels, Acts)"
+    )
     data.add_argument("--train-pairs", type=int, default=8000, help="sampled training verses (0 = all 27,927)")
     data.add_argument("--dev-pairs", type=int, default=0, help="dev verses evaluated after each epoch (0 = all 1,138)")
     data.add_argument("--no-dev", action="store_true", help="skip the dev evaluation")
@@ -81,6 +84,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     return p.parse_args(argv)
+
+
+def parse_books(spec: str) -> list[int]:
+    """'1-39,44' -> [1, ..., 39, 44]"""
+    books: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        books += range(int(lo), int(hi or lo) + 1)
+    return books
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -149,7 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     caps = {"train": args.train_pairs, "validation": args.dev_pairs, "test": args.test_pairs}
-    bitext = load_bible_bitext(max_pairs={k: v for k, v in caps.items() if v > 0}, seed=args.seed)
+    splits = {**DEFAULT_SPLITS, "train": parse_books(args.train_books)}
+    bitext = load_bible_bitext(splits, max_pairs={k: v for k, v in caps.items() if v > 0}, seed=args.seed)
     train, dev, test = bitext["train"], bitext["validation"], bitext["test"]
     test_eval = CrossLingualRetrievalEvaluator.from_bitext(
         test["chichewa"], test["english"], name="nya-eng-test", batch_size=args.eval_batch_size
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         language=["ny", "en"],
         license="apache-2.0",
         model_name="OPTICAL Chichewa query encoder distilled from all-MiniLM-L6-v2",
-        train_datasets=[{"name": "Chichewa–English Bible (books 1–44)"}],
+        train_datasets=[{"name": f"Chichewa–English Bible (books {args.train_books})"}],
     )
     model = build_optical_model(teacher, args.student, model_card_data=card, device="cpu")
     model.max_seq_length = args.max_seq_length
