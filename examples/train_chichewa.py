@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss = p.add_argument_group("OTDistillationLoss")
     loss.add_argument("--reg", type=float, default=0.05, help="entropic regularisation")
     loss.add_argument("--max-iter", type=int, default=50, help="Sinkhorn iterations")
+    loss.add_argument("--cost", default="cosine", choices=["cosine", "sqeuclidean"], help="token cost")
     loss.add_argument("--include-special-tokens", action="store_true", help="give [CLS]/[SEP] transport mass too")
     loss.add_argument("--sentence-weight", type=float, default=0.0, help="sentence-level term (0 = the paper)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         model,
         reg=args.reg,
         max_iter=args.max_iter,
+        cost=args.cost,
         exclude_special_tokens=not args.include_special_tokens,
         sentence_weight=args.sentence_weight,
     )
