@@ -238,6 +238,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     # filled from the loss (set_losses) and during training
     ot_config: dict[str, Any] = field(default_factory=dict, init=False)
     training_compute: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    # per-phase totals from optical_st.evaluation.FlopsCallback (torch FlopCounterMode); preferred over the estimate
+    measured_flops: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _train_router_mapping: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     template_path: Path = field(default_factory=model_card_template_path, init=False, repr=False)
@@ -342,11 +344,13 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()  # also cached for to_yaml(), so the edits below reach the front matter
         data.pop("training_compute", None)
+        data.pop("measured_flops", None)
         data.pop("_train_router_mapping", None)
         data["is_asymmetric"] = self.is_asymmetric
         data["query_route"], data["document_route"] = STUDENT_ROUTE, TEACHER_ROUTE
         data["negatives"] = self.negatives or self._infer_negatives()
         data["training_flops"], data["training_compute_table"] = self._training_flops_summary()
+        data["training_flops_measured"] = bool(self.measured_flops)
         data["optical_eval_table"] = self._eval_table()
         data["ot_summary"] = self._ot_summary()
         if self.eval_results:
@@ -432,6 +436,11 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         return "none"
 
     def _training_flops_summary(self) -> tuple[float | None, str]:
+        if self.measured_flops:
+            rows = [{"Phase": phase, "FLOPs": f"{flops:.3g}"} for phase, flops in self.measured_flops.items()]
+            total = sum(self.measured_flops.values())
+            table = make_markdown_table(rows).replace("-:|", "--|")
+            return (self.training_flops if self.training_flops is not None else total), table
         if not self.training_compute:
             return self.training_flops, ""
         rows = [

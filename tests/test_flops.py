@@ -151,6 +151,13 @@ def test_callback_extrapolates_and_tracks_mining(teacher, wide_student, tmp_path
     assert exact.total == pytest.approx(exact.step_flops * 3 + mining)
     assert exact.analytic_per_step["ot_elementwise_analytic"] > 0
     assert exact.total_with_analytic > exact.total
+    # the model card reports the last run's measurement, not its token-count estimate
+    card = model.model_card_data.to_dict()
+    assert card["training_flops_measured"] and card["training_flops"] == pytest.approx(sampled.total)
+    assert "mining" in card["training_compute_table"]
+    model.save(str(tmp_path / "saved"))
+    readme = (tmp_path / "saved" / "README.md").read_text(encoding="utf8")
+    assert f"{sampled.total:.3g} FLOPs (measured with `torch.utils.flop_counter.FlopCounterMode`" in readme
 
 
 def test_sinkhorn_elementwise_estimate_formula():

@@ -337,6 +337,16 @@ class FlopsCallback(TrainerCallback):
             self._counter.__exit__(None, None, None)
             self._counter = None
         self._total_steps = state.global_step
+        # the model card shows the measured FLOPs instead of its token-count estimate
+        card = getattr(kwargs.get("model"), "model_card_data", None)
+        if card is not None and hasattr(card, "measured_flops"):
+            report, world_size = self.report, max(int(getattr(args, "world_size", 1) or 1), 1)
+            measured: dict[str, float] = defaultdict(float)
+            for phase, flops in report.per_step.items():
+                measured[phase] += flops * report.total_steps * world_size
+            for phase, flops in report.one_off.items():
+                measured[phase] += flops * world_size
+            card.measured_flops = dict(measured)
 
     @property
     def report(self) -> FlopReport:
