@@ -26,7 +26,7 @@ def test_accelerate_configs_are_valid_yaml():
     assert cpu["distributed_type"] == "MULTI_GPU" and cpu["use_cpu"] is False and cpu["num_processes"] == 2
 
 
-def launch(out: Path, models: Path, batch_sampler: str | None = None) -> list[dict]:
+def launch(out: Path, models: Path, dynamic_negatives: bool = False) -> list[dict]:
     cmd = [
         sys.executable,
         "-m",
@@ -37,29 +37,34 @@ def launch(out: Path, models: Path, batch_sampler: str | None = None) -> list[di
         str(out),
         str(models),
     ]
-    if batch_sampler:
-        cmd += ["--batch-sampler", batch_sampler]
+    if dynamic_negatives:
+        cmd.append("--dynamic-negatives")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads(p.read_text()) for p in sorted(out.glob("rank*.json"))]
 
 
-# A batch sampler such as the DynamicHardNegativeSampler (issue 3) plugs in as "module:attr" in params.
-@pytest.fixture(scope="module", params=[None], ids=["default-sampler"])
+@pytest.fixture(scope="module", params=[False, True], ids=["default-sampler", "dynamic-negatives"])
 def run(request, tmp_path_factory, tiny_dirs) -> tuple[Path, list[dict]]:
-    out = tmp_path_factory.mktemp("accelerate")
+    out = tmp_path_factory.mktemp("accelerate-dynamic-negatives" if request.param else "accelerate")
     return out, launch(out, tiny_dirs["teacher"].parent, request.param)
 
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(run):
-    _, ranks = run
+    out, ranks = run
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["world_size"] == 2 and r["finite"] for r in ranks)
     assert ranks[0]["digest"] == ranks[1]["digest"], "replicas diverged"
     assert ranks[0]["steps"] == 2  # 16 rows, 4 per device, 2 devices, 1 epoch
     assert ranks[0]["losses"] and all(loss > 0 for loss in ranks[0]["losses"])
+    tables = [r.get("negative_tables", []) for r in ranks]
+    if "dynamic-negatives" in out.name:
+        # mined before training and re-mined after each of the 2 steps: the same tables on both ranks
+        assert len(tables[0]) >= 2 and tables[0] == tables[1]
+    else:
+        assert tables == [[], []]
 
 
 @pytest.mark.slow

@@ -8,15 +8,14 @@ Usage:
     accelerate launch --config_file examples/accelerate/cpu_2proc.yaml tests/scripts/accelerate_train.py OUT MODELS
     torchrun --nproc_per_node 2 tests/scripts/accelerate_train.py OUT MODELS
 
-``--batch-sampler module:attr`` plugs in a batch sampler (a ``DefaultBatchSampler`` subclass or factory), e.g. the
-dynamic hard-negative sampler once it exists; the default is sentence-transformers' own.
+``--dynamic-negatives`` trains with ``DynamicHardNegativeSampler`` (one negative column, re-mined every step) and
+the loss's InfoNCE term; each rank then also records a digest of every negatives table it installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import os
 import sys
@@ -33,7 +32,14 @@ from huggingface_hub import CommitInfo, RepoUrl
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
 import optical_st.hub
-from optical_st import OpticalModelCardData, OTDistillationLoss, build_optical_model, router_mapping
+from optical_st import (
+    DynamicHardNegativeSampler,
+    OpticalModelCardData,
+    OTDistillationLoss,
+    build_optical_model,
+    router_mapping,
+)
+from optical_st.sampling import HardNegativeState
 
 RANK = int(os.environ.get("RANK", 0))
 # model cards written by this rank, per phase: "train" (checkpoints), "save" (final save), "push"
@@ -68,16 +74,21 @@ class FakeHfApi:
         return CommitInfo(f"https://huggingface.co/{repo_id}/commit/{oid}", "msg", "", oid)
 
 
-def load_object(spec: str):
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
+def record_negative_tables() -> None:
+    add_table = HardNegativeState.add_table
+
+    def recording(self, table, *args, **kwargs):
+        EVENTS.setdefault("negative_tables", []).append(hashlib.sha256(table.negatives.tobytes()).hexdigest())
+        return add_table(self, table, *args, **kwargs)
+
+    HardNegativeState.add_table = recording
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("models", type=Path, help="folder with the tiny 'teacher' and 'wide_student' models")
-    parser.add_argument("--batch-sampler", default=None, help="module:attr of a batch sampler class or factory")
+    parser.add_argument("--dynamic-negatives", action="store_true", help="DynamicHardNegativeSampler + InfoNCE term")
     parser.add_argument("--epochs", type=int, default=1)
     args = parser.parse_args()
 
@@ -100,7 +111,10 @@ def main() -> None:
 
     english, lrl = zip(*PAIRS, strict=True)
     dataset = Dataset.from_dict({"english": list(english) * 2, "lrl": list(lrl) * 2})
-    extra = {"batch_sampler": load_object(args.batch_sampler)} if args.batch_sampler else {}
+    extra = {}
+    if args.dynamic_negatives:
+        record_negative_tables()
+        extra["batch_sampler"] = DynamicHardNegativeSampler.configure(num_negatives=1, refresh_steps=1)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(args.out / "trainer"),
         per_device_train_batch_size=4,
@@ -116,7 +130,10 @@ def main() -> None:
         **extra,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=dataset, loss=OTDistillationLoss(model, reg=0.05)
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        loss=OTDistillationLoss(model, reg=0.05, contrastive_weight=0.1 if args.dynamic_negatives else 0.0),
     )
     PHASE[0] = "train"
     trainer.train()
