@@ -1,0 +1,43 @@
+"""The README's quickstart runs as written (with a tiny local teacher instead of the Hub model, and no upload)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def quickstart() -> str:
+    match = re.search(r"## Quickstart\n\n```python\n(.*?)```", README.read_text(encoding="utf8"), re.S)
+    assert match, "README has no Quickstart python block"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_readme_quickstart_runs(tiny_dirs, tmp_path, monkeypatch):
+    code = quickstart()
+    lines = [line for line in code.splitlines() if line.strip() and not line.startswith("#")]
+    assert len(lines) <= 16, "the quickstart should stay about 15 lines"
+    assert '"sentence-transformers/all-MiniLM-L6-v2"' in code and 'output_dir="out"' in code
+    code = code.replace('"sentence-transformers/all-MiniLM-L6-v2"', repr(str(tiny_dirs["teacher"])))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    with mock.patch.object(SentenceTransformer, "push_to_hub", autospec=True) as push:
+        exec(compile(code, str(README), "exec"), namespace)
+    model = namespace["model"]
+    assert push.call_args.args[1] == "my-org/optical-chichewa"
+    assert namespace["queries"].shape == (1, 32) and namespace["docs"].shape == (2, 32)
+    # the query route was trained, the document route is still the teacher
+    teacher = SentenceTransformer(str(tiny_dirs["teacher"]), device="cpu")
+    docs = teacher.encode(["God is love.", "Jesus wept."], convert_to_tensor=True)
+    torch.testing.assert_close(torch.as_tensor(namespace["docs"]), docs.cpu(), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(
+        torch.as_tensor(model.encode_query(["Mulungu ndi chikondi"])),
+        teacher.encode(["Mulungu ndi chikondi"], convert_to_tensor=True).cpu(),
+    )
