@@ -271,3 +271,14 @@ def test_config_dict_is_json_serialisable(teacher):
     model = build_optical_model(teacher)
     config = OTDistillationLoss(model, reg=0.1).get_config_dict()
     assert json.loads(json.dumps(config))["reg"] == 0.1
+
+
+def test_unpadded_token_embeddings_raise(teacher, student):
+    # FlashAttention-2 "unpadded" outputs are packed (total_tokens, d): the loss needs (B, n, d) and says how to get it
+    loss = OTDistillationLoss(student, teacher=teacher)
+    mask = torch.ones(2, 3, dtype=torch.long)
+    packed, padded = torch.randn(6, 32), torch.randn(2, 3, 32)
+    with pytest.raises(ValueError, match="attn_implementation"):
+        loss.compute_loss_from_embeddings(packed, mask, padded, mask)
+    with pytest.raises(ValueError, match="teacher's token embeddings have shape"):
+        loss.compute_loss_from_embeddings(padded, mask, padded[:, :2], mask)

@@ -296,6 +296,17 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             The scalar loss, or a dict of weighted components (``"ot"``, ``"sentence"``, ``"contrastive"``) when an
             extra term is on (the trainer sums and logs them).
         """
+        for name, tokens, mask in (
+            ("student", student_tokens, student_mask),
+            ("teacher", teacher_tokens, teacher_mask),
+        ):
+            if tokens.dim() != 3 or tokens.shape[:2] != mask.shape:
+                # e.g. FlashAttention-2 with unpadded (packed) outputs: (total_tokens, d) instead of (B, n, d)
+                raise ValueError(
+                    f"The {name}'s token embeddings have shape {tuple(tokens.shape)}, but the loss needs padded "
+                    f"(batch, tokens, dim) embeddings matching the attention mask {tuple(mask.shape)}. Load the model "
+                    "with model_kwargs={'attn_implementation': 'sdpa'} (or 'eager') instead of unpadded FlashAttention."
+                )
         a = ot.token_marginals(student_mask, student_exclude, name="lrl column (student)")
         b = ot.token_marginals(teacher_mask, teacher_exclude, name="english column (teacher)")
         cost = ot.pairwise_cost(student_tokens, teacher_tokens.detach(), self.cost)
