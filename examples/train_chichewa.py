@@ -37,6 +37,7 @@ from optical_st.data import DEFAULT_SPLITS, load_bible_bitext
 from optical_st.evaluation import CrossLingualRetrievalEvaluator, FlopsCallback
 from optical_st.hub import HubPushError, eval_results_from_metrics, push_to_hub
 from optical_st.sampling import LengthGroupedBatchSampler
+from optical_st.utils import fast_bf16_available
 
 METRICS = {"accuracy@1": "acc@1", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10", "map@100": "MAP@100"}
 
@@ -101,13 +102,6 @@ def parse_books(spec: str) -> list[int]:
     return books
 
 
-def cpu_has_fast_bf16() -> bool:
-    try:  # private torch helpers; absent on some builds
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:
-        return False
-
-
 def short_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """``{"nya-eng-test_cosine_accuracy@1": x, ...}`` -> ``{"accuracy@1": x, ...}``."""
     return {key.rsplit("_", 1)[-1]: value for key, value in metrics.items()}
@@ -158,7 +152,7 @@ def plot(rows: list[dict], log_history: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and cpu_has_fast_bf16())
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and fast_bf16_available("cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()

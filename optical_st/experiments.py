@@ -44,6 +44,7 @@ from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
 from optical_st.evaluation.flops import FlopsCallback, PhaseFlopCounter
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
 from optical_st.modeling import build_optical_model, find_router
+from optical_st.utils import fast_bf16_available
 
 __all__ = [
     "ExperimentConfig",
@@ -106,7 +107,7 @@ class ExperimentConfig:
     eval_batch_size: int = 64
     seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "auto"  # "auto", "cpu", "cuda"
-    bf16: bool = False
+    bf16: bool | None = None  # None: bf16 autocast where it is fast (AVX512-BF16/AMX CPUs, bf16 GPUs)
     flops_every: int = 10  # measure FLOPs on every n-th step (the counter slows a step by ~25% on CPU)
     threads: int | None = None  # torch CPU threads; None: torch's default
 
@@ -259,6 +260,10 @@ def _device(config: ExperimentConfig) -> str:
     return config.device
 
 
+def _bf16(config: ExperimentConfig, device: str) -> bool:
+    return fast_bf16_available(device) if config.bf16 is None else config.bf16
+
+
 def _set_max_seq_length(model: SentenceTransformer, length: int) -> None:
     router = find_router(model)
     routes = list(router.sub_modules.values()) if router is not None else [model]
@@ -356,7 +361,7 @@ def run_one(
             save_strategy="no",
             logging_steps=10,
             use_cpu=device == "cpu",
-            bf16=config.bf16,
+            bf16=_bf16(config, device),
             router_mapping=plan.router_mapping,
             **({"batch_sampler": plan.batch_sampler} if plan.batch_sampler is not None else {}),
         )
@@ -458,8 +463,8 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
             f"- Teacher: `{config.teacher or 'all-MiniLM-L6-v2'}`; student: "
             f"`{config.student or 'a trainable copy of the teacher'}`.",
             f"- Training data: {config.train_data}, {config.train_pairs or 'all'} pairs, {config.epochs:g} epoch(s), "
-            f"batch {config.batch_size}, lr {config.learning_rate:g}, max_seq_length {config.max_seq_length}; "
-            f"seeds {list(config.seeds)}.",
+            f"batch {config.batch_size}, lr {config.learning_rate:g}, max_seq_length {config.max_seq_length}, "
+            f"{'bf16 autocast' if _bf16(config, device) else 'fp32'}; seeds {list(config.seeds)}.",
             f"- Benchmark: {config.benchmark}"
             + (f" ({config.eval_pairs} sampled test pairs)" if config.benchmark.startswith("bible") else "")
             + f", eval max_seq_length {config.eval_max_seq_length}.",
@@ -583,7 +588,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
     parser.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
     parser.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--bf16", action="store_true", default=d.bf16)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=d.bf16,
+        help="bf16 autocast for training (default: where fast, i.e. AVX512-BF16/AMX CPUs and bf16 GPUs)",
+    )
     parser.add_argument("--flops-every", type=int, default=d.flops_every)
     parser.add_argument("--threads", type=int, default=d.threads)
 
