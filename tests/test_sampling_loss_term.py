@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
 from optical_st import OTDistillationLoss, build_optical_model
-from optical_st.losses.ot_distillation import info_nce
+from optical_st.losses.contrastive_distillation import info_nce
 
 
 def tokens(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from optical_st import ot
 from optical_st.losses._teacher import TeacherStudentMixin, _Encoder
+from optical_st.losses.contrastive_distillation import info_nce
 from optical_st.modeling import TEACHER_ROUTE
 
 OPTICAL_CITATION = """
@@ -26,42 +27,6 @@ OPTICAL_CITATION = """
     archivePrefix={arXiv}
 }
 """
-
-
-def info_nce(
-    student: Tensor, teacher: Tensor, negatives: Sequence[Tensor] | None = None, temperature: float = 0.05
-) -> Tensor:
-    """InfoNCE of student embeddings against frozen teacher embeddings, cosine similarity.
-
-    Row ``i`` of ``student`` must score its own ``teacher[i]`` above every other candidate: the other teacher rows
-    (in-batch negatives) and every row of every ``negatives`` tensor (hard negatives of all rows, as in ST's
-    MultipleNegativesRankingLoss). Candidates whose teacher embedding equals ``teacher[i]`` (cosine > 1 - 1e-5: the
-    same text twice) are masked, since they are not negatives. Teacher inputs are detached.
-
-    Args:
-        student: ``(B, d)`` with grad.
-        teacher: ``(B, d)``.
-        negatives: ``K`` tensors ``(B, d)`` (one per negative column), or None.
-        temperature: softmax temperature.
-
-    Returns:
-        The mean cross-entropy over the batch.
-    """
-    if student.dim() != 2 or student.shape != teacher.shape:
-        raise ValueError(
-            f"Need (B, d) student and teacher sentence embeddings of one shape, got {tuple(student.shape)} and "
-            f"{tuple(teacher.shape)}."
-        )
-    negatives = [n.detach() for n in (negatives or [])]
-    if any(n.shape != teacher.shape for n in negatives):
-        raise ValueError("Every negative column must give (B, d) embeddings like the positives.")
-    candidates = F.normalize(torch.cat([teacher.detach(), *negatives]).float(), dim=-1)  # positive i at row i
-    scores = F.normalize(student.float(), dim=-1) @ candidates.T / temperature
-    with torch.no_grad():
-        duplicate = candidates[: len(teacher)] @ candidates.T > 1 - 1e-5
-        duplicate.fill_diagonal_(False)
-    scores = scores.masked_fill(duplicate, float("-inf"))
-    return F.cross_entropy(scores, torch.arange(len(teacher), device=scores.device))
 
 
 class OTDistillationLoss(TeacherStudentMixin, nn.Module):
