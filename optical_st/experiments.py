@@ -488,8 +488,8 @@ def _save_json(path: Path, payload: dict[str, Any]) -> None:
 def plot_quality_vs_flops(
     rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str] = ("MAP@100", "acc@1 LRL→En"), title: str = ""
 ) -> None:
-    """One panel per metric: mean ± std over seeds against training FLOPs (log scale); the zero-shot teacher, which
-    costs no training, is a dashed line."""
+    """One panel per metric: mean ± std over seeds against training FLOPs (log scale when they span decades); the
+    zero-shot teacher, which costs no training, is a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -507,7 +507,12 @@ def plot_quality_vs_flops(
                 continue
             ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=4, label=row["method"])
             ax.annotate(row["method"], (flops, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
-        ax.set_xscale("log")
+        trained = [row["train FLOPs"][0] for row in rows if row["train FLOPs"][0] > 0]
+        if trained and max(trained) / min(trained) > 10:  # log scale only when the costs span decades
+            ax.set_xscale("log")
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+        ax.margins(x=0.15)
         ax.set_xlabel("training FLOPs (measured, whole run)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
