@@ -15,10 +15,12 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import pytest
 import torch
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from optical_st import router_mapping
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 ENGLISH_WORDS = [
@@ -139,3 +141,23 @@ def wide_student(tiny_dirs) -> SentenceTransformer:
 def bitext() -> Dataset:
     english, lrl = zip(*PAIRS, strict=True)
     return Dataset.from_dict({"english": list(english), "lrl": list(lrl)})
+
+
+def make_training_args(
+    tmp_path: Path, dataset: Dataset | None = None, **kwargs
+) -> SentenceTransformerTrainingArguments:
+    """Short CPU training runs for tests: no saving, no reporting, a log line per step; routes from ``dataset``."""
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_train_epochs=1,
+        learning_rate=5e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+    )
+    if dataset is not None:
+        defaults["router_mapping"] = router_mapping(dataset)
+    return SentenceTransformerTrainingArguments(**{**defaults, **kwargs})

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import make_training_args
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -43,20 +44,7 @@ def features_for(model, dataset, mapping=None):
 
 
 def make_args(tmp_path, dataset=None, **kwargs) -> SentenceTransformerTrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        num_train_epochs=2,
-        learning_rate=5e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        use_cpu=True,
-        router_mapping=router_mapping(dataset) if dataset is not None else {},
-    )
-    defaults.update(kwargs)
-    return SentenceTransformerTrainingArguments(**defaults)
+    return make_training_args(tmp_path, dataset, **{"num_train_epochs": 2, **kwargs})
 
 
 # ------------------------------------------------------------------------------------------------

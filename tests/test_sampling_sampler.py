@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_sentence_transformer, toy_bitext, write_tiny_bert
+from conftest import make_training_args, tiny_sentence_transformer, toy_bitext, write_tiny_bert
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -63,19 +63,7 @@ def fetches(monkeypatch) -> list[dict]:
 
 
 def make_args(tmp_path, **kwargs) -> SentenceTransformerTrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        num_train_epochs=1,
-        learning_rate=5e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        use_cpu=True,
-    )
-    defaults.update(kwargs)
-    return SentenceTransformerTrainingArguments(**defaults)
+    return make_training_args(tmp_path, **{"per_device_train_batch_size": 8, **kwargs})
 
 
 def pairs(n: int, seed: int = 0) -> Dataset:
