@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 from optical_st.experiments import (
     ExperimentConfig,
     add_cli_arguments,
     config_from_args,
     ot_distillation,
-    run_experiment,
-    write_report,
+    run_and_report,
 )
 
 QUESTION = (
@@ -70,17 +68,12 @@ def main() -> None:
             **contrastive,
         ),
     }
-    start = time.perf_counter()
-    records = run_experiment([available[name] for name in args.methods], config)
-    table = write_report(
-        records,
+    run_and_report(
+        [available[name] for name in args.methods],
         config,
         title="RQ1: dynamic vs static hard negatives for OT distillation",
         question=QUESTION,
-        wall_seconds=time.perf_counter() - start,
     )
-    print(table)
-    print(f"\nWritten to {config.output_dir}/results.md, results.json, quality_vs_flops.png")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 from optical_st.experiments import (
     ExperimentConfig,
@@ -23,8 +22,7 @@ from optical_st.experiments import (
     contrastive_distillation,
     mse_distillation,
     ot_distillation,
-    run_experiment,
-    write_report,
+    run_and_report,
     zero_shot,
 )
 
@@ -54,17 +52,12 @@ def main() -> None:
         "contrastive": contrastive_distillation(temperature=args.temperature),
         "mse": mse_distillation(),
     }
-    start = time.perf_counter()
-    records = run_experiment([available[name] for name in args.methods], config)
-    table = write_report(
-        records,
+    run_and_report(
+        [available[name] for name in args.methods],
         config,
         title="RQ2: OT distillation vs contrastive and MSE knowledge distillation",
         question=QUESTION,
-        wall_seconds=time.perf_counter() - start,
     )
-    print(table)
-    print(f"\nWritten to {config.output_dir}/results.md, results.json, quality_vs_flops.png")
 
 
 if __name__ == "__main__":

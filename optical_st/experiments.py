@@ -59,6 +59,7 @@ __all__ = [
     "load_train_pairs",
     "mse_distillation",
     "ot_distillation",
+    "run_and_report",
     "run_experiment",
     "write_report",
     "zero_shot",
@@ -523,6 +524,15 @@ def plot_quality_vs_flops(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def run_and_report(methods: Sequence[Method], config: ExperimentConfig, *, title: str, question: str) -> str:
+    """:func:`run_experiment` then :func:`write_report`, timing the whole; prints and returns the table."""
+    start = time.perf_counter()
+    records = run_experiment(methods, config)
+    table = write_report(records, config, title=title, question=question, wall_seconds=time.perf_counter() - start)
+    print(f"{table}\n\nWritten to {config.output_dir}/results.md, results.json, quality_vs_flops.png")
+    return table
 
 
 def write_report(
