@@ -120,3 +120,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if torch.distributed.is_initialized():
+        # leave together: a rank that exits while the other still talks gloo can abort at shutdown (SIGABRT)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
