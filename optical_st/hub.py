@@ -436,27 +436,26 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         return "none"
 
     def _training_flops_summary(self) -> tuple[float | None, str]:
-        if self.measured_flops:
+        if self.measured_flops:  # FlopsCallback's measurement wins over the token-count estimate
             rows = [{"Phase": phase, "FLOPs": f"{flops:.3g}"} for phase, flops in self.measured_flops.items()]
-            total = sum(self.measured_flops.values())
-            table = make_markdown_table(rows).replace("-:|", "--|")
-            return (self.training_flops if self.training_flops is not None else total), table
-        if not self.training_compute:
+            counted = sum(self.measured_flops.values())
+        elif self.training_compute:
+            rows = [
+                {
+                    "Route": f"`{route}`"
+                    + (" (student)" if route == STUDENT_ROUTE else " (teacher)" if route == TEACHER_ROUTE else ""),
+                    "Tokens": f"{stats['tokens']:,}",
+                    "Non-embedding parameters": f"{stats['parameters']:,}",
+                    "Passes": "forward + backward (6N)" if stats.get("backward") else "forward (2N)",
+                    "FLOPs": f"{stats['flops']:.3g}",
+                }
+                for route, stats in self.training_compute.items()
+            ]
+            counted = sum(stats["flops"] for stats in self.training_compute.values())
+        else:
             return self.training_flops, ""
-        rows = [
-            {
-                "Route": f"`{route}`"
-                + (" (student)" if route == STUDENT_ROUTE else " (teacher)" if route == TEACHER_ROUTE else ""),
-                "Tokens": f"{stats['tokens']:,}",
-                "Non-embedding parameters": f"{stats['parameters']:,}",
-                "Passes": "forward + backward (6N)" if stats.get("backward") else "forward (2N)",
-                "FLOPs": f"{stats['flops']:.3g}",
-            }
-            for route, stats in self.training_compute.items()
-        ]
-        measured = sum(stats["flops"] for stats in self.training_compute.values())
         table = make_markdown_table(rows).replace("-:|", "--|")
-        return (self.training_flops if self.training_flops is not None else measured), table
+        return (self.training_flops if self.training_flops is not None else counted), table
 
     def _eval_table(self) -> str:
         if not self.eval_results:

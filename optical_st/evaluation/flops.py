@@ -220,6 +220,15 @@ class FlopReport:
     def step_flops(self) -> float:
         return float(sum(self.per_step.values()))
 
+    def phase_totals(self) -> dict[str, float]:
+        """Measured whole-run FLOPs by phase: step phases x steps, plus the one-off phases."""
+        totals: dict[str, float] = defaultdict(float)
+        for phase, flops in self.per_step.items():
+            totals[phase] += flops * self.total_steps
+        for phase, flops in self.one_off.items():
+            totals[phase] += flops
+        return dict(totals)
+
     @property
     def total(self) -> float:
         """Measured whole-run FLOPs: mean step FLOPs x steps + one-off costs (analytic estimates excluded)."""
@@ -340,13 +349,8 @@ class FlopsCallback(TrainerCallback):
         # the model card shows the measured FLOPs instead of its token-count estimate
         card = getattr(kwargs.get("model"), "model_card_data", None)
         if card is not None and hasattr(card, "measured_flops"):
-            report, world_size = self.report, max(int(getattr(args, "world_size", 1) or 1), 1)
-            measured: dict[str, float] = defaultdict(float)
-            for phase, flops in report.per_step.items():
-                measured[phase] += flops * report.total_steps * world_size
-            for phase, flops in report.one_off.items():
-                measured[phase] += flops * world_size
-            card.measured_flops = dict(measured)
+            world_size = max(int(getattr(args, "world_size", 1) or 1), 1)  # each process counts its own work
+            card.measured_flops = {phase: flops * world_size for phase, flops in self.report.phase_totals().items()}
 
     @property
     def report(self) -> FlopReport:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -83,6 +84,12 @@ def info_nce(
     if duplicates is not None:
         reverse = reverse.masked_fill(duplicates[:, : len(teacher)], float("-inf"))
     return (loss + F.cross_entropy(reverse, labels)) / 2
+
+
+def check_temperature(temperature: Any) -> None:
+    """A clear error for a temperature that would make the InfoNCE logits meaningless (<= 0, NaN, inf, non-number)."""
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:
@@ -196,8 +203,7 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
                 trainer.train()
         """
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature == temperature):
-            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+        check_temperature(temperature)
         self.model = model
         self.temperature = float(temperature)
         self.similarity_fct = similarity_fct

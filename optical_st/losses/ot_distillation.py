@@ -1,17 +1,15 @@
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
 from optical_st import ot
 from optical_st.losses._teacher import TeacherStudentMixin, _Encoder
-from optical_st.losses.contrastive_distillation import info_nce
+from optical_st.losses.contrastive_distillation import check_temperature, info_nce
 from optical_st.modeling import TEACHER_ROUTE
 
 OPTICAL_CITATION = """
@@ -151,8 +149,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             raise ValueError("sentence_weight must be >= 0.")
         if not (isinstance(contrastive_weight, (int, float)) and contrastive_weight >= 0):
             raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight!r}.")
-        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+        check_temperature(temperature)
         self.model = model
         self.reg = reg
         self.max_iter = max_iter
@@ -214,11 +211,9 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             self._empty_rows_check(negative, self._teacher, f"negative column {i + 1} (teacher)")
 
         student_out = self._student.run(target)
-        self._set_teacher_eval()
-        with torch.no_grad():
-            teacher_out = self._teacher.run(source)
-            # only the pooled embedding of a negative is used; no graph, like the positive's
-            negative_sentences = [self._teacher.run(negative)["sentence_embedding"] for negative in negatives]
+        teacher_out = self._run_teacher_frozen(source)
+        # only the pooled embedding of a negative is used; no graph, like the positive's
+        negative_sentences = [self._run_teacher_frozen(negative)["sentence_embedding"] for negative in negatives]
         return self.compute_loss_from_embeddings(
             student_tokens=student_out["token_embeddings"],
             student_mask=student_out["attention_mask"],
