@@ -161,3 +161,11 @@ def make_training_args(
     if dataset is not None:
         defaults["router_mapping"] = router_mapping(dataset)
     return SentenceTransformerTrainingArguments(**{**defaults, **kwargs})
+
+
+def leave_process_group() -> None:
+    """End of a multi-process test script: leave together. A rank that exits while another still talks gloo can
+    abort at shutdown (SIGABRT), failing the launch after the work is done."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conft
 
 import sentence_transformers.base.model as st_base_model
 import torch
-from conftest import PAIRS, tiny_sentence_transformer
+from conftest import PAIRS, leave_process_group, tiny_sentence_transformer
 from datasets import Dataset
 from huggingface_hub import CommitInfo, RepoUrl
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -167,7 +167,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_initialized():
-        # leave together: a rank that exits while the other still talks gloo can abort at shutdown (SIGABRT)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()

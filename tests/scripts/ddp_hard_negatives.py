@@ -18,10 +18,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest helpers
 
 import torch
-from conftest import tiny_sentence_transformer, toy_bitext
-from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from conftest import leave_process_group, make_training_args, tiny_sentence_transformer, toy_bitext
+from sentence_transformers import SentenceTransformerTrainer
 
-from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model, router_mapping
+from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model
 from optical_st.sampling import HardNegativeState, NegativesTransform
 
 fetched: list[dict] = []
@@ -80,17 +80,11 @@ def main() -> None:
     student = tiny_sentence_transformer(model_dir / "wide_student", hidden=48)
     model = build_optical_model(teacher, student)
     dataset = toy_bitext(48)
-    args = SentenceTransformerTrainingArguments(
+    args = make_training_args(
+        out,
+        dataset,
         output_dir=str(out / "trainer"),
-        per_device_train_batch_size=4,
         num_train_epochs=2,
-        learning_rate=5e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        use_cpu=True,
-        router_mapping=router_mapping(dataset),
         batch_sampler=DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=2),
     )
     loss = RecordingOTLoss(model, reg=0.05, contrastive_weight=0.5)
@@ -120,7 +114,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_initialized():
-        # leave together: a rank that exits while the other still talks gloo can abort at shutdown (SIGABRT)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()

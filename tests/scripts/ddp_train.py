@@ -16,11 +16,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest helpers
 
 import torch
-from conftest import PAIRS, tiny_sentence_transformer
+from conftest import PAIRS, leave_process_group, make_training_args, tiny_sentence_transformer
 from datasets import Dataset
-from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import SentenceTransformerTrainer
 
-from optical_st import OTDistillationLoss, build_optical_model, router_mapping
+from optical_st import OTDistillationLoss, build_optical_model
 
 
 def main() -> None:
@@ -30,17 +30,11 @@ def main() -> None:
     model = build_optical_model(teacher, student)
     english, lrl = zip(*PAIRS, strict=True)
     dataset = Dataset.from_dict({"english": list(english) * 4, "lrl": list(lrl) * 4})
-    args = SentenceTransformerTrainingArguments(
+    args = make_training_args(
+        out,
+        dataset,
         output_dir=str(out / "trainer"),
-        per_device_train_batch_size=4,
         num_train_epochs=2,
-        learning_rate=5e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        use_cpu=True,
-        router_mapping=router_mapping(dataset),
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model, reg=0.05)
@@ -65,7 +59,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    if torch.distributed.is_initialized():
-        # leave together: a rank that exits while the other still talks gloo can abort at shutdown (SIGABRT)
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()
