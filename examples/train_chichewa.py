@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         warmup_steps=args.warmup,
         seed=args.seed,
         router_mapping=router_mapping(train),
-        # rows are independent under the OT loss: batching similar lengths halves the padding, hence the step time
+        # rows are independent under the OT loss: batching similar lengths cuts the padding, hence the step time
         batch_sampler="batch_sampler" if args.random_batches else LengthGroupedBatchSampler,
         eval_strategy="epoch" if dev_eval is not None else "no",
         save_strategy="no",
