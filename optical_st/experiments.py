@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -456,13 +457,16 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
     loads = [x for r in records for x in r.get("load_average", [])]
     device = _device(config)
     hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"{os.cpu_count()} CPU cores"
+    threads = torch.get_num_threads()
+    # the run's own threads count towards the load average; only a load well above them means shared cores
+    shared = "other processes shared the cores" if max(loads, default=0) > threads + 0.5 else "the runs alone"
     return "\n".join(
         [
             f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch threads; load average during the runs {min(loads, default=0):.1f}–"
-            f"{max(loads, default=0):.1f} (other processes share the machine).",
+            f"{threads} torch threads; load average during the runs {min(loads, default=0):.1f}–"
+            f"{max(loads, default=0):.1f} ({shared}).",
             f"- Teacher: `{config.teacher or 'all-MiniLM-L6-v2'}`; student: "
-            f"`{config.student or 'a trainable copy of the teacher'}`.",
+            + (f"`{config.student}`." if config.student else "a trainable copy of the teacher."),
             f"- Training data: {config.train_data}, {config.train_pairs or 'all'} pairs, {config.epochs:g} epoch(s), "
             f"batch {config.batch_size}, lr {config.learning_rate:g}, max_seq_length {config.max_seq_length}, "
             f"{'bf16 autocast' if _bf16(config, device) else 'fp32'}; seeds {list(config.seeds)}.",
@@ -495,6 +499,7 @@ def plot_quality_vs_flops(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     metrics = [m for m in metrics if any(m in row for row in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
@@ -509,12 +514,16 @@ def plot_quality_vs_flops(
             ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=4, label=row["method"])
             ax.annotate(row["method"], (flops, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
         trained = [row["train FLOPs"][0] for row in rows if row["train FLOPs"][0] > 0]
+        xlabel = "training FLOPs (measured, whole run)"
         if trained and max(trained) / min(trained) > 10:  # log scale only when the costs span decades
             ax.set_xscale("log")
-        else:
-            ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+        elif trained:
+            # the exponent goes into the label: matplotlib's offset text would sit on top of it
+            exponent = math.floor(math.log10(max(trained)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos, e=exponent: f"{x / 10**e:g}"))
+            xlabel = f"training FLOPs (x1e{exponent}, measured, whole run)"
         ax.margins(x=0.15)
-        ax.set_xlabel("training FLOPs (measured, whole run)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

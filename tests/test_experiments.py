@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from optical_st.experiments import aggregate, format_table
+from optical_st.experiments import aggregate, format_table, plot_quality_vs_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,3 +126,49 @@ def test_aggregate_and_table_hand_computed():
     assert rows[0]["train FLOPs"] == (20.0, pytest.approx(math.sqrt(200)))
     table = format_table(rows)
     assert "| A | 2 | 0.3000 ± 0.1414 |" in table and "| B | 1 | 0.1000 ± 0.0000 |" in table
+
+
+@pytest.mark.parametrize(
+    ("flops", "xscale", "label"),
+    [
+        ((3.5e13, 5.8e13), "linear", "training FLOPs (x1e13, measured, whole run)"),
+        ((2e11, 5e13), "log", "training FLOPs (measured, whole run)"),  # costs span decades
+    ],
+)
+def test_plot_axes(tmp_path, monkeypatch, flops, xscale, label):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    rows = [
+        {"method": "zero-shot", "MAP@100": (0.02, 0.0), "train FLOPs": (0.0, 0.0)},
+        {"method": "A", "MAP@100": (0.1, 0.01), "train FLOPs": (flops[0], 0.0)},
+        {"method": "B", "MAP@100": (0.2, 0.02), "train FLOPs": (flops[1], 0.0)},
+    ]
+    plot_quality_vs_flops(rows, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+    (ax,) = figures[0].axes  # one panel: acc@1 is in no row
+    assert ax.get_xscale() == xscale and ax.get_xlabel() == label
+    figures[0].canvas.draw()
+    assert ax.xaxis.get_offset_text().get_text() == ""  # no "1e13" printed over the label
+    if xscale == "linear":
+        assert "5" in [t.get_text() for t in ax.get_xticklabels()]  # 5e13 shown as 5
+    # the zero-shot teacher is a dashed line at its score, not a point at 0 FLOPs
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [0.02]
+
+
+@pytest.mark.parametrize(("loads", "wording"), [([0.6, 2.2], "(the runs alone)"), ([1.9, 3.4], "(other processes")])
+def test_conditions_say_whether_the_cores_were_shared(loads, wording):
+    import torch
+
+    from optical_st.experiments import ExperimentConfig, _conditions
+
+    torch_threads = torch.get_num_threads()
+    config = ExperimentConfig(device="cpu")
+    # loads are relative to the run's own threads: 2 threads give a load of ~2 on an otherwise idle machine
+    records = [{"load_average": [x * torch_threads / 2 for x in loads]}]
+    text = _conditions(config, records, wall=60.0)
+    assert wording in text and "Total wall time of the experiment: 1.0 min" in text
