@@ -122,6 +122,25 @@ class TeacherStudentMixin:
         with torch.no_grad():
             return self._teacher.run(features)
 
+    def _check_labels_and_routes(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
+        """The input checks both losses share: no label column, and in Router mode (english, lrl, *negatives)
+        routed to (teacher, student, *teacher)."""
+        if labels is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes no labels, but the dataset has a label/score column; remove it with "
+                "`dataset.remove_columns(...)`."
+            )
+        if self._teacher.route is None:
+            return
+        expected = (self._teacher.route, self._student.route) + (self._teacher.route,) * (len(features) - 2)
+        got = tuple(f.get("task") for f in features)
+        if got != expected:
+            raise ValueError(
+                f"The columns were routed to {got}, expected {expected} (english -> teacher, lrl -> student, "
+                "negatives -> teacher). Set `router_mapping=optical_st.router_mapping(train_dataset)` in "
+                "SentenceTransformerTrainingArguments (english column first, lrl second)."
+            )
+
     def _empty_rows_check(self, features: dict[str, Any], side: _Encoder, name: str) -> None:
         # an empty string tokenizes to [CLS][SEP]: nothing to align, whatever exclude_special_tokens says
         content = features["attention_mask"].bool() & ~ot.special_tokens_mask(features["input_ids"], side.special_ids)

@@ -218,20 +218,7 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
                 "ContrastiveDistillationLoss expects (english, lrl, *english_negatives) text columns, got "
                 f"{len(features)}. Select them with `dataset.select_columns(['english', 'lrl', ...])`."
             )
-        if labels is not None:
-            raise ValueError(
-                "ContrastiveDistillationLoss takes no labels, but the dataset has a label/score column; remove it "
-                "with `dataset.remove_columns(...)`."
-            )
-        if self._teacher.route is not None:
-            expected = (self._teacher.route, self._student.route) + (self._teacher.route,) * (len(features) - 2)
-            got = tuple(f.get("task") for f in features)
-            if got != expected:
-                raise ValueError(
-                    f"The columns were routed to {got}, expected {expected} (english -> teacher, lrl -> student, "
-                    "negatives -> teacher). Set `router_mapping=optical_st.router_mapping(train_dataset)` in "
-                    "SentenceTransformerTrainingArguments (english column first, lrl second)."
-                )
+        self._check_labels_and_routes(features, labels)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features = list(sentence_features)

@@ -178,20 +178,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 "Select them with `dataset.select_columns(['english', 'lrl'])`, or set contrastive_weight > 0 to "
                 "use extra columns as hard negatives."
             )
-        if labels is not None:
-            raise ValueError(
-                "OTDistillationLoss takes no labels, but the dataset has a label/score column; remove it with "
-                "`dataset.remove_columns(...)`."
-            )
-        routes = (self._teacher.route, self._student.route) + (self._teacher.route,) * (len(features) - 2)
-        if routes[0] is not None:
-            got = tuple(f.get("task") for f in features)
-            if got != routes:
-                raise ValueError(
-                    f"The columns were routed to {got}, expected {routes} (english -> teacher, lrl -> student, "
-                    "negatives -> teacher). Set `router_mapping=optical_st.router_mapping(train_dataset)` in "
-                    "SentenceTransformerTrainingArguments (and put the English column first)."
-                )
+        self._check_labels_and_routes(features, labels)
 
     def _exclude_mask(self, features: dict[str, Any], side: _Encoder) -> Tensor | None:
         if not self.exclude_special_tokens:
