@@ -143,6 +143,19 @@ def bitext() -> Dataset:
     return Dataset.from_dict({"english": list(english), "lrl": list(lrl)})
 
 
+def features_for(model: SentenceTransformer, dataset: Dataset, mapping: dict | None = None) -> list[dict]:
+    """Every column of ``dataset`` as one batch, tokenized the way the trainer's collator does it (routed columns
+    carry their ``task``)."""
+    feats = []
+    for column in dataset.column_names:
+        task = (mapping or {}).get(column)
+        f = model.preprocess(dataset[column], task=task) if task else model.preprocess(dataset[column])
+        if task:
+            f["task"] = task
+        feats.append(f)
+    return feats
+
+
 def make_training_args(
     tmp_path: Path, dataset: Dataset | None = None, **kwargs
 ) -> SentenceTransformerTrainingArguments:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_training_args
+from conftest import features_for, make_training_args
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -30,17 +30,6 @@ def hand_infonce(student, candidates, temperature, excluded=()):
         log_z = top + math.log(sum(math.exp(v - top) for _, v in logits))
         total += log_z - dict(logits)[i]
     return total / len(student)
-
-
-def features_for(model, dataset, mapping=None):
-    feats = []
-    for column in dataset.column_names:
-        task = (mapping or {}).get(column)
-        f = model.preprocess(dataset[column], task=task) if task else model.preprocess(dataset[column])
-        if task:
-            f["task"] = task
-        feats.append(f)
-    return feats
 
 
 def make_args(tmp_path, dataset=None, **kwargs) -> SentenceTransformerTrainingArguments:

@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import PAIRS, tiny_sentence_transformer
+from conftest import PAIRS, make_training_args, tiny_sentence_transformer
 from datasets import Dataset
 from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import OfflineModeIsEnabled
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 import optical_st
-from optical_st import OpticalModelCardData, OTDistillationLoss, build_optical_model, export_student, router_mapping
+from optical_st import OpticalModelCardData, OTDistillationLoss, build_optical_model, export_student
 from optical_st.hub import (
     HubPushError,
     add_eval_results_to_card,
@@ -82,18 +82,7 @@ def trained_once(tiny_dirs, tmp_path_factory):
     model = build_optical_model(teacher, wide_student, model_card_data=card_data())
     english, lrl = zip(*PAIRS, strict=True)
     dataset = Dataset.from_dict({"english": list(english) * 2, "lrl": list(lrl) * 2})
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path_factory.mktemp("trainer")),
-        per_device_train_batch_size=4,
-        num_train_epochs=1,
-        learning_rate=5e-3,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        use_cpu=True,
-        router_mapping=router_mapping(dataset),
-    )
+    args = make_training_args(tmp_path_factory.mktemp("trainer"), dataset)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model, reg=0.05, max_iter=50)
     )

@@ -6,29 +6,18 @@ import json
 
 import pytest
 import torch
-from conftest import make_training_args
+from conftest import features_for, make_training_args
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from optical_st import OTDistillationLoss, build_optical_model, export_student, router_mapping
 from optical_st.ot import cosine_cost, sinkhorn_log, token_marginals
 
 
-def make_args(tmp_path, dataset=None, **kwargs) -> SentenceTransformerTrainingArguments:
-    return make_training_args(tmp_path, dataset, **kwargs)
-
-
 def batch_loss(loss: OTDistillationLoss, model: SentenceTransformer, dataset: Dataset, mapping: dict | None) -> float:
     """The loss on the whole dataset as one batch, tokenized the way the trainer's collator does it."""
-    feats = []
-    for column in dataset.column_names:
-        task = (mapping or {}).get(column)
-        f = model.preprocess(dataset[column], task=task) if task else model.preprocess(dataset[column])
-        if task:
-            f["task"] = task
-        feats.append(f)
     with torch.no_grad():
-        return float(loss(feats, None))
+        return float(loss(features_for(model, dataset, mapping), None))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,7 +101,7 @@ def test_router_model_trains_with_different_tokenizer_and_width(teacher, wide_st
     mapping = router_mapping(dataset)
     before = batch_loss(loss, model, bitext, mapping)
     trainer = SentenceTransformerTrainer(
-        model=model, args=make_args(tmp_path, dataset, num_train_epochs=3), train_dataset=dataset, loss=loss
+        model=model, args=make_training_args(tmp_path, dataset, num_train_epochs=3), train_dataset=dataset, loss=loss
     )
     trainer.train()
     after = batch_loss(loss, model, bitext, mapping)
@@ -136,7 +125,7 @@ def test_plain_student_with_separate_teacher(teacher, student, bitext, tmp_path)
     before = batch_loss(loss, student, bitext, None)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     trainer = SentenceTransformerTrainer(
-        model=student, args=make_args(tmp_path, num_train_epochs=3), train_dataset=dataset, loss=loss
+        model=student, args=make_training_args(tmp_path, num_train_epochs=3), train_dataset=dataset, loss=loss
     )
     # the optimizer never sees the teacher
     trainer.create_optimizer()

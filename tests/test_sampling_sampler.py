@@ -290,17 +290,12 @@ def run(tiny_dirs, output_dir, resume=None, record=None):
     torch.manual_seed(0)
     model = tiny_sentence_transformer(tiny_dirs["student"])
     loss = RecordingMNRL(model)
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=8,
+    args = make_args(
+        output_dir,
+        output_dir=str(output_dir),  # checkpoints where the resume test looks for them
         max_steps=10,
-        learning_rate=5e-3,
-        report_to=[],
         save_strategy="steps",
         save_steps=3,
-        logging_steps=1,
-        seed=0,
-        use_cpu=True,
         batch_sampler=DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=3),
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs(48), loss=loss)
