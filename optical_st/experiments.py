@@ -26,7 +26,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -623,26 +623,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    return ExperimentConfig(
-        output_dir=args.output_dir,
-        teacher=args.teacher,
-        student=args.student,
-        train_data=args.train_data,
-        english_column=args.english_column,
-        lrl_column=args.lrl_column,
-        train_pairs=args.train_pairs or None,
-        benchmark=args.benchmark,
-        eval_pairs=args.eval_pairs or None,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        max_seq_length=args.max_seq_length,
-        eval_max_seq_length=args.eval_max_seq_length,
-        eval_batch_size=args.eval_batch_size,
-        seeds=tuple(args.seeds),
-        device=args.device,
-        bf16=args.bf16,
-        flops_every=args.flops_every,
-        threads=args.threads,
-    )
+    """The :class:`ExperimentConfig` of parsed :func:`add_cli_arguments` flags (each flag's dest is a field name)."""
+    values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)}
+    # on the command line 0 means "all"; the config says None
+    values.update(train_pairs=args.train_pairs or None, eval_pairs=args.eval_pairs or None, seeds=tuple(args.seeds))
+    return ExperimentConfig(**values)

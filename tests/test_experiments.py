@@ -172,3 +172,17 @@ def test_conditions_say_whether_the_cores_were_shared(loads, wording):
     records = [{"load_average": [x * torch_threads / 2 for x in loads]}]
     text = _conditions(config, records, wall=60.0)
     assert wording in text and "Total wall time of the experiment: 1.0 min" in text
+
+
+def test_cli_round_trips_the_config():
+    import argparse
+
+    from optical_st.experiments import ExperimentConfig, add_cli_arguments, config_from_args
+
+    defaults = ExperimentConfig(output_dir="out", train_pairs=6400, seeds=(4, 5), bf16=False, threads=2)
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser, defaults)
+    parser.add_argument("--reg", type=float, default=0.05)  # a script's own flag is not a config field
+    assert config_from_args(parser.parse_args([])) == defaults
+    config = config_from_args(parser.parse_args(["--train-pairs", "0", "--eval-pairs", "0", "--seeds", "1", "--bf16"]))
+    assert (config.train_pairs, config.eval_pairs, config.seeds, config.bf16) == (None, None, (1,), True)
