@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import random
@@ -174,6 +175,15 @@ def make_training_args(
     if dataset is not None:
         defaults["router_mapping"] = router_mapping(dataset)
     return SentenceTransformerTrainingArguments(**{**defaults, **kwargs})
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, by name: equal digests across ranks mean identical replicas."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def leave_process_group() -> None:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conft
 
 import sentence_transformers.base.model as st_base_model
 import torch
-from conftest import PAIRS, leave_process_group, tiny_sentence_transformer
+from conftest import PAIRS, leave_process_group, state_digest, tiny_sentence_transformer
 from datasets import Dataset
 from huggingface_hub import CommitInfo, RepoUrl
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -146,14 +146,10 @@ def main() -> None:
     PHASE[0] = "push"
     url = optical_st.hub.push_to_hub(model, "me/ddp-optical", local_dir=args.out / "push")
 
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
     result = {
         "rank": RANK,
         "world_size": trainer.args.world_size,
-        "digest": digest.hexdigest(),
+        "digest": state_digest(model),
         "steps": trainer.state.global_step,
         "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "finite": all(torch.isfinite(p).all().item() for p in model.parameters()),

@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest helpers
 
 import torch
-from conftest import leave_process_group, make_training_args, tiny_sentence_transformer, toy_bitext
+from conftest import leave_process_group, make_training_args, state_digest, tiny_sentence_transformer, toy_bitext
 from sentence_transformers import SentenceTransformerTrainer
 
 from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model
@@ -92,14 +92,10 @@ def main() -> None:
     trainer.train()
 
     rank = int(os.environ.get("RANK", 0))
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
     result = {
         "rank": rank,
         "world_size": int(os.environ.get("WORLD_SIZE", 1)),
-        "digest": digest.hexdigest(),
+        "digest": state_digest(model),
         "steps": trainer.state.global_step,
         "finite": all(torch.isfinite(p).all().item() for p in model.parameters()),
         "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],

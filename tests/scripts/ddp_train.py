@@ -6,7 +6,6 @@ Usage: torchrun --nproc_per_node 2 tests/scripts/ddp_train.py OUT_DIR MODEL_DIR
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -16,7 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest helpers
 
 import torch
-from conftest import PAIRS, leave_process_group, make_training_args, tiny_sentence_transformer
+from conftest import PAIRS, leave_process_group, make_training_args, state_digest, tiny_sentence_transformer
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer
 
@@ -41,15 +40,11 @@ def main() -> None:
     )
     trainer.train()
     rank = int(os.environ.get("RANK", 0))
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().numpy().tobytes())
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     result = {
         "rank": rank,
         "world_size": int(os.environ.get("WORLD_SIZE", 1)),
-        "digest": digest.hexdigest(),
+        "digest": state_digest(model),
         "losses": losses,
         "steps": trainer.state.global_step,
         "finite": all(torch.isfinite(p).all().item() for p in model.parameters()),
