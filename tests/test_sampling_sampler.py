@@ -15,7 +15,13 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model, router_mapping
+from optical_st import (
+    ContrastiveDistillationLoss,
+    DynamicHardNegativeSampler,
+    OTDistillationLoss,
+    build_optical_model,
+    router_mapping,
+)
 from optical_st.sampling import CHECKPOINT_FILE, HardNegativeMiningCallback, NegativesTransform, mine_negatives
 
 
@@ -231,21 +237,27 @@ def test_optical_router_model_with_ot_loss_and_eval(teacher, wide_student, tmp_p
     assert fetches and all(len(f["rows"][0]) == 4 for f in fetches)
 
 
-def test_separate_teacher_mode_mines_english_negatives_for_the_lrl_side(teacher, tmp_path):
-    """Without a Router there is no router_mapping to tell the sides apart: OTDistillationLoss declares them."""
+@pytest.mark.parametrize("loss_cls", [OTDistillationLoss, ContrastiveDistillationLoss])
+def test_separate_teacher_mode_mines_english_negatives_for_the_lrl_side(teacher, tmp_path, fetches, loss_cls):
+    """Without a Router there is no router_mapping to tell the sides apart: both distillation losses declare them
+    (``retrieval_columns``), so the LRL column is the anchor and the negatives are English texts."""
     student = tiny_sentence_transformer(write_tiny_bert(tmp_path / "student", seed=3))  # the teacher's vocabulary
     dataset = toy_bitext(32)
     sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=None)
+    kwargs = {"contrastive_weight": 0.5} if loss_cls is OTDistillationLoss else {}
     trainer = SentenceTransformerTrainer(
         model=student,
         args=make_args(tmp_path, batch_sampler=sampler, max_steps=1),
         train_dataset=dataset,
-        loss=OTDistillationLoss(student, teacher=teacher, contrastive_weight=0.5),
+        loss=loss_cls(student, teacher=teacher, **kwargs),
     )
     trainer.train()
     state = callback_of(trainer).state
     assert (state.anchor_column, state.positive_column) == ("lrl", "english")
     assert set(state.pool) == set(dataset["english"])
+    english = set(dataset["english"])
+    served = [row for fetch in fetches for row in fetch["rows"]]
+    assert served and all(set(row[2:]) <= english for row in served)
 
 
 def test_trainable_document_encoder_is_re_encoded(tiny_dirs, tmp_path):

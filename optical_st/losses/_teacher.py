@@ -59,6 +59,10 @@ class TeacherStudentMixin:
 
     model: nn.Module
     teacher: SentenceTransformer | None
+    # (query, document) positions among the text columns (english, lrl, *negatives): without a Router there is no
+    # router_mapping to tell the sides apart, so hard-negative samplers read this to mine English negatives for the
+    # LRL side (see optical_st.DynamicHardNegativeSampler)
+    retrieval_columns = (1, 0)
 
     def _init_teacher(self, model: SentenceTransformer, teacher: SentenceTransformer | None) -> None:
         name = type(self).__name__

@@ -28,10 +28,6 @@ OPTICAL_CITATION = """
 
 
 class OTDistillationLoss(TeacherStudentMixin, nn.Module):
-    # (query, document) positions among the text columns (english, lrl, *negatives): hard-negative samplers mine
-    # English negatives for the LRL side (see optical_st.DynamicHardNegativeSampler)
-    retrieval_columns = (1, 0)
-
     def __init__(
         self,
         model: SentenceTransformer,
