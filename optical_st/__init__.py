@@ -5,8 +5,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from optical_st import hub, ot
-from optical_st.hub import HubPushError, OpticalModelCardData
+from optical_st.hub import HubPushError
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
+from optical_st.model_card import OpticalModelCardData
 from optical_st.modeling import (
     add_projection,
     build_optical_model,

@@ -44,7 +44,8 @@ from transformers import set_seed
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
 from optical_st.evaluation.flops import FlopsCallback, PhaseFlopCounter
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
-from optical_st.modeling import build_optical_model, find_router
+from optical_st.modeling import build_optical_model
+from optical_st.routes import find_router
 from optical_st.utils import fast_bf16_available
 
 __all__ = [

@@ -19,6 +19,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Router, Transformer
 from torch import nn
 
+from optical_st.model_card import OpticalModelCardData, hub_model_id
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router, route_modules
+
 __all__ = [
     "STUDENT_ROUTE",
     "TEACHER_ROUTE",
@@ -29,9 +32,6 @@ __all__ = [
     "router_mapping",
     "same_tokenizer",
 ]
-
-STUDENT_ROUTE = "query"
-TEACHER_ROUTE = "document"
 
 
 def _load(model: SentenceTransformer | str, **kwargs: Any) -> SentenceTransformer:
@@ -54,6 +54,11 @@ def _token_dim(modules: Sequence[nn.Module]) -> int:
     return dim
 
 
+def _token_projection(d_in: int, d_out: int) -> Dense:
+    """A trainable linear map on the token embeddings (no bias, no activation), saved with the student."""
+    return Dense(d_in, d_out, bias=False, activation_function=None, module_input_name="token_embeddings")
+
+
 def add_projection(student: SentenceTransformer, dim: int) -> SentenceTransformer:
     """Insert a trainable linear map ``d_student -> dim`` on the token embeddings, right after the transformer.
 
@@ -66,10 +71,9 @@ def add_projection(student: SentenceTransformer, dim: int) -> SentenceTransforme
     d_in = _token_dim(modules)
     if d_in == dim:
         return SentenceTransformer(modules=modules, similarity_fn_name=student.similarity_fn_name)
-    proj = Dense(d_in, dim, bias=False, activation_function=None, module_input_name="token_embeddings")
     head = [_resize_pooling(m, dim) for m in modules[idx + 1 :]]
     return SentenceTransformer(
-        modules=[*modules[: idx + 1], proj, *head], similarity_fn_name=student.similarity_fn_name
+        modules=[*modules[: idx + 1], _token_projection(d_in, dim), *head], similarity_fn_name=student.similarity_fn_name
     )
 
 
@@ -131,11 +135,7 @@ def build_optical_model(
         s_idx = _transformer_index(s_modules)
         body = s_modules[: s_idx + 1]
         if _token_dim(body) != t_dim:
-            body.append(
-                Dense(
-                    _token_dim(body), t_dim, bias=False, activation_function=None, module_input_name="token_embeddings"
-                )
-            )
+            body.append(_token_projection(_token_dim(body), t_dim))
         student_modules = body + copy.deepcopy(teacher_modules[t_idx + 1 :])
     for p in (p for m in teacher_modules for p in m.parameters()):
         p.requires_grad_(not freeze_teacher)
@@ -153,8 +153,6 @@ def build_optical_model(
 
 def _optical_card_data(card_data: Any | None, teacher: Any, student: Any) -> Any:
     """An ``OpticalModelCardData`` (the OPTICAL model card) unless the caller chose other card data."""
-    from optical_st.hub import OpticalModelCardData, hub_model_id  # hub imports this module
-
     if card_data is None:
         card_data = OpticalModelCardData()
     if isinstance(card_data, OpticalModelCardData):
@@ -165,28 +163,11 @@ def _optical_card_data(card_data: Any | None, teacher: Any, student: Any) -> Any
     return card_data
 
 
-def find_router(model: nn.Module) -> Router | None:
-    """The ``Router`` inside a sentence-transformers model, if any."""
-    for module in model.children():
-        if isinstance(module, Router):
-            return module
-    return None
-
-
-def route_modules(model: nn.Module, route: str) -> list[nn.Module]:
-    router = find_router(model)
-    if router is None or route not in router.sub_modules:
-        raise ValueError(f"The model has no {route!r} route; build it with optical_st.build_optical_model().")
-    return list(router.sub_modules[route])
-
-
 def export_student(model: SentenceTransformer, route: str = STUDENT_ROUTE) -> SentenceTransformer:
     """A plain student-only ``SentenceTransformer`` (copy of the query route) for users who do not want the
     Router, e.g. to fine-tune further on their own. Its embeddings equal ``model.encode_query``. An OPTICAL model
     card (training record, evaluation results) carries over; the student's card explains that documents are encoded
     with the teacher."""
-    from optical_st.hub import OpticalModelCardData  # hub imports this module
-
     modules = copy.deepcopy(route_modules(model, route))
     card = model.model_card_data
     kwargs = {"model_card_data": card.for_student_export()} if isinstance(card, OpticalModelCardData) else {}

@@ -32,6 +32,7 @@ from torch import Tensor
 
 __all__ = [
     "COSTS",
+    "SOLVERS",
     "SinkhornLog",
     "cosine_cost",
     "emd",
@@ -135,11 +136,12 @@ def token_marginals(
         name: used in error messages to say which input is at fault.
 
     Returns:
-        ``(B, n)`` float tensor whose rows sum to one.
+        ``(B, n)`` float tensor whose rows sum to one; a row with no mass left (an empty text, or special tokens
+        only) stays all zero, which the solvers reject ("a row of the batch is empty"). The losses check their
+        texts before they get here and name the column at fault.
 
     Raises:
-        ValueError: if a row has no mass left (an empty string or a text of special tokens only), or if the
-            weights are negative or not finite.
+        ValueError: if the weights are negative or not finite.
     """
     mass = attention_mask.to(torch.bool)
     if exclude_mask is not None:
@@ -154,14 +156,7 @@ def token_marginals(
         if not torch.isfinite(weights).all() or (weights < 0).any():
             raise ValueError(f"{name}: token weights must be finite and non-negative.")
         marg = marg * weights
-    total = marg.sum(-1, keepdim=True)
-    empty = (total.squeeze(-1) <= 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(
-            f"{name}: row(s) {empty[:10]} have no token left to transport (empty text, only special/prompt tokens, "
-            "or all-zero weights). Remove empty texts from the dataset (e.g. `dataset.filter(lambda r: r[col].strip())`)."
-        )
-    return marg / total
+    return marg / marg.sum(-1, keepdim=True).clamp_min(torch.finfo(marg.dtype).tiny)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,6 +426,9 @@ def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, num_iter
     return plan.squeeze(0) if squeeze else plan
 
 
+SOLVERS = ("sinkhorn", "emd")
+
+
 def transport_plan(
     cost: Tensor,
     a: Tensor | None = None,
@@ -439,14 +437,17 @@ def transport_plan(
     solver: str = "sinkhorn",
     max_iter: int = 1000,
     tol: float = 1e-6,
-) -> Tensor:
+    *,
+    return_log: bool = False,
+) -> Tensor | tuple[Tensor, SinkhornLog | None]:
     """One entry point for both solvers: ``solver="sinkhorn"`` (entropic, :func:`sinkhorn_log`) or ``"emd"``
-    (exact, :func:`emd`; ``reg`` is ignored)."""
+    (exact, :func:`emd`; ``reg`` is ignored). ``return_log=True`` also returns Sinkhorn's log (``None`` for EMD)."""
     if solver == "sinkhorn":
-        return sinkhorn_log(cost, a, b, reg=reg, max_iter=max_iter, tol=tol)
+        return sinkhorn_log(cost, a, b, reg=reg, max_iter=max_iter, tol=tol, return_log=return_log)
     if solver == "emd":
-        return emd(cost, a, b)
-    raise ValueError(f"Unknown solver {solver!r}; use 'sinkhorn' or 'emd'.")
+        plan = emd(cost, a, b)
+        return (plan, None) if return_log else plan
+    raise ValueError(f"Unknown solver {solver!r}; use one of {SOLVERS}.")
 
 
 def ot_distance(
@@ -457,12 +458,15 @@ def ot_distance(
     solver: str = "sinkhorn",
     max_iter: int = 1000,
     tol: float = 1e-6,
-) -> tuple[Tensor, Tensor]:
+    *,
+    return_log: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, SinkhornLog | None]:
     """``<P, C>_F`` per problem, differentiable in ``C`` with the envelope gradient ``dL/dC = P``.
 
-    Returns ``(values (B,), plan (B, n, m))``. The plan is solved without a graph, so memory does not grow
-    with the number of Sinkhorn iterations.
+    Returns ``(values (B,), plan (B, n, m))``, and the solver's log as a third item with ``return_log=True``. The
+    plan is solved without a graph, so memory does not grow with the number of Sinkhorn iterations.
     """
-    plan = transport_plan(cost, a, b, reg=reg, solver=solver, max_iter=max_iter, tol=tol)
+    plan, log = transport_plan(cost, a, b, reg=reg, solver=solver, max_iter=max_iter, tol=tol, return_log=True)
     cost = cost if cost.dtype == torch.float64 else cost.float()
-    return (plan.to(cost.dtype) * cost).sum((-2, -1)), plan
+    values = (plan.to(cost.dtype) * cost).sum((-2, -1))
+    return (values, plan, log) if return_log else (values, plan)

@@ -79,8 +79,8 @@ def test_only_rank_zero_pushes_and_writes_its_card(run):
     for folder in ("model", "push"):
         readme = (out / folder / "README.md").read_text(encoding="utf8")
         assert "OPTICAL Chichewa-English retrieval model" in readme and "FLOPs" in readme
-    # training compute on the card covers both ranks: rank 0's own tokens times the world size
-    assert ranks[0]["card_query_tokens"] == 2 * ranks[0]["local_query_tokens"] > 0
+    # training FLOPs on the card cover both ranks: rank 0's own measurement times the world size
+    assert ranks[0]["card_flops"] == 2 * ranks[0]["local_flops"] > 0
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""ContrastiveDistillationLoss: InfoNCE against a hand-computed oracle, equivalence with ST's MNRL, training runs."""
+"""ContrastiveDistillationLoss: the shared InfoNCE term on a Router model (equivalence with ST's MNRL), training runs,
+bad inputs."""
 
 from __future__ import annotations
 
@@ -12,24 +13,7 @@ from sentence_transformers import SentenceTransformerTrainer, SentenceTransforme
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
 from optical_st import ContrastiveDistillationLoss, build_optical_model, router_mapping
-
-
-def hand_infonce(student, candidates, temperature, excluded=()):
-    """-mean_i log softmax_i over candidates, with plain Python floats; ``excluded`` = {(i, c)} pairs left out."""
-    total = 0.0
-    for i, s in enumerate(student):
-        logits = []
-        for c, cand in enumerate(candidates):
-            if (i, c) in excluded:
-                continue
-            cos = sum(x * y for x, y in zip(s, cand, strict=True)) / (
-                math.sqrt(sum(x * x for x in s)) * math.sqrt(sum(y * y for y in cand))
-            )
-            logits.append((c, cos / temperature))
-        top = max(v for _, v in logits)
-        log_z = top + math.log(sum(math.exp(v - top) for _, v in logits))
-        total += log_z - dict(logits)[i]
-    return total / len(student)
+from optical_st.losses.info_nce import info_nce
 
 
 def make_args(tmp_path, dataset=None, **kwargs) -> SentenceTransformerTrainingArguments:
@@ -39,68 +23,17 @@ def make_args(tmp_path, dataset=None, **kwargs) -> SentenceTransformerTrainingAr
 # ------------------------------------------------------------------------------------------------
 # maths
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("temperature", [0.05, 1.0])
-def test_in_batch_infonce_matches_hand_computation(teacher, temperature):
-    loss = ContrastiveDistillationLoss(teacher, teacher=teacher, temperature=temperature)
-    g = torch.Generator().manual_seed(0)
-    s = torch.randn(4, 6, generator=g, dtype=torch.float64)
-    t = torch.randn(4, 6, generator=g, dtype=torch.float64)
-    value = loss.compute_loss_from_embeddings(s, t)
-    assert float(value) == pytest.approx(hand_infonce(s.tolist(), t.tolist(), temperature), abs=1e-10)
-
-
-def test_hard_negatives_join_the_candidates(teacher):
-    loss = ContrastiveDistillationLoss(teacher, teacher=teacher, temperature=0.1)
+def test_loss_is_the_shared_info_nce_term(teacher):
+    """The maths is optical_st.losses.info_nce (tested against an oracle there); the loss passes its settings on and
+    takes hard negatives as a list of (B, d) columns or one (B, K, d) tensor."""
+    loss = ContrastiveDistillationLoss(teacher, teacher=teacher, temperature=0.2, symmetric=True, mask_duplicates=False)
     g = torch.Generator().manual_seed(1)
-    s = torch.randn(3, 5, generator=g, dtype=torch.float64)
-    t = torch.randn(3, 5, generator=g, dtype=torch.float64)
-    n1 = torch.randn(3, 5, generator=g, dtype=torch.float64)
-    n2 = torch.randn(3, 5, generator=g, dtype=torch.float64)
-    expected = hand_infonce(s.tolist(), t.tolist() + n1.tolist() + n2.tolist(), 0.1)
-    as_list = loss.compute_loss_from_embeddings(s, t, [n1, n2])
-    as_tensor = loss.compute_loss_from_embeddings(s, t, torch.stack([n1, n2], dim=1))
-    assert float(as_list) == pytest.approx(expected, abs=1e-10)
-    assert float(as_tensor) == pytest.approx(expected, abs=1e-10)
-    # a hard negative close to the student raises the loss
-    harder = loss.compute_loss_from_embeddings(s, t, [s + 0.01])
-    assert float(harder) > float(loss.compute_loss_from_embeddings(s, t))
-
-
-def test_duplicate_texts_are_masked(teacher):
-    g = torch.Generator().manual_seed(2)
-    s = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    t = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    t[2] = t[0]  # the same English verse twice in the batch
-    neg = torch.randn(3, 4, generator=g, dtype=torch.float64)
-    neg[1] = t[1] * 3  # a mined "negative" that is the positive itself (same direction, cosine 1)
-    candidates = t.tolist() + neg.tolist()
-    excluded = {(0, 2), (2, 0), (1, 4)}
-    masked = ContrastiveDistillationLoss(teacher, teacher=teacher, temperature=0.2)
-    value = masked.compute_loss_from_embeddings(s, t, [neg])
-    assert float(value) == pytest.approx(hand_infonce(s.tolist(), candidates, 0.2, excluded), abs=1e-10)
-    unmasked = ContrastiveDistillationLoss(teacher, teacher=teacher, temperature=0.2, mask_duplicates=False)
-    assert float(unmasked.compute_loss_from_embeddings(s, t, [neg])) == pytest.approx(
-        hand_infonce(s.tolist(), candidates, 0.2), abs=1e-10
-    )
-
-
-def test_symmetric_adds_the_reverse_direction(teacher):
-    g = torch.Generator().manual_seed(3)
-    s = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    t = torch.randn(4, 5, generator=g, dtype=torch.float64)
-    loss = ContrastiveDistillationLoss(teacher, teacher=teacher, temperature=0.5, symmetric=True)
-    forward = hand_infonce(s.tolist(), t.tolist(), 0.5)
-    backward = hand_infonce(t.tolist(), s.tolist(), 0.5)
-    assert float(loss.compute_loss_from_embeddings(s, t)) == pytest.approx((forward + backward) / 2, abs=1e-10)
-
-
-def test_gradient_reaches_only_the_student(teacher):
-    loss = ContrastiveDistillationLoss(teacher, teacher=teacher)
-    s = torch.randn(3, 4, requires_grad=True)
-    t = torch.randn(3, 4, requires_grad=True)
-    loss.compute_loss_from_embeddings(s, t).backward()
-    assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
-    assert t.grad is None
+    s, t, n1, n2 = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(4))
+    expected = info_nce(s, t, [n1, n2], 0.2, symmetric=True, mask_duplicates=False)
+    torch.testing.assert_close(loss.compute_loss_from_embeddings(s, t, [n1, n2]), expected)
+    torch.testing.assert_close(loss.compute_loss_from_embeddings(s, t, torch.stack([n1, n2], dim=1)), expected)
+    torch.testing.assert_close(loss.compute_loss_from_embeddings(s, t), info_nce(s, t, None, 0.2, symmetric=True,
+                                                                                  mask_duplicates=False))  # fmt: skip
 
 
 def test_equals_sentence_transformers_mnrl_on_a_frozen_router_model(teacher, wide_student, bitext):
@@ -159,9 +92,8 @@ def test_separate_teacher_with_negative_column(teacher, student, bitext, tmp_pat
 # bad inputs
 # ------------------------------------------------------------------------------------------------
 def test_bad_inputs_raise_clear_errors(teacher, student, wide_student, bitext):
-    for bad in (0, -1.0, float("nan")):
-        with pytest.raises(ValueError, match="temperature"):
-            ContrastiveDistillationLoss(student, teacher=teacher, temperature=bad)
+    with pytest.raises(ValueError, match="temperature"):
+        ContrastiveDistillationLoss(student, teacher=teacher, temperature=0)
     with pytest.raises(ValueError, match="needs a teacher"):
         ContrastiveDistillationLoss(student)
     with pytest.raises(ValueError, match="build_optical_model"):
@@ -175,8 +107,6 @@ def test_bad_inputs_raise_clear_errors(teacher, student, wide_student, bitext):
     empty = Dataset.from_dict({"english": ["god is love", ""], "lrl": ["mulungu", "ndi"]})
     with pytest.raises(ValueError, match=r"english column \(teacher\): row\(s\) \[1\]"):
         loss(features_for(student, empty))
-    with pytest.raises(ValueError, match="same shape"):
-        loss.compute_loss_from_embeddings(torch.randn(2, 4), torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"\(B, K, d\)"):
         loss.compute_loss_from_embeddings(torch.randn(2, 4), torch.randn(2, 4), torch.randn(3, 1, 4))
     model = build_optical_model(teacher, wide_student)

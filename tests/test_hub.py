@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import copy
 import importlib.util
 import json
@@ -27,15 +26,15 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 
 import optical_st
 from optical_st import OpticalModelCardData, OTDistillationLoss, build_optical_model, export_student
+from optical_st.evaluation import FlopsCallback
 from optical_st.hub import (
     HubPushError,
     add_eval_results_to_card,
     eval_results_from_metrics,
-    hub_model_id,
-    model_card_template_path,
     push_folder_to_hub,
     push_to_hub,
 )
+from optical_st.model_card import hub_model_id, model_card_template_path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "me/tiny-optical"
@@ -59,12 +58,6 @@ def front_matter(readme: str) -> dict:
     return yaml.safe_load(readme.split("---\n", 2)[1])
 
 
-def non_embedding_params(modules) -> int:
-    embeddings = {id(p) for m in modules for sub in m.modules() if isinstance(sub, torch.nn.Embedding)
-                  for p in sub.parameters()}  # fmt: skip
-    return sum(p.numel() for m in modules for p in m.parameters() if id(p) not in embeddings)
-
-
 def results(ndcg: float = 0.5) -> list[EvalResult]:
     return eval_results_from_metrics(
         {"ndcg@10": ndcg, "mrr@10": 0.4},
@@ -76,16 +69,17 @@ def results(ndcg: float = 0.5) -> list[EvalResult]:
 
 @pytest.fixture(scope="module")
 def trained_once(tiny_dirs, tmp_path_factory):
-    """A Router model trained for a few steps (card data filled by the trainer's callbacks), trained once a module."""
+    """A Router model trained for a few steps (card data filled by the trainer's callbacks, training FLOPs measured),
+    trained once a module."""
     teacher = tiny_sentence_transformer(tiny_dirs["teacher"])
     wide_student = tiny_sentence_transformer(tiny_dirs["wide_student"], hidden=48)
     model = build_optical_model(teacher, wide_student, model_card_data=card_data())
     english, lrl = zip(*PAIRS, strict=True)
     dataset = Dataset.from_dict({"english": list(english) * 2, "lrl": list(lrl) * 2})
     args = make_training_args(tmp_path_factory.mktemp("trainer"), dataset)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model, reg=0.05, max_iter=50)
-    )
+    loss = OTDistillationLoss(model, reg=0.05, max_iter=50)
+    flops = FlopsCallback(model, loss, every_n_steps=2)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[flops])
     trainer.train()
     return model, trainer
 
@@ -94,9 +88,7 @@ def trained_once(tiny_dirs, tmp_path_factory):
 def trained(trained_once):
     """A fresh copy of the trained model for each test (tests set model ids, add results, ...), and the trainer."""
     model, trainer = trained_once
-    copied = copy.deepcopy(model)
-    copied.model_card_data.register_model(copied)  # a copy's FLOP counters are disabled; count into its own card
-    return copied, trainer
+    return copy.deepcopy(model), trainer
 
 
 class FakeHub:
@@ -132,35 +124,17 @@ class FakeHub:
 @pytest.fixture
 def fake_hub():
     hub = FakeHub()
-    with mock.patch("optical_st.hub.HfApi", hub.cls):
+    with mock.patch("sentence_transformers.base.model.HfApi", hub.cls):  # the upload is sentence-transformers' own
         yield hub
 
 
 # ------------------------------------------------------------------------------------------------
 # packaging
 # ------------------------------------------------------------------------------------------------
-def test_template_is_package_data_mapped_from_top_level_model_cards():
-    path = model_card_template_path()
-    assert path.is_file() and "{{ card_data }}" in path.read_text()
-    # in a source checkout (editable install) the resource *is* the top-level model_cards/ file
-    assert path.resolve() == (ROOT / "model_cards" / path.name).resolve()
-    with pytest.raises(FileNotFoundError):
-        model_card_template_path("missing.md")
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
-    assert "optical_st.model_cards = model_cards" in cfg["options"]["package_dir"]
-    assert cfg["options.package_data"]["optical_st.model_cards"].strip() == "*.md"
-    # packages are listed explicitly (find: cannot see the mapped folder): a new subpackage must be added there
-    listed = set(cfg["options"]["packages"].split())
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "optical_st").rglob("__init__.py")} | {
-        "optical_st.model_cards"
-    }
-    assert on_disk <= listed, f"add {sorted(on_disk - listed)} to [options] packages in setup.cfg"
-
-
 @pytest.mark.slow
-def test_wheel_ships_the_template(tmp_path):
-    """Not only a source checkout: a wheel built from the sources has the template inside the package."""
+def test_wheel_ships_the_template_and_every_subpackage(tmp_path):
+    """The one packaging check: a wheel built from the sources holds the card template (the top-level model_cards/
+    folder, installed as optical_st.model_cards) and every optical_st subpackage (setup.cfg lists them)."""
     pytest.importorskip("setuptools")
     src = tmp_path / "src"  # a clean copy, so the build writes nothing into the checkout
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
@@ -180,7 +154,9 @@ def test_wheel_ships_the_template(tmp_path):
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert f"optical_st/model_cards/{model_card_template_path().name}" in names
-    assert "optical_st/hub.py" in names and not any(n.startswith("model_cards/") for n in names)
+    assert not any(n.startswith("model_cards/") for n in names)
+    on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / "optical_st").rglob("*.py")}
+    assert on_disk <= names, f"not in the wheel (add the package to setup.cfg): {sorted(on_disk - names)}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,11 +209,12 @@ def test_trainer_save_writes_the_optical_card(trained, bitext, tmp_path):
     assert any(repr(text) in query for text in bitext["lrl"])
     assert sum(repr(text) in documents for text in bitext["english"]) == 3
     assert "model.encode_query(queries)" in snippet and "model.encode_document(documents)" in snippet
-    # measured compute: both routes counted, the frozen teacher without backward pass
-    compute = model.model_card_data.training_compute
-    assert compute["query"]["backward"] and not compute["document"]["backward"]
-    assert compute["query"]["tokens"] > 0 and compute["document"]["tokens"] > 0
-    assert f"{sum(s['flops'] for s in compute.values()):.3g} FLOPs" in readme
+    # compute measured by FlopsCallback: both routes' forward passes and the student's backward pass
+    measured = model.model_card_data.measured_flops
+    assert {"student_forward", "teacher_forward", "backward"} <= set(measured) and min(measured.values()) > 0
+    assert f"{sum(measured.values()):.3g} FLOPs (measured with `torch.utils.flop_counter.FlopCounterMode`" in readme
+    model.model_card_data.training_flops = 1.5e18  # an explicit value wins over the measurement
+    assert model.model_card_data.to_dict()["training_flops"] == 1.5e18
 
 
 def test_card_without_trainer(teacher, wide_student, tmp_path, caplog):
@@ -253,26 +230,6 @@ def test_card_without_trainer(teacher, wide_student, tmp_path, caplog):
     # no trainer, so no loss citation: OPTICAL is cited anyway, and no compute is claimed
     assert "#### OPTICAL" in readme and "huang2023optical" in readme
     assert "Training compute" not in readme and "model-index" not in meta
-
-
-def test_training_flops_count_training_forwards_only(teacher, wide_student, bitext):
-    model = build_optical_model(teacher, wide_student)
-    router = model[0]
-    model.encode_query(bitext["lrl"])  # eval mode: not training compute
-    assert model.model_card_data.training_compute == {}
-    model.train()
-    for task in ("query", "document"):
-        texts = bitext["lrl"] if task == "query" else bitext["english"]
-        features = model.preprocess(texts, task=task)
-        features["task"] = task
-        model(features)
-        stats = model.model_card_data.training_compute[task]
-        n = non_embedding_params(router.sub_modules[task])
-        assert stats["parameters"] == n
-        assert stats["tokens"] == features["input_ids"].numel()
-        assert stats["flops"] == (6 if task == "query" else 2) * n * features["input_ids"].numel()
-    model.model_card_data.training_flops = 1.5e18  # an explicit value wins over the measurement
-    assert model.model_card_data.to_dict()["training_flops"] == 1.5e18
 
 
 def test_eval_results_and_st_evaluator_both_reach_model_index(trained, bitext, tmp_path):
@@ -332,7 +289,7 @@ def test_push_saves_locally_then_uploads_with_card(trained, bitext, tmp_path, fa
     )
     assert url == f"https://huggingface.co/{REPO}/discussions/1"
     fake_hub.cls.assert_called_once_with(token="hf_x")
-    fake_hub.api.create_repo.assert_called_once_with(repo_id=REPO, private=True, exist_ok=True)
+    fake_hub.api.create_repo.assert_called_once_with(repo_id=REPO, private=True, repo_type=None, exist_ok=True)
     fake_hub.api.create_branch.assert_called_once_with(repo_id=REPO, branch="v1", exist_ok=True)
     (upload,) = fake_hub.uploads
     assert upload["create_pr"] is True
@@ -393,7 +350,7 @@ def test_push_guards(trained, tmp_path, fake_hub, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"no modules\.json"):
         push_folder_to_hub(busy, REPO)
     # non-main ranks of a distributed run neither save nor push
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr("optical_st.hub.get_rank", lambda: 1)
     assert push_to_hub(model, REPO, local_dir=tmp_path / "rank1") is None
     assert not (tmp_path / "rank1").exists()
     fake_hub.cls.assert_not_called()
@@ -445,13 +402,10 @@ def test_student_only_export_pushes_with_its_own_card(trained, bitext, tmp_path,
         atol=1e-6,
         rtol=0,
     )
-    # a copy of the model does not count into (or drag along) the original card data
-    student.train()
-    features = student.preprocess(bitext["lrl"])
-    before = dict(model.model_card_data.training_compute["query"])
-    student(features)
-    assert model.model_card_data.training_compute["query"] == before
-    assert student.model_card_data.training_compute["model"]["tokens"] == features["input_ids"].numel()
+    # the export's card is a copy: editing it leaves the Router model's card as it was
+    assert student.model_card_data.measured_flops == model.model_card_data.measured_flops
+    student.model_card_data.measured_flops.clear()
+    assert model.model_card_data.measured_flops
 
 
 # ------------------------------------------------------------------------------------------------
@@ -528,6 +482,6 @@ def test_push_example_script_offline_fails_cleanly(trained, tmp_path, capsys):
     before = sorted(p.name for p in folder.rglob("*"))
     capsys.readouterr()
     assert load_example("push_to_hub").main([str(folder), "--repo-id", REPO]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: Pushing to https://huggingface.co/me/tiny-optical failed (OfflineModeIsEnabled")
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model-loading progress bar
+    assert last.startswith("error: Pushing to https://huggingface.co/me/tiny-optical failed (OfflineModeIsEnabled")
     assert sorted(p.name for p in folder.rglob("*")) == before

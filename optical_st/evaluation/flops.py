@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import TrainerCallback
 
-from optical_st.modeling import STUDENT_ROUTE, TEACHER_ROUTE, find_router
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
 __all__ = [
     "EXTRA_FLOP_FORMULAS",

@@ -24,7 +24,8 @@ from sentence_transformers.util import batch_to_device
 from torch import Tensor, nn
 
 from optical_st import ot
-from optical_st.modeling import STUDENT_ROUTE, TEACHER_ROUTE, find_router, same_tokenizer
+from optical_st.modeling import same_tokenizer
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
 __all__ = ["TeacherStudentMixin"]
 

@@ -1,3 +1,5 @@
+"""OPTICAL's loss: optimal-transport distillation of the teacher's token space into the student."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -9,22 +11,8 @@ from torch import Tensor, nn
 
 from optical_st import ot
 from optical_st.losses._teacher import TeacherStudentMixin, _Encoder
-from optical_st.losses.contrastive_distillation import check_temperature, info_nce
-from optical_st.modeling import TEACHER_ROUTE
-
-OPTICAL_CITATION = """
-@inproceedings{huang2023optical,
-    title={Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal Transport Distillation},
-    author={Huang, Zhiqi and Yu, Puxuan and Allan, James},
-    booktitle={Proceedings of the Sixteenth ACM International Conference on Web Search and Data Mining},
-    series={WSDM '23},
-    pages={1048--1056},
-    year={2023},
-    doi={10.1145/3539597.3570468},
-    eprint={2301.12566},
-    archivePrefix={arXiv}
-}
-"""
+from optical_st.losses.info_nce import check_temperature, info_nce
+from optical_st.model_card import OPTICAL_CITATION
 
 
 class OTDistillationLoss(TeacherStudentMixin, nn.Module):
@@ -139,8 +127,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         ot._check_reg(reg)
         if cost not in ot.COSTS and not callable(cost):
             raise ValueError(f"Unknown cost {cost!r}; use one of {sorted(ot.COSTS)} or a callable.")
-        if solver not in ("sinkhorn", "emd"):
-            raise ValueError(f"Unknown solver {solver!r}; use 'sinkhorn' or 'emd'.")
+        if solver not in ot.SOLVERS:
+            raise ValueError(f"Unknown solver {solver!r}; use one of {ot.SOLVERS}.")
         if sentence_weight < 0:
             raise ValueError("sentence_weight must be >= 0.")
         if not (isinstance(contrastive_weight, (int, float)) and contrastive_weight >= 0):
@@ -253,13 +241,10 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         a = ot.token_marginals(student_mask, student_exclude, name="lrl column (student)")
         b = ot.token_marginals(teacher_mask, teacher_exclude, name="english column (teacher)")
         cost = ot.pairwise_cost(student_tokens, teacher_tokens.detach(), self.cost)
-        if self.solver == "sinkhorn":
-            plan, self.last_solver_log = ot.sinkhorn_log(
-                cost, a, b, reg=self.reg, max_iter=self.max_iter, tol=self.tol, return_log=True
-            )
-        else:
-            plan = ot.emd(cost, a, b)
-        ot_loss = (plan.to(cost.dtype) * cost).sum((1, 2)).mean()
+        distances, _, self.last_solver_log = ot.ot_distance(
+            cost, a, b, reg=self.reg, solver=self.solver, max_iter=self.max_iter, tol=self.tol, return_log=True
+        )
+        ot_loss = distances.mean()
         if self.sentence_weight == 0 and self.contrastive_weight == 0:
             if negative_sentences:
                 raise ValueError("Hard-negative embeddings were given but contrastive_weight is 0.")
@@ -282,7 +267,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
-            "teacher": self.teacher if self.teacher is not None else f"{TEACHER_ROUTE!r} route of the model",
+            "teacher": self._teacher_config(),
             "reg": self.reg,
             "max_iter": self.max_iter,
             "tol": self.tol,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from transformers import TrainerCallback
 
+from optical_st.routes import find_router
 from optical_st.sampling._distributed import all_gather_rows, broadcast_from_main, rank_and_world, shard_bounds
 from optical_st.sampling.mining import mine_negatives, random_negatives
 from optical_st.sampling.table import NegativeTable
@@ -31,19 +32,17 @@ CHECKPOINT_FILE = "hard_negatives.pt"
 def document_route_frozen(model: torch.nn.Module) -> bool:
     """True when no trainable parameter can change ``model.encode_document`` (e.g. the frozen teacher route of an
     OPTICAL model), so candidate-pool embeddings can be computed once and cached."""
-    from optical_st.modeling import find_router
-
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if not trainable:
         return True
     router = find_router(model)
     if router is None:
         return False
-    try:
-        route = router._resolve_route_name(task="document") or router.default_route
-        document = {id(p) for p in router.sub_modules[route].parameters()}
-    except (ValueError, KeyError, AttributeError):
+    # the route "document" texts take: Router.route_mappings ({(task, modality): route}), else the default route
+    route = next((r for (task, _), r in router.route_mappings.items() if task == "document"), router.default_route)
+    if route not in router.sub_modules:
         return False
+    document = {id(p) for p in router.sub_modules[route].parameters()}
     outside = {id(p) for p in model.parameters()} - {id(p) for p in router.parameters()}
     return not (trainable & (document | outside))
 

@@ -1,7 +1,7 @@
 """Train the OPTICAL Router model with OTDistillationLoss in every process of an `accelerate launch` (or torchrun) run,
 then save and push it the way a user would, calling both on every rank.
 
-The Hub is faked (``optical_st.hub.HfApi`` replaced) and card writes are recorded, so the test can check that only
+The Hub is faked (sentence-transformers' ``HfApi`` replaced) and card writes are recorded, so the test can check that only
 rank 0 writes model cards and pushes. Each rank writes ``rank{R}.json`` with a digest of its final weights.
 
 Usage:
@@ -39,6 +39,7 @@ from optical_st import (
     build_optical_model,
     router_mapping,
 )
+from optical_st.evaluation import FlopsCallback
 from optical_st.sampling import HardNegativeState
 
 RANK = int(os.environ.get("RANK", 0))
@@ -93,21 +94,12 @@ def main() -> None:
     args = parser.parse_args()
 
     record_card_writes()
-    optical_st.hub.HfApi = FakeHfApi
+    st_base_model.HfApi = FakeHfApi  # optical_st.hub uploads through sentence-transformers' push_to_hub
 
     teacher = tiny_sentence_transformer(args.models / "teacher")
     student = tiny_sentence_transformer(args.models / "wide_student", hidden=48)
     card = OpticalModelCardData(target_language="ny", target_language_name="Chichewa", local_files_only=True)
     model = build_optical_model(teacher, student, model_card_data=card)
-
-    # raw (unscaled) tokens this rank feeds the student, to check the card's world-size scaling
-    local_tokens = {"query": 0}
-
-    def count(module, inputs):
-        if model.training:
-            local_tokens["query"] += inputs[0]["input_ids"].numel()
-
-    model[0].sub_modules["query"][0].register_forward_pre_hook(count)
 
     english, lrl = zip(*PAIRS, strict=True)
     dataset = Dataset.from_dict({"english": list(english) * 2, "lrl": list(lrl) * 2})
@@ -129,11 +121,10 @@ def main() -> None:
         router_mapping=router_mapping(dataset),
         **extra,
     )
+    loss = OTDistillationLoss(model, reg=0.05, contrastive_weight=0.1 if args.dynamic_negatives else 0.0)
+    flops = FlopsCallback(model, loss, every_n_steps=1)  # the card's training FLOPs
     trainer = SentenceTransformerTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        loss=OTDistillationLoss(model, reg=0.05, contrastive_weight=0.1 if args.dynamic_negatives else 0.0),
+        model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[flops]
     )
     PHASE[0] = "train"
     trainer.train()
@@ -154,8 +145,8 @@ def main() -> None:
         "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
         "finite": all(torch.isfinite(p).all().item() for p in model.parameters()),
         "push_return": url,
-        "local_query_tokens": local_tokens["query"],
-        "card_query_tokens": model.model_card_data.training_compute["query"]["tokens"],
+        "local_flops": sum(flops.report.phase_totals().values()),
+        "card_flops": sum(model.model_card_data.measured_flops.values()),
         **EVENTS,
     }
     (args.out / f"rank{RANK}.json").write_text(json.dumps(result))

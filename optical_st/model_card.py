@@ -1,0 +1,363 @@
+"""The OPTICAL model card: :class:`OpticalModelCardData` and the Jinja template it renders.
+
+sentence-transformers writes a model's card whenever the model is saved (trainer checkpoints,
+``trainer.push_to_hub()``, ``model.save_pretrained()``, :func:`optical_st.hub.push_to_hub`). OPTICAL models carry
+this card data (:func:`optical_st.build_optical_model` attaches it), which adds the teacher, languages, bitext, OT
+settings read from the loss, hard-negative mode, measured training FLOPs and cross-lingual results. The card's prose
+lives in the template ``model_cards/optical_model_card_template.md`` (shipped as ``optical_st.model_cards``); this
+module only gathers the data it renders.
+
+No loss is imported here: the OT settings come from whichever training loss cites OPTICAL (``citation``), through
+its ``get_config_dict()``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import EvalResult
+from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from sentence_transformers import SentenceTransformerModelCardData
+from torch import nn
+from transformers.modelcard import make_markdown_table
+
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MODEL_CARD_TEMPLATE",
+    "OPTICAL_CITATION",
+    "OpticalModelCardData",
+    "hub_model_id",
+    "merge_eval_results",
+    "model_card_template_path",
+]
+
+MODEL_CARD_TEMPLATE = "optical_model_card_template.md"
+# the placeholder sentence-transformers writes into usage snippets when the model id is unknown
+MODEL_ID_PLACEHOLDER = "sentence_transformers_model_id"
+OPTICAL_CITATION_KEY = "huang2023optical"
+OPTICAL_CITATION = """
+@inproceedings{huang2023optical,
+    title={Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal Transport Distillation},
+    author={Huang, Zhiqi and Yu, Puxuan and Allan, James},
+    booktitle={Proceedings of the Sixteenth ACM International Conference on Web Search and Data Mining},
+    series={WSDM '23},
+    pages={1048--1056},
+    year={2023},
+    doi={10.1145/3539597.3570468},
+    eprint={2301.12566},
+    archivePrefix={arXiv}
+}
+"""
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_ISO_639 = re.compile(r"^[a-z]{2,3}$")
+
+
+def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
+    """Path of a model card template shipped with optical_st.
+
+    The templates live in the top-level ``model_cards/`` folder of the source tree, which ``setup.cfg`` installs as
+    the ``optical_st.model_cards`` package, so ``importlib.resources`` finds them in a source checkout, an editable
+    install and a wheel alike.
+
+    Args:
+        name: file name of the template.
+
+    Returns:
+        The template's path on disk.
+
+    Example::
+
+        >>> from optical_st.model_card import model_card_template_path
+        >>> model_card_template_path().name
+        'optical_model_card_template.md'
+    """
+    resource = importlib.resources.files("optical_st.model_cards").joinpath(name)
+    if not resource.is_file():
+        raise FileNotFoundError(f"No model card template {name!r} in optical_st.model_cards.")
+    # huggingface_hub's ModelCard.from_template reads a filesystem path; installed packages are plain directories
+    return Path(str(resource))
+
+
+def hub_model_id(model: Any) -> str | None:
+    """The Hub id a model (or model name) came from, or ``None`` for local paths and unknown origins."""
+    if isinstance(model, str):
+        return model if HUB_ID.match(model) and not os.path.exists(model) else None
+    card = getattr(model, "model_card_data", None)
+    for candidate in (getattr(card, "base_model", None), getattr(card, "model_id", None)):
+        if candidate:
+            return candidate
+    transformers_model = getattr(model, "transformers_model", None)
+    name = getattr(getattr(transformers_model, "config", None), "_name_or_path", None)
+    return hub_model_id(name) if name else None
+
+
+def merge_eval_results(existing: Iterable[EvalResult], new: Iterable[EvalResult]) -> list[EvalResult]:
+    """``existing`` with ``new`` added; a new result replaces one that differs from it only by value."""
+    merged = list(existing)
+    for result in new:
+        merged = [old for old in merged if not old.is_equal_except_value(result)]
+        merged.append(result)
+    return merged
+
+
+def _flat_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
+    # router_mapping may be per dataset ({dataset: {column: route}}); OPTICAL trains on one dataset
+    return next(iter(mapping.values())) if isinstance(next(iter(mapping.values()), None), dict) else mapping
+
+
+@dataclass
+class OpticalModelCardData(SentenceTransformerModelCardData):
+    """Model card data for OPTICAL models: sentence-transformers' card data plus the OPTICAL fields.
+
+    :func:`optical_st.build_optical_model` attaches one automatically (with the teacher and student ids filled in
+    when they are Hub ids); pass your own to ``build_optical_model(..., model_card_data=...)`` to add languages,
+    bitext, license or evaluation results. The OT settings (``reg``, iterations, cost, marginals) are read from the
+    :class:`~optical_st.OTDistillationLoss` the trainer uses, and training FLOPs from
+    :class:`optical_st.evaluation.FlopsCallback` when it measured the run, so a card written by the trainer needs
+    nothing else.
+
+    Args:
+        teacher_id: Hub id of the English retrieval teacher, e.g. ``"sentence-transformers/all-MiniLM-L6-v2"``.
+        student_id: Hub id the student was initialised from, e.g. ``"xlm-roberta-base"``; becomes ``base_model``.
+        source_language: ISO 639 code of the teacher's (document) language.
+        target_language: ISO 639 code of the low-resource (query) language, e.g. ``"ny"`` for Chichewa.
+        target_language_name: readable name of the target language, e.g. ``"Chichewa"``.
+        bitext: the parallel corpora used for distillation, each a dict with ``name`` and optionally ``id`` (Hub
+            dataset id), ``url``, ``pairs`` (number of sentence pairs) and ``description``. A single dict is
+            accepted.
+        negatives: how hard negatives were used: ``"none"``, ``"static"`` (mined once, stored as columns),
+            ``"dynamic"`` (re-mined during training), or a free description. Inferred when left ``None``.
+        eval_results: evaluation results (``huggingface_hub.EvalResult``, see
+            :func:`optical_st.hub.eval_results_from_metrics`), shown in the card and in its ``model-index`` metadata.
+        training_flops: total training FLOPs, to override the measured value (e.g. a run spanning several sessions).
+        language, license, model_name, model_id, train_datasets, eval_datasets, task_name, tags, local_files_only,
+            generate_widget_examples: as in ``SentenceTransformerModelCardData``. ``language`` defaults to
+            ``[target_language, source_language]``.
+
+    Example::
+
+        >>> from optical_st import OpticalModelCardData, build_optical_model
+        >>> card = OpticalModelCardData(
+        ...     target_language="ny",
+        ...     target_language_name="Chichewa",
+        ...     bitext={"name": "Chichewa-English Bible", "pairs": 30_000},
+        ...     license="apache-2.0",
+        ... )
+        >>> model = build_optical_model(
+        ...     "sentence-transformers/all-MiniLM-L6-v2", "xlm-roberta-base", model_card_data=card
+        ... )  # doctest: +SKIP
+    """
+
+    teacher_id: str | None = None
+    student_id: str | None = None
+    source_language: str = "en"
+    target_language: str | None = None
+    target_language_name: str | None = None
+    bitext: list[dict[str, Any]] = field(default_factory=list)
+    negatives: str | None = None
+    eval_results: list[EvalResult] = field(default_factory=list)
+    training_flops: float | None = None
+
+    # filled from the loss (set_losses) and during training
+    ot_config: dict[str, Any] = field(default_factory=dict, init=False)
+    # per-phase totals from optical_st.evaluation.FlopsCallback (torch FlopCounterMode)
+    measured_flops: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _train_router_mapping: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    template_path: Path = field(default_factory=model_card_template_path, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for code in (self.source_language, self.target_language):
+            if code is not None and not _ISO_639.match(code):
+                logger.warning(f"Language {code!r} is not an ISO 639 code (e.g. 'ny', 'en'); the Hub may not list it.")
+        if isinstance(self.bitext, Mapping):
+            self.bitext = [dict(self.bitext)]
+        self.bitext = [dict(corpus) for corpus in self.bitext]
+        if not self.language and self.target_language:
+            # set before super().__post_init__ so dataset validation does not infer languages over it
+            self.language = [self.target_language, self.source_language]
+        super().__post_init__()
+        self.eval_results = list(self.eval_results)
+        self.add_tags(["optical", "optimal-transport", "knowledge-distillation", "cross-lingual-retrieval"])
+        if self.student_id and not self.base_model:
+            self.base_model = self.student_id
+
+    # -- hooks called by sentence-transformers ---------------------------------------------------------------
+    def set_losses(self, losses: list[nn.Module]) -> None:
+        super().set_losses(losses)
+        for loss in losses:
+            # the OT distillation loss is the one that cites OPTICAL; duck-typed so the card needs no loss class
+            if OPTICAL_CITATION_KEY in str(getattr(loss, "citation", "")) and hasattr(loss, "get_config_dict"):
+                self.ot_config = dict(loss.get_config_dict())
+                if not isinstance(self.ot_config.get("teacher"), str):  # the separate-teacher module
+                    self.ot_config["teacher"] = self.teacher_id or "separate teacher model"
+                break
+
+    def extract_dataset_metadata(
+        self,
+        dataset: Dataset | DatasetDict,
+        dataset_metadata: list[dict[str, Any]],
+        loss: nn.Module | dict[str, nn.Module],
+        dataset_type: str,
+        router_mapping: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        if dataset_type == "train":
+            self._train_router_mapping = dict(router_mapping or {})
+        return super().extract_dataset_metadata(dataset, dataset_metadata, loss, dataset_type, router_mapping)
+
+    def set_widget_examples(self, dataset: Dataset | DatasetDict) -> None:
+        super().set_widget_examples(dataset)
+        if not self.is_asymmetric:
+            return
+        # The Hub's sentence-similarity widget has no query/document distinction, so it would not send the LRL query
+        # through the student route: leave it off; the usage snippet shows encode_query / encode_document instead.
+        self.widget = []
+        examples = self._query_document_examples(dataset)
+        if examples:
+            self.usage_examples = examples
+
+    def run_usage_snippet(self) -> None:
+        if self.is_asymmetric and self.usage_examples is None:
+            lang = self.target_language_name or self.target_language or "the low-resource language"
+            self.usage_examples = [f"A query in {lang}.", "An English document.", "Another English document."]
+            return  # placeholders: no similarities to show
+        if not self.is_asymmetric:
+            # the student alone cannot score English documents (they need the teacher), so show no numbers
+            self.similarities = None
+            return
+        super().run_usage_snippet()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()  # also cached for to_yaml(), so the edits below reach the front matter
+        data.pop("_train_router_mapping", None)
+        data["is_asymmetric"] = self.is_asymmetric
+        data["query_route"], data["document_route"] = STUDENT_ROUTE, TEACHER_ROUTE
+        data["negatives"] = self.negatives or self._infer_negatives()
+        data["student_snippet"] = None if self.is_asymmetric else self._student_snippet()
+        data["training_flops"] = self.training_flops
+        if self.measured_flops:
+            rows = [{"Phase": phase, "FLOPs": f"{flops:.3g}"} for phase, flops in self.measured_flops.items()]
+            data["training_compute_table"] = make_markdown_table(rows).replace("-:|", "--|")
+            if self.training_flops is None:
+                data["training_flops"] = sum(self.measured_flops.values())
+        data["optical_eval_table"] = self._eval_table()
+        if self.eval_results:
+            model_index = data.get("model-index")
+            existing = model_index_to_eval_results(model_index)[1] if model_index else []
+            data["model-index"] = eval_results_to_model_index(
+                self.model_name or "OPTICAL model", merge_eval_results(existing, self.eval_results)
+            )
+            data["metrics"] = list(
+                dict.fromkeys([*(data.get("metrics") or []), *(r.metric_type for r in self.eval_results)])
+            )
+        bitext_ids = [corpus["id"] for corpus in self.bitext if corpus.get("id")]
+        if bitext_ids:  # links the parallel data on the Hub
+            data["datasets"] = list(dict.fromkeys([*(data.get("datasets") or []), *bitext_ids]))
+        citations = dict(data.get("citations") or {})
+        if not any(OPTICAL_CITATION_KEY in text for text in citations.values()):
+            citations["OPTICAL"] = OPTICAL_CITATION
+        data["citations"] = citations
+        return data
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    @property
+    def is_asymmetric(self) -> bool:
+        """True for the Router model (student queries, teacher documents); False for a student-only export."""
+        return self.model is not None and find_router(self.model) is not None
+
+    def add_eval_results(self, eval_results: Iterable[EvalResult]) -> None:
+        """Add evaluation results to the card; a result for the same task, dataset, split and metric is replaced."""
+        self.eval_results = merge_eval_results(self.eval_results, eval_results)
+
+    def for_student_export(self) -> OpticalModelCardData:
+        """A copy for :func:`optical_st.export_student`'s student-only model (same training record, new model)."""
+        new = copy.copy(self)
+        for f in fields(self):
+            if f.name in ("model", "code_carbon_callback", "eval_results_dict", "template_path"):
+                continue
+            setattr(new, f.name, copy.deepcopy(getattr(self, f.name)))
+        new.eval_results_dict = dict(self.eval_results_dict or {})
+        if self.model_name == self.get_default_model_name():  # derived from the Router model: derive it anew
+            new.model_name = None
+        new.model, new.model_id, new.ir_model, new.widget = None, None, None, []
+        new.first_save, new._cached_dict = True, None
+        return new
+
+    def get_default_model_name(self) -> str:
+        lrl = self.target_language_name or self.target_language
+        if self.is_asymmetric:
+            name = f"OPTICAL {lrl}-English retrieval model" if lrl else "OPTICAL cross-lingual retrieval model"
+        else:
+            name = f"OPTICAL {lrl} query encoder" if lrl else "OPTICAL query encoder"
+        return f"{name} distilled from {self.teacher_id}" if self.teacher_id else name
+
+    def _student_snippet(self) -> dict[str, Any]:
+        """What the template's student-only usage snippet shows: ids and the example texts, formatted as code."""
+        examples = self.usage_examples or [
+            f"A query in {self.target_language_name or self.target_language or 'the low-resource language'}.",
+            "An English document.",
+        ]
+        return {
+            "model_id": self.model_id or MODEL_ID_PLACEHOLDER,
+            "teacher_id": self.teacher_id or "the/english-teacher",
+            "query": self._format_snippet_value(examples[0]),
+            "documents": [self._format_snippet_value(doc) for doc in examples[1:]],
+        }
+
+    def _query_document_examples(self, dataset: Dataset | DatasetDict) -> list[str] | None:
+        from datasets import DatasetDict as _DatasetDict
+
+        if isinstance(dataset, (dict, _DatasetDict)):
+            dataset = next(iter(dataset.values()), None)
+        mapping = _flat_mapping(self._train_router_mapping)
+        columns = getattr(dataset, "column_names", None) or []
+        query_cols = [c for c in columns if mapping.get(c) == STUDENT_ROUTE]
+        doc_cols = [c for c in columns if mapping.get(c) == TEACHER_ROUTE]
+        if not query_cols or not doc_cols or len(dataset) == 0:
+            return None
+        rows = dataset.select(range(min(len(dataset), 100)))
+        rows = sorted(rows, key=lambda row: len(str(row[query_cols[0]])))  # short texts read best in a card
+        query = rows[0][query_cols[0]]
+        documents = list(dict.fromkeys(row[doc_cols[0]] for row in rows))[:3]
+        if not isinstance(query, str) or not all(isinstance(doc, str) for doc in documents):
+            return None
+        return [query, *documents]
+
+    def _infer_negatives(self) -> str:
+        sampler = str(self.all_hyperparameters.get("batch_sampler", ""))
+        if "dynamic" in sampler.lower():
+            return "dynamic"
+        if sum(route == TEACHER_ROUTE for route in _flat_mapping(self._train_router_mapping).values()) > 1:
+            return "static"
+        return "none"
+
+    def _eval_table(self) -> str:
+        if not self.eval_results:
+            return ""
+        rows = [
+            {
+                "Task": result.task_name or result.task_type,
+                "Dataset": result.dataset_name,
+                "Split": result.dataset_split or "-",
+                "Metric": result.metric_name or result.metric_type,
+                "Value": round(result.metric_value, 4)
+                if isinstance(result.metric_value, float)
+                else result.metric_value,
+            }
+            for result in self.eval_results
+        ]
+        return make_markdown_table(rows).replace("-:|", "--|")
