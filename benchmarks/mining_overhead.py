@@ -74,6 +74,7 @@ def main() -> None:
     )
     loss = OTDistillationLoss(model, contrastive_weight=cli.contrastive_weight)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss)
+    DynamicHardNegativeSampler.attach(trainer)
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start

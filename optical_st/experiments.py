@@ -207,7 +207,7 @@ def _attach_sampler(plan: TrainSetup, settings: dict[str, Any]) -> None:
         ) from err
     plan.batch_sampler = DynamicHardNegativeSampler.configure(**settings)
     # every (re-)mining: encoding anchors and candidates with the current model, and the search
-    plan.track.append((HardNegativeMiningCallback, "_refresh", "mining"))
+    plan.track.append((HardNegativeMiningCallback, "refresh", "mining"))
 
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:
@@ -374,6 +374,8 @@ def run_one(
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=[flops]
         )
+        if plan.batch_sampler is not None:
+            plan.batch_sampler.sampler_cls.attach(trainer)
         with _tracking(flops, plan.track):
             trainer.train()
         record.update(

@@ -27,6 +27,7 @@ __all__ = [
     "TEACHER_ROUTE",
     "add_projection",
     "build_optical_model",
+    "document_route_frozen",
     "export_student",
     "find_router",
     "router_mapping",
@@ -174,6 +175,24 @@ def export_student(model: SentenceTransformer, route: str = STUDENT_ROUTE) -> Se
     return SentenceTransformer(
         modules=modules, similarity_fn_name=model.similarity_fn_name, device=str(model.device), **kwargs
     )
+
+
+def document_route_frozen(model: nn.Module) -> bool:
+    """True when no trainable parameter can change ``model.encode_document`` (e.g. the frozen teacher route of an
+    OPTICAL model), so candidate-pool embeddings can be computed once and cached."""
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if not trainable:
+        return True
+    router = find_router(model)
+    if router is None:
+        return False
+    # the route "document" texts take: Router.route_mappings ({(task, modality): route}), else the default route
+    route = next((r for (task, _), r in router.route_mappings.items() if task == "document"), router.default_route)
+    if route not in router.sub_modules:
+        return False
+    document = {id(p) for p in router.sub_modules[route].parameters()}
+    outside = {id(p) for p in model.parameters()} - {id(p) for p in router.parameters()}
+    return not (trainable & (document | outside))
 
 
 def router_mapping(

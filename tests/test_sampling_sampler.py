@@ -60,12 +60,22 @@ def fetches(monkeypatch) -> list[dict]:
                     "refresh": table.refresh,
                     "mined_step": table.mined_step[anchors].tolist(),
                     "rows": [list(r) for r in zip(*(out[c] for c in out), strict=True)],
+                    # the newest refresh when the batch was fetched, and the step that refresh mined at
+                    "latest": state.latest.refresh,
+                    "latest_step": int(state.latest.mined_step.max()),
                 }
             )
         return out
 
     monkeypatch.setattr(NegativesTransform, "__call__", recording)
     return records
+
+
+def make_trainer(**kwargs) -> SentenceTransformerTrainer:
+    """A trainer with the sampler of its arguments attached (the second of the two set-up lines)."""
+    trainer = SentenceTransformerTrainer(**kwargs)
+    DynamicHardNegativeSampler.attach(trainer)
+    return trainer
 
 
 def make_args(tmp_path, **kwargs) -> SentenceTransformerTrainingArguments:
@@ -102,7 +112,7 @@ def test_refreshed_negatives_reach_the_loss(tiny_dirs, tmp_path, fetches):
     ).indices.tolist()
     loss = RecordingMNRL(model)
     sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=2)
-    trainer = SentenceTransformerTrainer(
+    trainer = make_trainer(
         model=model, args=make_args(tmp_path, batch_sampler=sampler), train_dataset=dataset, loss=loss
     )
     trainer.train()
@@ -116,12 +126,14 @@ def test_refreshed_negatives_reach_the_loss(tiny_dirs, tmp_path, fetches):
     for fetch in fetches:
         for _, positive, *negatives in fetch["rows"]:
             assert positive not in negatives and len(set(negatives)) == 2
-    # they came from refreshed tables, mined by the model at most refresh_steps (+1 prefetched) steps earlier
+    # they came from refreshed tables: the newest one when the batch was fetched, or the one before it for a batch
+    # fetched ahead of a refresh (however many batches the DataLoader fetches ahead), and every row served was
+    # mined at most one refresh (refresh_steps) before the newest
     served = {f["refresh"] for f in fetches}
     assert served >= {0, 1, 2, 3, 4}
     for fetch in fetches:
-        step = fetch["position"]  # one batch per step: position p is consumed at step p + 1
-        assert min(fetch["mined_step"]) >= max(step - 3, 0), fetch
+        assert fetch["refresh"] >= fetch["latest"] - 1, fetch
+        assert min(fetch["mined_step"]) >= fetch["latest_step"] - 2, fetch
     # re-mining changed the negatives (the model moved); the loss saw changed ones
     assert len(mining_logs(trainer)) == 6  # initial + steps 2, 4, 6, 8, 10
     assert all(
@@ -157,7 +169,7 @@ def test_static_mode_mines_every_anchor_once_with_the_initial_model(tiny_dirs, t
     expected = mine_negatives(q, c, positives, 2, **kwargs)
 
     sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=None, hard_batches=True, **kwargs)
-    trainer = SentenceTransformerTrainer(
+    trainer = make_trainer(
         model=model,
         args=make_args(tmp_path, batch_sampler=sampler, num_train_epochs=2),
         train_dataset=dataset,
@@ -184,7 +196,7 @@ def test_random_strategy_never_encodes(tiny_dirs, tmp_path, fetches):
 
     model.encode_query = model.encode_document = forbidden
     sampler = DynamicHardNegativeSampler.configure(num_negatives=3, refresh_steps=2, strategy="random")
-    trainer = SentenceTransformerTrainer(
+    trainer = make_trainer(
         model=model, args=make_args(tmp_path, batch_sampler=sampler), train_dataset=pairs(48), loss=RecordingMNRL(model)
     )
     trainer.train()
@@ -222,7 +234,7 @@ def test_optical_router_model_with_ot_loss_and_eval(teacher, wide_student, tmp_p
         eval_steps=3,
         per_device_eval_batch_size=8,
     )
-    trainer = SentenceTransformerTrainer(
+    trainer = make_trainer(
         model=model, args=args, train_dataset=dataset, eval_dataset=toy_bitext(16, seed=7), loss=loss
     )
     trainer.train()
@@ -245,7 +257,7 @@ def test_separate_teacher_mode_mines_english_negatives_for_the_lrl_side(teacher,
     dataset = toy_bitext(32)
     sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=None)
     kwargs = {"contrastive_weight": 0.5} if loss_cls is OTDistillationLoss else {}
-    trainer = SentenceTransformerTrainer(
+    trainer = make_trainer(
         model=student,
         args=make_args(tmp_path, batch_sampler=sampler, max_steps=1),
         train_dataset=dataset,
@@ -271,7 +283,7 @@ def test_trainable_document_encoder_is_re_encoded(tiny_dirs, tmp_path):
 
     model.encode_document = counting
     sampler = DynamicHardNegativeSampler.configure(refresh_steps=2)
-    trainer = SentenceTransformerTrainer(
+    trainer = make_trainer(
         model=model, args=make_args(tmp_path, batch_sampler=sampler), train_dataset=pairs(48), loss=RecordingMNRL(model)
     )
     trainer.train()
@@ -284,12 +296,12 @@ def test_class_as_batch_sampler_and_train_dataset_reused_for_eval(tiny_dirs, tmp
     model = tiny_sentence_transformer(tiny_dirs["student"])
     dataset = pairs(48)
     args = make_args(tmp_path, batch_sampler=DynamicHardNegativeSampler, eval_strategy="steps", eval_steps=2)
-    trainer = SentenceTransformerTrainer(
+    trainer = make_trainer(
         model=model, args=args, train_dataset=dataset, eval_dataset=dataset, loss=RecordingMNRL(model)
     )
     trainer.train()
     callbacks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HardNegativeMiningCallback)]
-    assert len(callbacks) == 1 and not callbacks[0]._detached
+    assert len(callbacks) == 1
     assert len(mining_logs(trainer)) == 1  # refresh_steps=200 by default: only the initial mining in 6 steps
     assert sum("eval_loss" in e for e in trainer.state.log_history) == 3
     assert all(len(call) == 3 for call in trainer.loss.calls)  # train and eval batches: (anchor, positive, negative_1)
@@ -309,9 +321,10 @@ def run(tiny_dirs, output_dir, resume=None, record=None):
         save_strategy="steps",
         save_steps=3,
         batch_sampler=DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=3),
+        resume_from_checkpoint=resume,  # where the callback finds the checkpoint's negatives (as scripts pass it)
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs(48), loss=loss)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer = make_trainer(model=model, args=args, train_dataset=pairs(48), loss=loss)
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     return trainer, loss
 
 
@@ -320,15 +333,15 @@ def test_resume_continues_with_the_same_negatives(tiny_dirs, tmp_path, fetches, 
     uninterrupted = list(fetches)
     checkpoint = tmp_path / "a" / "checkpoint-3"
     assert (checkpoint / CHECKPOINT_FILE).is_file()
-    # the batch of step 4 was fetched (prefetched) before the refresh at step 3, so it still comes from the initial
-    # table; a resumed run must reproduce that, which needs the older table saved alongside the new one
-    assert [f["refresh"] for f in uninterrupted[3:5]] == [0, 1]
 
     fetches.clear()
     resumed, resumed_loss = run(tiny_dirs, tmp_path / "b", resume=str(checkpoint))
     assert len(resumed_loss.calls) == 7
     assert resumed_loss.calls == full_loss.calls[3:]  # steps 4..10, across an epoch boundary and two refreshes
-    assert [f["refresh"] for f in fetches] == [f["refresh"] for f in uninterrupted[3:]]  # + one prefetched
+    # every position is served from the same table as in the uninterrupted run, including batches fetched ahead of
+    # the refresh at step 3 (which needs the older table saved alongside the new one)
+    by_position = {f["position"]: f["refresh"] for f in uninterrupted if f["position"] >= 3}
+    assert {f["position"]: f["refresh"] for f in fetches} == by_position
     assert callback_of(resumed).state.refresh_count == callback_of(full).state.refresh_count == 3
     for key, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=0, rtol=0)
@@ -376,15 +389,24 @@ def test_configure_is_picklable_and_readable(tmp_path):
 
 
 def test_misuse_raises_clear_errors(tiny_dirs, teacher, tmp_path):
-    with pytest.raises(ValueError, match="instantiated by the sentence-transformers trainer"):
+    with pytest.raises(ValueError, match="needs the trainer it samples for"):
         DynamicHardNegativeSampler(pairs(8), batch_size=2, drop_last=False)
 
     model = tiny_sentence_transformer(tiny_dirs["student"])
+    # configured but never attached: a clear error instead of silently training without negatives
+    args = make_args(tmp_path, batch_sampler=DynamicHardNegativeSampler.configure())
+    unattached = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs(16), loss=RecordingMNRL(model))
+    with pytest.raises(ValueError, match=r"not attached to the trainer.*attach\(trainer\)"):
+        unattached.train()
+    plain = SentenceTransformerTrainer(model=model, args=make_args(tmp_path), train_dataset=pairs(16),
+                                       loss=RecordingMNRL(model))  # fmt: skip
+    with pytest.raises(ValueError, match="not a DynamicHardNegativeSampler"):
+        DynamicHardNegativeSampler.attach(plain)
 
     def train(dataset, loss=None, **kwargs):
         args = make_args(tmp_path, batch_sampler=DynamicHardNegativeSampler.configure(**kwargs.pop("sampler", {})),
                          **kwargs)  # fmt: skip
-        SentenceTransformerTrainer(
+        make_trainer(
             model=model, args=args, train_dataset=dataset, loss=loss or MultipleNegativesRankingLoss(model)
         ).train()
 
@@ -400,6 +422,4 @@ def test_misuse_raises_clear_errors(tiny_dirs, teacher, tmp_path):
     with pytest.raises(ValueError, match="exactly 2 text columns"):  # the paper loss takes no negatives
         args = make_args(tmp_path, router_mapping=router_mapping(toy_bitext(16)),
                          batch_sampler=DynamicHardNegativeSampler.configure())  # fmt: skip
-        SentenceTransformerTrainer(
-            model=optical, args=args, train_dataset=toy_bitext(16), loss=OTDistillationLoss(optical)
-        ).train()
+        make_trainer(model=optical, args=args, train_dataset=toy_bitext(16), loss=OTDistillationLoss(optical)).train()

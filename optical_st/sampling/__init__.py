@@ -1,15 +1,24 @@
 """Negative mining for training: :class:`DynamicHardNegativeSampler` (hard negatives re-mined with the model being
 trained, static or random negatives with the same interface), the pure nearest-neighbour miner behind it, the
-callback that refreshes, logs and checkpoints the negatives table, and a length-grouped batch sampler."""
+callback that wires it into the trainer and refreshes, logs and checkpoints the negatives table, and batch
+composition (length-grouped batches, batches of mutually hard anchors)."""
 
 from __future__ import annotations
 
-from optical_st.sampling.callback import CHECKPOINT_FILE, HardNegativeMiningCallback, document_route_frozen
+from optical_st.modeling import document_route_frozen  # kept in this namespace: the sampler caches by it
+from optical_st.sampling.batches import LengthGroupedBatchSampler, compose_hard_batches
+from optical_st.sampling.callback import HardNegativeMiningCallback
 from optical_st.sampling.config import HardNegativeConfig
-from optical_st.sampling.length import LengthGroupedBatchSampler
-from optical_st.sampling.mining import MinedNegatives, default_range_max, mine_negatives, random_negatives, search_topk
-from optical_st.sampling.sampler import DynamicHardNegativeSampler, compose_hard_batches
-from optical_st.sampling.table import HardNegativeState, NegativesTransform, NegativeTable
+from optical_st.sampling.mining import (
+    MinedNegatives,
+    default_range_max,
+    fill_missing,
+    mine_negatives,
+    random_negatives,
+    search_topk,
+)
+from optical_st.sampling.sampler import DynamicHardNegativeSampler
+from optical_st.sampling.table import CHECKPOINT_FILE, HardNegativeState, NegativesTransform, NegativeTable
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -24,6 +33,7 @@ __all__ = [
     "compose_hard_batches",
     "default_range_max",
     "document_route_frozen",
+    "fill_missing",
     "mine_negatives",
     "random_negatives",
     "search_topk",

@@ -1,5 +1,11 @@
-"""The callback that (re-)mines the negatives table during training, shares it across ranks, logs each refresh
-and saves/restores it with checkpoints. Registered by :class:`~optical_st.DynamicHardNegativeSampler` itself."""
+"""The callback that wires a :class:`~optical_st.DynamicHardNegativeSampler` into training: it indexes the training
+dataset and attaches the negatives transform when training begins, (re-)mines the negatives table with the model
+being trained, shares it across ranks, logs each refresh and saves/restores it with checkpoints.
+
+It holds its trainer explicitly (:meth:`HardNegativeMiningCallback.register`, called by
+``DynamicHardNegativeSampler.attach(trainer)``) and finds the training sampler in the ``train_dataloader`` argument
+that transformers passes to every callback event.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 import time
 import weakref
 from typing import Any
@@ -17,82 +22,176 @@ import torch
 from torch import Tensor
 from transformers import TrainerCallback
 
-from optical_st.routes import find_router
-from optical_st.sampling._distributed import all_gather_rows, broadcast_from_main, rank_and_world, shard_bounds
-from optical_st.sampling.mining import mine_negatives, random_negatives
-from optical_st.sampling.table import NegativeTable
+from optical_st.modeling import document_route_frozen
+from optical_st.sampling.config import HardNegativeConfig
+from optical_st.sampling.distributed import broadcast_from_main, encode_sharded, rank_and_world
+from optical_st.sampling.mining import fill_missing, mine_negatives
+from optical_st.sampling.table import (
+    CHECKPOINT_FILE,
+    HardNegativeState,
+    NegativesTransform,
+    NegativeTable,
+    load_checkpoint,
+    save_checkpoint,
+)
 
-__all__ = ["CHECKPOINT_FILE", "HardNegativeMiningCallback", "document_route_frozen"]
+__all__ = ["HardNegativeMiningCallback"]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "hard_negatives.pt"
 
-
-def document_route_frozen(model: torch.nn.Module) -> bool:
-    """True when no trainable parameter can change ``model.encode_document`` (e.g. the frozen teacher route of an
-    OPTICAL model), so candidate-pool embeddings can be computed once and cached."""
-    trainable = {id(p) for p in model.parameters() if p.requires_grad}
-    if not trainable:
-        return True
-    router = find_router(model)
-    if router is None:
-        return False
-    # the route "document" texts take: Router.route_mappings ({(task, modality): route}), else the default route
-    route = next((r for (task, _), r in router.route_mappings.items() if task == "document"), router.default_route)
-    if route not in router.sub_modules:
-        return False
-    document = {id(p) for p in router.sub_modules[route].parameters()}
-    outside = {id(p) for p in model.parameters()} - {id(p) for p in router.parameters()}
-    return not (trainable & (document | outside))
-
-
-def _find_resume_path() -> str | None:
-    """The ``resume_from_checkpoint`` that ``Trainer.train`` is running with, when visible on the call stack."""
-    frame = sys._getframe(1)
-    for _ in range(12):
-        if frame is None:
-            return None
-        value = frame.f_locals.get("resume_from_checkpoint")
-        if isinstance(value, (str, os.PathLike)):
-            return str(value)
-        frame = frame.f_back
+def _training_sampler(dataloader: Any) -> Any | None:
+    """The DynamicHardNegativeSampler inside a (possibly accelerate-wrapped) training DataLoader."""
+    sampler = getattr(dataloader, "batch_sampler", None)
+    for _ in range(4):  # DataLoaderShard -> BatchSamplerShard / SkipBatchSampler -> ours
+        if isinstance(getattr(sampler, "config", None), HardNegativeConfig):
+            return sampler
+        sampler = getattr(sampler, "batch_sampler", None)
     return None
 
 
 class HardNegativeMiningCallback(TrainerCallback):
-    """Mines the negatives of a :class:`~optical_st.DynamicHardNegativeSampler` with the model being trained.
+    """Wires a :class:`~optical_st.DynamicHardNegativeSampler` into its trainer and mines its negatives.
 
-    Events: ``on_train_begin`` (initial mining, or restore from the checkpoint being resumed), ``on_epoch_begin``
-    (sets the sampler's epoch, which accelerate does not forward under DDP), ``on_step_end`` (refresh every
-    ``refresh_steps``), ``on_save`` (writes ``hard_negatives.pt`` into the checkpoint), ``on_train_end`` (removes
-    the dataset transform). ``history`` holds one dict of statistics per refresh.
+    Events: ``on_train_begin`` (index the dataset, then mine, or restore from the checkpoint being resumed),
+    ``on_epoch_begin`` (sets the sampler's epoch, which accelerate does not forward under DDP), ``on_step_end``
+    (refresh every ``refresh_steps``), ``on_save`` (writes ``hard_negatives.pt`` into the checkpoint),
+    ``on_train_end`` (removes the dataset transform). ``history`` holds one dict of statistics per refresh of the
+    last ``train()`` call.
+
+    Args:
+        trainer: the trainer whose model mines, whose loss may declare ``retrieval_columns`` and whose logger gets
+            the statistics. Use :meth:`register` (or ``DynamicHardNegativeSampler.attach``) to add it.
     """
 
-    def __init__(self, sampler: Any, trainer: Any) -> None:
-        self.sampler = sampler
-        self.state = sampler.state
-        self.config = sampler.config
+    def __init__(self, trainer: Any) -> None:
         self._trainer = weakref.ref(trainer)
+        self.sampler: Any | None = None
+        self.state: HardNegativeState | None = None
         self.history: list[dict[str, float]] = []
+        self._original_format: dict[str, Any] | None = None
         self._document_cache: Tensor | None = None
-        self._cache_documents: bool | None = self.config.cache_documents
-        self._detached = False
+        self._cache_documents: bool | None = None
 
-    def detach(self) -> None:
-        """Stop acting (a later ``train()`` call built a new sampler and callback)."""
-        self._detached = True
-        self.sampler.restore_dataset_format()
+    @classmethod
+    def register(cls, trainer: Any) -> HardNegativeMiningCallback:
+        """The trainer's callback of this class, added if it has none."""
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, cls):
+                return callback
+        callback = cls(trainer)
+        trainer.add_callback(callback)
+        return callback
+
+    @property
+    def config(self) -> HardNegativeConfig:
+        return self.sampler.config
+
+    # ------------------------------------------------------------------------------------------------
+    # wiring
+    # ------------------------------------------------------------------------------------------------
+    def _wire(self, sampler: Any, args: Any) -> None:
+        """Index the training dataset, attach the negatives transform and route the negative columns."""
+        from datasets import Dataset, DatasetDict
+
+        trainer, config, dataset = self._trainer(), sampler.config, sampler.dataset
+        if isinstance(trainer.train_dataset, DatasetDict) or not isinstance(dataset, Dataset):
+            raise ValueError(
+                "DynamicHardNegativeSampler needs a single datasets.Dataset as train_dataset (not a DatasetDict "
+                "or an IterableDataset); concatenate the splits first."
+            )
+        if config.refresh_steps is not None and args.dataloader_num_workers > 0:
+            raise ValueError(
+                "DynamicHardNegativeSampler refreshes its negatives in the main process, which DataLoader workers "
+                "would never see: set dataloader_num_workers=0 (or refresh_steps=None for static negatives)."
+            )
+        self._unwire()  # an earlier train() call that did not reach on_train_end
+        fmt = dataset.format
+        if fmt["type"] not in (None, "python", "custom"):
+            raise ValueError(
+                f"The training dataset is formatted as {fmt['type']!r}; DynamicHardNegativeSampler needs Python "
+                "rows. Call `train_dataset.reset_format()` first."
+            )
+        collator = trainer.data_collator
+        anchor_column, positive_column = config.resolve_columns(
+            dataset.column_names,
+            sampler.valid_label_columns or [],
+            getattr(collator, "router_mapping", None),
+            getattr(trainer.loss, "retrieval_columns", None),
+        )
+        clash = [c for c in config.negative_columns if c in dataset.column_names]
+        if clash:
+            raise ValueError(
+                f"The training dataset already has column(s) {clash}, which the sampler would add. Remove them "
+                "or set negative_column_prefix=..."
+            )
+        plain = dataset.with_format(None)
+        state = HardNegativeState(
+            config, list(plain[anchor_column]), list(plain[positive_column]), anchor_column, positive_column
+        )
+        inner = fmt["format_kwargs"].get("transform") if fmt["type"] == "custom" else None
+        while isinstance(inner, NegativesTransform):  # left over by a run that crashed before on_train_end
+            inner = inner.inner
+            fmt = {**fmt, "type": "custom" if inner else None, "format_kwargs": {"transform": inner} if inner else {}}
+        dataset.set_transform(
+            NegativesTransform(state, inner), columns=fmt["columns"], output_all_columns=fmt["output_all_columns"]
+        )
+        self._route_negatives(collator, config, positive_column)
+        sampler.bind(state)
+        self.sampler, self.state, self._original_format = sampler, state, fmt
+        self.history, self._document_cache, self._cache_documents = [], None, config.cache_documents
+        logger.info(
+            "DynamicHardNegativeSampler: %d rows, %d unique anchors (%r), pool of %d candidates (%r + corpus), "
+            "columns %s",
+            state.num_rows,
+            state.num_anchors,
+            anchor_column,
+            len(state.pool),
+            positive_column,
+            config.negative_columns,
+        )
+
+    @staticmethod
+    def _route_negatives(collator: Any, config: HardNegativeConfig, positive_column: str) -> None:
+        """Negatives are read like positives: same route of a Router model, same prompt."""
+        mapping = getattr(collator, "router_mapping", None)
+        if mapping and not isinstance(next(iter(mapping.values())), dict) and positive_column in mapping:
+            extra = {c: mapping[positive_column] for c in config.negative_columns if c not in mapping}
+            collator.router_mapping = {**mapping, **extra}
+        prompts = getattr(collator, "prompts", None)
+        if isinstance(prompts, dict) and prompts and isinstance(prompts.get(positive_column), str):
+            extra = {c: prompts[positive_column] for c in config.negative_columns if c not in prompts}
+            collator.prompts = {**prompts, **extra}
+
+    def _unwire(self) -> None:
+        """Put the training dataset's own format back (the negatives transform is removed)."""
+        if self.sampler is None or self._original_format is None:
+            return
+        dataset, fmt = self.sampler.dataset, self._original_format
+        if fmt["type"] == "custom":
+            transform = fmt["format_kwargs"]["transform"]
+            dataset.set_transform(transform, columns=fmt["columns"], output_all_columns=fmt["output_all_columns"])
+        else:
+            dataset.set_format(type=fmt["type"], columns=fmt["columns"], output_all_columns=fmt["output_all_columns"])
+        self._original_format = None
 
     # ------------------------------------------------------------------------------------------------
     # trainer events
     # ------------------------------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, model=None, **kwargs) -> None:
-        if self._detached:
-            return
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs) -> None:
+        sampler = _training_sampler(train_dataloader)
+        if sampler is None:
+            raise ValueError(
+                "HardNegativeMiningCallback found no DynamicHardNegativeSampler in the training dataloader: set "
+                "`batch_sampler=DynamicHardNegativeSampler.configure(...)` in the training arguments."
+            )
+        self._wire(sampler, args)
         model = model if model is not None else self._trainer().model
         if state.global_step > 0:
-            saved = self._find_checkpoint_state(args, state)
+            # resumed: the checkpoint trainer.train() loaded is not passed to callbacks; look where scripts keep it
+            resume = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
+            own = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            saved = load_checkpoint([resume, own], state.global_step)
             if saved is not None:
                 self.state.load_state_dict(saved)
                 self.history = list(saved.get("history", []))
@@ -103,66 +202,44 @@ class HardNegativeMiningCallback(TrainerCallback):
                 )
                 return
             logger.warning(
-                "Resuming at step %d without %s in the checkpoint: re-mining every anchor with the current model, "
-                "so the negatives will differ from an uninterrupted run.",
+                "Resuming at step %d without %s in args.resume_from_checkpoint or output_dir: re-mining every anchor "
+                "with the current model, so the negatives will differ from an uninterrupted run. Set "
+                "TrainingArguments(resume_from_checkpoint=...) to the checkpoint you resume from.",
                 state.global_step,
                 CHECKPOINT_FILE,
             )
-            self._refresh(model, args, state, initial=True, all_anchors=True)
+            self.refresh(model, args, state, initial=True, all_anchors=True)
             return
-        self._refresh(model, args, state, initial=True)
+        self.refresh(model, args, state, initial=True)
 
     def on_epoch_begin(self, args, state, control, **kwargs) -> None:
-        if not self._detached:
+        if self.sampler is not None:
             self.sampler.set_epoch(math.floor((state.epoch or 0) + 1e-6))
 
     def on_step_end(self, args, state, control, model=None, **kwargs) -> None:
         refresh_steps = self.config.refresh_steps
-        if self._detached or refresh_steps is None:
+        if refresh_steps is None:
             return
         if state.global_step % refresh_steps == 0 and state.global_step < state.max_steps:
-            self._refresh(model if model is not None else self._trainer().model, args, state, initial=False)
+            self.refresh(model if model is not None else self._trainer().model, args, state, initial=False)
 
     def on_save(self, args, state, control, **kwargs) -> None:
-        if self._detached or not args.should_save:
+        if not args.should_save:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         if not os.path.isdir(folder):
             logger.warning("Checkpoint folder %s not found; the hard-negative table was not saved with it.", folder)
             return
-        payload = {"global_step": state.global_step, "history": self.history, **self.state.state_dict()}
-        torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
+        save_checkpoint(folder, self.state, state.global_step, history=self.history)
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
-        if not self._detached:
-            self.sampler.restore_dataset_format()
+        self._unwire()
 
     # ------------------------------------------------------------------------------------------------
     # mining
     # ------------------------------------------------------------------------------------------------
-    def _next_round_start(self, world: int) -> int:
-        """First sampler position that no rank can have fetched yet: the start of the next round of
-        ``world`` batches (accelerate hands out one batch of each round to every rank)."""
-        cursor, length = self.state.cursor, len(self.sampler)
-        if cursor < 0:
-            return 0
-        epoch, index = divmod(cursor, length)
-        nxt = (index // world + 1) * world
-        return epoch * length + nxt if nxt < length else (epoch + 1) * length
-
     def _generator(self, refresh: int, salt: int) -> torch.Generator:
         return torch.Generator().manual_seed((int(self.sampler.seed) * 1_000_003 + refresh) * 4 + salt)
-
-    def _random_table(self, refresh: int, activate_at: int) -> NegativeTable:
-        state, k = self.state, self.config.num_negatives
-        negatives = random_negatives(state.positive_matrix, len(state.pool), k, self._generator(refresh, 0))
-        return NegativeTable(
-            negatives.numpy().astype(np.int64),
-            np.full((state.num_anchors, k), np.nan, dtype=np.float32),
-            np.full(state.num_anchors, -1, dtype=np.int64),
-            activate_at,
-            refresh,
-        )
 
     def _anchors_to_mine(
         self, args, trainer_state, world: int, activate_at: int, initial: bool, all_anchors: bool
@@ -179,22 +256,24 @@ class HardNegativeMiningCallback(TrainerCallback):
         rows = self.sampler.rows_at_positions(start, start + span)
         return np.unique(self.state.row_anchor[rows])
 
-    def _refresh(self, model, args, trainer_state, initial: bool, all_anchors: bool = False) -> None:
+    def refresh(self, model, args, trainer_state, initial: bool, all_anchors: bool = False) -> None:
+        """One refresh: mine (or draw) a new table for the anchors the coming batches read, and install it from the
+        next sampler position no rank has fetched yet."""
         config, state = self.config, self.state
         _, world = rank_and_world()
         start = time.perf_counter()
         refresh = 0 if initial else state.refresh_count + 1
-        activate_at = -1 if initial else int(broadcast_from_main(self._next_round_start(world)))
+        activate_at = -1 if initial else int(broadcast_from_main(self.sampler.first_unfetched_position(world)))
         previous = state.latest
         table = (
             previous.copy(activate_at, refresh)
             if previous is not None and config.strategy == "hard"
-            else self._random_table(refresh, activate_at)
+            else NegativeTable.random(state, activate_at, refresh, self._generator(refresh, 0))
         )
         stats: dict[str, float] = {"refresh": float(refresh)}
         if config.strategy == "hard":
             anchors = self._anchors_to_mine(args, trainer_state, world, activate_at, initial, all_anchors)
-            payload = self._mine(model, args, anchors, refresh, trainer_state.global_step)
+            payload = self._mine(model, args, anchors, refresh)
             ids = payload["anchor_ids"]
             if previous is not None:
                 old = previous.negatives[ids]
@@ -214,7 +293,7 @@ class HardNegativeMiningCallback(TrainerCallback):
         self.history.append({"step": float(trainer_state.global_step), "activate_at": float(activate_at), **stats})
         self._log(stats)
 
-    def _mine(self, model, args, anchor_ids: np.ndarray, refresh: int, step: int) -> dict[str, Any]:
+    def _mine(self, model, args, anchor_ids: np.ndarray, refresh: int) -> dict[str, Any]:
         config, state = self.config, self.state
         rank, _ = rank_and_world()
         was_training = model.training
@@ -228,13 +307,12 @@ class HardNegativeMiningCallback(TrainerCallback):
         finally:
             model.train(was_training)  # encode() leaves the model in eval mode
         payload = None
-        if rank == 0:
+        if rank == 0:  # one search, broadcast: every rank serves the same table
             device = model.device
-            positives = state.positive_matrix[torch.from_numpy(anchor_ids)]
             mined = mine_negatives(
                 queries.to(device),
                 corpus.to(device),
-                positives,
+                state.positive_matrix[torch.from_numpy(anchor_ids)],
                 config.num_negatives,
                 range_min=config.range_min,
                 range_max=config.range_max,
@@ -246,20 +324,9 @@ class HardNegativeMiningCallback(TrainerCallback):
                 generator=self._generator(refresh, 1),
                 use_faiss=config.use_faiss,
             )
-            negatives = mined.indices.clone()
-            scores = mined.scores.float().clone()
-            missing = negatives < 0
-            found = ~missing
-            rows = missing.any(1).nonzero().flatten()
-            if len(rows):  # too few candidates survived: random ones (never a positive or a found negative)
-                banned = [
-                    [*state.anchor_positives[int(anchor_ids[r])], *negatives[r][found[r]].tolist()]
-                    for r in rows.tolist()
-                ]
-                fill = random_negatives(banned, len(state.pool), config.num_negatives, self._generator(refresh, 2))
-                for j, r in enumerate(rows.tolist()):
-                    negatives[r, missing[r]] = fill[j, : int(missing[r].sum())]
-                scores[missing] = float("nan")
+            positives = [state.anchor_positives[a] for a in anchor_ids.tolist()]
+            negatives, scores = fill_missing(mined, positives, len(state.pool), self._generator(refresh, 2))
+            found = mined.indices >= 0
             payload = {
                 "anchor_ids": anchor_ids,
                 "negatives": negatives.numpy().astype(np.int64),
@@ -269,7 +336,7 @@ class HardNegativeMiningCallback(TrainerCallback):
                     "negative_score": float(mined.scores[found].mean()) if found.any() else float("nan"),
                     "positive_score": float(mined.positive_scores.mean()) if len(anchor_ids) else float("nan"),
                     "filtered": float(sum(mined.num_filtered.values())),
-                    "random_filled": float(missing.sum()),
+                    "random_filled": float((~found).sum()),
                 },
             }
         payload = broadcast_from_main(payload)
@@ -287,24 +354,19 @@ class HardNegativeMiningCallback(TrainerCallback):
 
     def _encode(self, model, args, texts: list[str], task: str) -> Tensor:
         """Normalised embeddings of ``texts`` on CPU; under DDP every rank encodes one shard, all get all."""
-        rank, world = rank_and_world()
-        lo, hi = shard_bounds(len(texts), rank, world)
-        local = None
-        if hi > lo:
-            encode = model.encode_query if task == "query" else model.encode_document
+        encode = model.encode_query if task == "query" else model.encode_document
+
+        def run(shard: list[str]) -> Tensor:
             with self._autocast(args, model):
-                local = encode(
-                    texts[lo:hi],
+                return encode(
+                    shard,
                     batch_size=self.config.mining_batch_size,
                     convert_to_tensor=True,
                     normalize_embeddings=True,
                     show_progress_bar=self.config.show_progress_bar,
                 )
-            local = local.detach().float().cpu()
-        gathered = all_gather_rows(local)
-        if gathered is None or len(gathered) != len(texts):
-            raise RuntimeError(f"Encoded {0 if gathered is None else len(gathered)} of {len(texts)} texts.")
-        return gathered
+
+        return encode_sharded(run, texts)
 
     def _documents(self, model, args) -> Tensor:
         if self._document_cache is not None:
@@ -315,21 +377,6 @@ class HardNegativeMiningCallback(TrainerCallback):
         if self._cache_documents:
             self._document_cache = embeddings
         return embeddings
-
-    # ------------------------------------------------------------------------------------------------
-    def _find_checkpoint_state(self, args, trainer_state) -> dict[str, Any] | None:
-        candidates = [
-            _find_resume_path(),
-            args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None,
-            os.path.join(args.output_dir, f"checkpoint-{trainer_state.global_step}"),
-        ]
-        for folder in filter(None, candidates):
-            path = os.path.join(folder, CHECKPOINT_FILE)
-            if os.path.isfile(path):
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                if saved.get("global_step") == trainer_state.global_step:
-                    return saved
-        return None
 
     def _log(self, stats: dict[str, float]) -> None:
         logs = {f"hard_negatives/{key}": value for key, value in stats.items()}

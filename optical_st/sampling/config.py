@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = ["HardNegativeConfig"]
+
+LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
 
 
 @dataclass
@@ -75,10 +78,6 @@ class HardNegativeConfig:
         """``negative_1 .. negative_k``: the columns added to every training row."""
         return [f"{self.negative_column_prefix}_{i + 1}" for i in range(self.num_negatives)]
 
-    @property
-    def filtering(self) -> bool:
-        return any(v is not None for v in (self.absolute_margin, self.relative_margin, self.max_score))
-
     def non_default(self) -> dict[str, Any]:
         """The fields that differ from their defaults (for reprs and logs); ``corpus`` shown by its size."""
         out = {}
@@ -88,5 +87,39 @@ class HardNegativeConfig:
                 out[f.name] = f"<{len(value)} texts>" if f.name == "corpus" else value
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def resolve_columns(
+        self,
+        columns: Sequence[str],
+        label_columns: Sequence[str] = (),
+        router_mapping: dict[str, Any] | None = None,
+        retrieval_columns: tuple[int, int] | None = None,
+    ) -> tuple[str, str]:
+        """The ``(anchor, positive)`` columns of a dataset with these settings.
+
+        ``anchor_column`` / ``positive_column`` when set; else the columns ``router_mapping`` routes to ``"query"`` /
+        ``"document"``; else the text columns at the loss's ``retrieval_columns`` positions (OPTICAL losses read
+        ``(english, lrl, *negatives)`` and declare ``(1, 0)``: the LRL side is the anchor); else the first / second
+        text column.
+        """
+        text_columns = [c for c in columns if c not in LABEL_COLUMNS and c not in label_columns]
+        mapping = router_mapping or {}
+        flat = mapping if mapping and not isinstance(next(iter(mapping.values())), dict) else {}
+        by_task = {task: [c for c in text_columns if flat.get(c) == task] for task in ("query", "document")}
+        if retrieval_columns is not None and not by_task["query"] and len(text_columns) > max(retrieval_columns):
+            by_task = {"query": [text_columns[retrieval_columns[0]]], "document": [text_columns[retrieval_columns[1]]]}
+        anchor = self.anchor_column or (
+            by_task["query"][0] if by_task["query"] else (text_columns[0] if text_columns else None)
+        )
+        positive = self.positive_column
+        if positive is None:
+            rest = [c for c in (by_task["document"] or text_columns) if c != anchor]
+            positive = rest[0] if rest else None
+        for name, value in (("anchor_column", anchor), ("positive_column", positive)):
+            if value is None or value not in columns:
+                raise ValueError(
+                    f"{name}={value!r} is not a column of the training dataset {list(columns)}; set it with "
+                    f"DynamicHardNegativeSampler.configure({name}=...)."
+                )
+        if anchor == positive:
+            raise ValueError(f"anchor_column and positive_column are both {anchor!r}.")
+        return anchor, positive

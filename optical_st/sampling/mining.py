@@ -27,7 +27,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["MinedNegatives", "default_range_max", "mine_negatives", "random_negatives", "search_topk"]
+__all__ = [
+    "MinedNegatives",
+    "default_range_max",
+    "fill_missing",
+    "mine_negatives",
+    "random_negatives",
+    "search_topk",
+]
 
 # queries per chunk are chosen so one chunk's (queries x corpus) score matrix stays below this many floats
 _MAX_CHUNK_ELEMENTS = 1 << 24
@@ -303,3 +310,29 @@ def random_negatives(
             chosen += [rest[i] for i in perm]
         out[q, : len(chosen)] = torch.tensor(chosen, dtype=torch.long)
     return out
+
+
+def fill_missing(
+    mined: MinedNegatives,
+    positive_ids: Sequence[Sequence[int]],
+    corpus_size: int,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(indices, scores)`` of ``mined`` with every empty (``-1``) slot filled by a random corpus id, never a
+    positive of that query nor one of its mined negatives; filled slots score NaN.
+
+    Slots are empty when too few candidates survive the filters (a small pool, strict margins): a row must still
+    have ``num_negatives`` columns, so it gets random ones.
+    """
+    negatives = mined.indices.clone()
+    scores = mined.scores.float().clone()
+    missing = negatives < 0
+    rows = missing.any(1).nonzero().flatten().tolist()
+    if rows:
+        found = ~missing
+        banned = [[*positive_ids[r], *negatives[r][found[r]].tolist()] for r in rows]
+        fill = random_negatives(banned, corpus_size, negatives.shape[1], generator)
+        for j, r in enumerate(rows):
+            negatives[r, missing[r]] = fill[j, : int(missing[r].sum())]
+        scores[missing] = float("nan")
+    return negatives, scores

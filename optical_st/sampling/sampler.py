@@ -1,12 +1,12 @@
 """DynamicHardNegativeSampler: a sentence-transformers batch sampler whose rows carry hard negatives that are
-re-mined with the model being trained."""
+re-mined with the model being trained. The sampler decides the order of the rows; the
+:class:`~optical_st.sampling.HardNegativeMiningCallback` it is attached with indexes the dataset, mines, serves and
+checkpoints the negatives."""
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
-from collections import deque
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,23 +14,29 @@ import numpy as np
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
+from optical_st.sampling.batches import compose_hard_batches
+from optical_st.sampling.callback import HardNegativeMiningCallback
 from optical_st.sampling.config import HardNegativeConfig
-from optical_st.sampling.table import HardNegativeState, NegativesTransform
+from optical_st.sampling.table import HardNegativeState
 
-__all__ = ["DynamicHardNegativeSampler", "compose_hard_batches"]
+__all__ = ["DynamicHardNegativeSampler"]
 
-logger = logging.getLogger(__name__)
-
-_LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
+_SETUP = (
+    "Set it up in two lines: `batch_sampler=DynamicHardNegativeSampler.configure(...)` in "
+    "SentenceTransformerTrainingArguments, then `DynamicHardNegativeSampler.attach(trainer)` before trainer.train() "
+    "(or give `trainer=` when you build the sampler yourself, e.g. in an override of the trainer's get_batch_sampler)."
+)
 
 
 class _ConfiguredSampler:
     """What :meth:`DynamicHardNegativeSampler.configure` returns: a picklable factory with the trainer's
-    ``batch_sampler(dataset, batch_size=, drop_last=, valid_label_columns=, generator=, seed=)`` signature."""
+    ``batch_sampler(dataset, batch_size=, drop_last=, valid_label_columns=, generator=, seed=)`` signature, bound to
+    a trainer by :meth:`DynamicHardNegativeSampler.attach`."""
 
     def __init__(self, sampler_cls: type[DynamicHardNegativeSampler], config: HardNegativeConfig) -> None:
         self.sampler_cls = sampler_cls
         self.config = config
+        self._trainer: weakref.ref | None = None
 
     def __call__(
         self,
@@ -41,6 +47,9 @@ class _ConfiguredSampler:
         generator: torch.Generator | None = None,
         seed: int = 0,
     ) -> DynamicHardNegativeSampler:
+        trainer = self._trainer() if self._trainer is not None else None
+        if trainer is None:
+            raise ValueError(f"DynamicHardNegativeSampler was not attached to the trainer. {_SETUP}")
         return self.sampler_cls(
             dataset,
             batch_size=batch_size,
@@ -49,122 +58,19 @@ class _ConfiguredSampler:
             generator=generator,
             seed=seed,
             config=self.config,
+            trainer=trainer,
         )
+
+    # the trainer saves its arguments (this factory included) into every checkpoint: the trainer stays out
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sampler_cls": self.sampler_cls, "config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _trainer=None)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.non_default().items())
         return f"{self.sampler_cls.__name__}.configure({args})"
-
-
-def _find_trainer() -> tuple[Any | None, str | None]:
-    """The transformers ``Trainer`` whose ``get_batch_sampler`` is instantiating us (found on the call stack), and
-    the kind of dataloader it is building (``"train"``/``"eval"``/``"test"``, when sentence-transformers says so).
-
-    The trainer passes only the dataset to a batch sampler, but mining needs the model, the callbacks and the data
-    collator. Looking a few frames up for the ``Trainer`` method that is calling us keeps the user's code to one
-    line; it is checked (the frame's ``self`` must be a ``Trainer``) and anything else raises a clear error.
-    """
-    from transformers import Trainer
-
-    trainer, kind = None, None
-    frame = sys._getframe(1)
-    for _ in range(16):
-        if frame is None or (trainer is not None and kind is not None):
-            break
-        if kind is None and isinstance(frame.f_locals.get("dataset_kind"), str):
-            kind = frame.f_locals["dataset_kind"]  # ST's _build_dataloader, just above get_batch_sampler
-        candidate = frame.f_locals.get("self")
-        if trainer is None and isinstance(candidate, Trainer):
-            trainer = candidate
-        frame = frame.f_back
-    return trainer, kind
-
-
-def compose_hard_batches(
-    row_anchor: np.ndarray,
-    row_positive: np.ndarray,
-    anchor_negatives: np.ndarray,
-    batch_size: int,
-    generator: torch.Generator,
-) -> list[np.ndarray]:
-    """Group rows so that anchors that are hard negatives of each other share a batch.
-
-    Row ``y`` is a neighbour of row ``x`` when ``y``'s positive is one of ``x``'s mined negatives: with both in one
-    batch, ``y``'s positive is a hard in-batch negative for ``x``. Batches grow breadth-first from a random seed row
-    through these neighbours (hardest first), then from the next seed, and never hold two rows with the same
-    positive text while another choice exists (that would be a false in-batch negative). Every row is used once;
-    all batches but the last are full; the full batches are shuffled. Deterministic given ``generator``.
-
-    Args:
-        row_anchor: ``(N,)`` anchor id of each row.
-        row_positive: ``(N,)`` candidate-pool id of each row's positive.
-        anchor_negatives: ``(num_anchors, k)`` pool ids of each anchor's negatives, hardest first.
-        batch_size: rows per batch.
-        generator: seeded CPU generator (seed + epoch).
-
-    Returns:
-        A list of ``ceil(N / batch_size)`` arrays of row ids.
-    """
-    n = len(row_anchor)
-    perm = torch.randperm(n, generator=generator).numpy()
-    perm_rank = np.empty(n, dtype=np.int64)
-    perm_rank[perm] = np.arange(n)
-    # rows grouped by positive id, each group in seed order
-    by_positive = np.lexsort((perm_rank, row_positive))
-    sorted_pos = row_positive[by_positive]
-    n_pool = int(max(row_positive.max(), anchor_negatives.max() if anchor_negatives.size else 0)) + 1
-    starts = np.searchsorted(sorted_pos, np.arange(n_pool + 1))
-
-    placed = np.zeros(n, dtype=bool)
-    n_placed = 0
-    batches: list[np.ndarray] = []
-    current: list[int] = []
-    current_pos: set[int] = set()
-    frontier: deque[int] = deque()
-    seed_ptr = 0
-
-    def add(row: int) -> bool:
-        """Place ``row`` in the current batch; True when that filled the batch."""
-        nonlocal n_placed
-        placed[row] = True
-        n_placed += 1
-        current.append(row)
-        current_pos.add(int(row_positive[row]))
-        frontier.append(row)
-        if len(current) < batch_size:
-            return False
-        batches.append(np.asarray(current, dtype=np.int64))
-        current.clear()
-        current_pos.clear()
-        frontier.clear()
-        return True
-
-    while n_placed < n:
-        if frontier:
-            x = frontier.popleft()
-            for pool_id in anchor_negatives[row_anchor[x]].tolist():
-                if pool_id in current_pos:
-                    continue
-                group = by_positive[starts[pool_id] : starts[pool_id + 1]]
-                free = group[~placed[group]]
-                if len(free) and add(int(free[0])):
-                    break
-            continue
-        while placed[perm[seed_ptr]]:
-            seed_ptr += 1
-        seed = int(perm[seed_ptr])
-        if int(row_positive[seed]) in current_pos:  # look a little further for a row without a clash
-            for candidate in perm[seed_ptr + 1 : seed_ptr + 1 + 4 * batch_size].tolist():
-                if not placed[candidate] and int(row_positive[candidate]) not in current_pos:
-                    seed = candidate
-                    break
-        add(seed)
-    if current:
-        batches.append(np.asarray(current, dtype=np.int64))
-    full = [b for b in batches if len(b) == batch_size]
-    tail = [b for b in batches if len(b) != batch_size]
-    shuffle = torch.randperm(len(full), generator=generator).tolist()
-    return [full[i] for i in shuffle] + tail
 
 
 class DynamicHardNegativeSampler(DefaultBatchSampler):
@@ -184,19 +90,22 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         A batch sampler that gives every training row ``num_negatives`` hard negatives, re-mined with the model
         *while it trains*, as extra columns ``negative_1 .. negative_k`` that the loss receives.
 
-        Pass it to ``SentenceTransformerTrainingArguments(batch_sampler=...)``, configured in one line with
-        :meth:`configure`. The trainer instantiates it with the training dataset; the sampler then
+        Two lines set it up: pass :meth:`configure`'s factory to ``SentenceTransformerTrainingArguments(batch_sampler=
+        ...)``, and once the trainer exists give it to :meth:`attach` (mining needs the trainer's model, loss,
+        collator and logger, which sentence-transformers does not pass to a batch sampler). The trainer then
+        instantiates the sampler with the training dataset, and the
+        :class:`~optical_st.sampling.HardNegativeMiningCallback` that :meth:`attach` registered
 
-        1. indexes the dataset: unique anchors, the candidate pool (unique positives, plus ``corpus``), each
-           anchor's positives (every row with that anchor text counts), and attaches a lazy ``set_transform`` that
-           appends the negative columns to each fetched row (the dataset length never changes and the DataLoader is
-           never rebuilt);
-        2. registers a :class:`~optical_st.sampling.HardNegativeMiningCallback` on the trainer, which mines before
-           the first step and then every ``refresh_steps`` optimizer steps: it encodes anchors with
+        1. indexes the dataset when training begins: unique anchors, the candidate pool (unique positives, plus
+           ``corpus``), each anchor's positives (every row with that anchor text counts), and attaches a lazy
+           ``set_transform`` that appends the negative columns to each fetched row (the dataset length never
+           changes and the DataLoader is never rebuilt);
+        2. mines before the first step and then every ``refresh_steps`` optimizer steps: it encodes anchors with
            ``model.encode_query`` (with an OPTICAL model: the current student) and the pool with
            ``model.encode_document`` (the teacher; cached while that route is frozen), and applies the
            false-negative filters of sentence-transformers' ``mine_hard_negatives``;
-        3. yields shuffled batches of row indices (or, with ``hard_batches``, batches of mutually hard anchors).
+        3. while the sampler yields shuffled batches of row indices (or, with ``hard_batches``, batches of mutually
+           hard anchors).
 
         A refresh mines exactly the anchors that the next ``refresh_steps`` steps will read (their order is known),
         so every row's negatives come from a model at most ``refresh_steps`` steps old, and one refresh costs about
@@ -214,7 +123,8 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         Under DDP every rank encodes a shard of the texts, rank 0 searches, and the table is broadcast, so all ranks
         read the same negatives; accelerate then gives each rank every world-size-th batch as usual. The table and
         the refresh counter are saved in each checkpoint (``hard_negatives.pt``), so ``resume_from_checkpoint``
-        continues with exactly the negatives of an uninterrupted run.
+        continues with exactly the negatives of an uninterrupted run (the checkpoint is looked up in
+        ``args.resume_from_checkpoint``, then in ``output_dir``).
 
         Each refresh logs ``hard_negatives/mining_seconds``, ``/anchors_mined``, ``/negative_score`` (mean score of
         the mined negatives), ``/positive_score``, ``/filtered`` (candidates dropped as likely false negatives),
@@ -241,7 +151,8 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
                 - ``mining_batch_size`` (64), ``use_faiss`` (None = when installed), ``cache_documents`` (None =
                   cache pool embeddings when ``encode_document`` has no trainable parameter),
                   ``show_progress_bar`` (False).
-            trainer: the trainer, when it cannot be found on the call stack (custom training loops).
+            trainer: the trainer that trains with this sampler, given explicitly when you build the sampler yourself
+                (e.g. in an override of the trainer's ``get_batch_sampler``); :meth:`attach` passes it otherwise.
 
         References:
             - Xiong et al. Approximate Nearest Neighbor Negative Contrastive Learning for Dense Text Retrieval
@@ -284,12 +195,15 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
                 )
                 loss = OTDistillationLoss(model, contrastive_weight=0.1)  # the negatives feed its InfoNCE term
                 trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
+                DynamicHardNegativeSampler.attach(trainer)  # mines with trainer.model; logs through trainer.log
                 trainer.train()
         """
         if config is None:
             config = HardNegativeConfig(**kwargs)
         elif kwargs:
             raise TypeError(f"Pass either `config` or keyword settings, not both (got {sorted(kwargs)}).")
+        if trainer is None:
+            raise ValueError(f"DynamicHardNegativeSampler needs the trainer it samples for. {_SETUP}")
         super().__init__(
             dataset,
             batch_size=batch_size,
@@ -300,145 +214,48 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         )
         self.dataset = dataset
         self.config = config
+        # set by the callback on the sampler of the training dataloader; eval/test samplers keep None (plain order)
         self.state: HardNegativeState | None = None
-        self.callback = None
-        found, kind = _find_trainer()
-        self.trainer = trainer if trainer is not None else found
-        if self.trainer is None:
-            raise ValueError(
-                "DynamicHardNegativeSampler is instantiated by the sentence-transformers trainer: pass "
-                "`batch_sampler=DynamicHardNegativeSampler.configure(...)` to SentenceTransformerTrainingArguments "
-                "(or give `trainer=` in a custom training loop)."
-            )
-        # the trainer also builds eval/test dataloaders with `batch_sampler`: those get a plain shuffled order
-        self.passive = dataset is not self.trainer.train_dataset or kind not in (None, "train")
-        if not self.passive:
-            self._setup_training()
+        HardNegativeMiningCallback.register(trainer)
 
     # ------------------------------------------------------------------------------------------------
     @classmethod
     def configure(cls, **kwargs: Any) -> _ConfiguredSampler:
-        """The one-line form: ``batch_sampler=DynamicHardNegativeSampler.configure(refresh_steps=200, ...)``.
+        """The ``batch_sampler`` argument: ``DynamicHardNegativeSampler.configure(refresh_steps=200, ...)``.
 
         Takes the keyword settings listed in the class docstring, validates them now (before any training starts),
-        and returns a picklable factory that the trainer calls like a sampler class.
+        and returns a picklable factory that the trainer calls like a sampler class once :meth:`attach` has bound
+        it to the trainer.
         """
         return _ConfiguredSampler(cls, HardNegativeConfig(**kwargs))
 
-    def _setup_training(self) -> None:
-        from datasets import Dataset, DatasetDict
+    @classmethod
+    def attach(cls, trainer: Any) -> HardNegativeMiningCallback:
+        """Bind the sampler configured in ``trainer.args.batch_sampler`` to ``trainer`` and register the callback that
+        mines with ``trainer.model`` (one per trainer; calling it again is harmless). Call it before ``train()``.
 
-        from optical_st.sampling.callback import HardNegativeMiningCallback
+        Args:
+            trainer: a ``SentenceTransformerTrainer`` whose arguments have
+                ``batch_sampler=DynamicHardNegativeSampler.configure(...)`` (or the class itself, for the defaults).
 
-        trainer, config, dataset = self.trainer, self.config, self.dataset
-        if isinstance(trainer.train_dataset, DatasetDict) or not isinstance(dataset, Dataset):
+        Returns:
+            The :class:`~optical_st.sampling.HardNegativeMiningCallback` (its ``history`` holds one dict of statistics
+            per refresh).
+        """
+        factory = trainer.args.batch_sampler
+        if isinstance(factory, type) and issubclass(factory, DynamicHardNegativeSampler):
+            factory = trainer.args.batch_sampler = factory.configure()  # the class itself: default settings
+        if not isinstance(factory, _ConfiguredSampler):
             raise ValueError(
-                "DynamicHardNegativeSampler needs a single datasets.Dataset as train_dataset (not a DatasetDict "
-                "or an IterableDataset); concatenate the splits first."
+                f"The trainer's batch_sampler is {factory!r}, not a DynamicHardNegativeSampler. {_SETUP}"
             )
-        if config.refresh_steps is not None and trainer.args.dataloader_num_workers > 0:
-            raise ValueError(
-                "DynamicHardNegativeSampler refreshes its negatives in the main process, which DataLoader workers "
-                "would never see: set dataloader_num_workers=0 (or refresh_steps=None for static negatives)."
-            )
-        for callback in list(trainer.callback_handler.callbacks):
-            if isinstance(callback, HardNegativeMiningCallback):  # from an earlier train() call
-                callback.detach()  # also puts the dataset's own format back
-                trainer.callback_handler.remove_callback(callback)
-        fmt = dataset.format
-        if fmt["type"] not in (None, "python", "custom"):
-            raise ValueError(
-                f"The training dataset is formatted as {fmt['type']!r}; DynamicHardNegativeSampler needs Python "
-                "rows. Call `train_dataset.reset_format()` first."
-            )
-        anchor_column, positive_column = self._resolve_columns(dataset.column_names)
-        clash = [c for c in config.negative_columns if c in dataset.column_names]
-        if clash:
-            raise ValueError(
-                f"The training dataset already has column(s) {clash}, which the sampler would add. Remove them "
-                "or set negative_column_prefix=..."
-            )
-        plain = dataset.with_format(None)
-        self.state = HardNegativeState(
-            config, list(plain[anchor_column]), list(plain[positive_column]), anchor_column, positive_column
-        )
-        inner = fmt["format_kwargs"].get("transform") if fmt["type"] == "custom" else None
-        while isinstance(inner, NegativesTransform):  # left over by a run that crashed before on_train_end
-            inner = inner.inner
-            fmt = {**fmt, "type": "custom" if inner else None, "format_kwargs": {"transform": inner} if inner else {}}
-        self._original_format = fmt
-        dataset.set_transform(
-            NegativesTransform(self.state, inner), columns=fmt["columns"], output_all_columns=fmt["output_all_columns"]
-        )
-        self._extend_collator(positive_column)
-        self.callback = HardNegativeMiningCallback(self, trainer)
-        trainer.add_callback(self.callback)
-        logger.info(
-            "DynamicHardNegativeSampler: %d rows, %d unique anchors (%r), pool of %d candidates (%r + corpus), "
-            "columns %s",
-            self.state.num_rows,
-            self.state.num_anchors,
-            anchor_column,
-            len(self.state.pool),
-            positive_column,
-            config.negative_columns,
-        )
+        factory._trainer = weakref.ref(trainer)
+        return HardNegativeMiningCallback.register(trainer)
 
-    def _resolve_columns(self, columns: list[str]) -> tuple[str, str]:
-        config = self.config
-        text_columns = [c for c in columns if c not in _LABEL_COLUMNS and c not in (self.valid_label_columns or [])]
-        mapping = getattr(self.trainer.data_collator, "router_mapping", None) or {}
-        flat = mapping if mapping and not isinstance(next(iter(mapping.values())), dict) else {}
-        by_task = {task: [c for c in text_columns if flat.get(c) == task] for task in ("query", "document")}
-        # a loss may declare which of its text columns are the query and the document, e.g. OTDistillationLoss
-        # reads (english, lrl, *negatives): the LRL side is the anchor, the English side the positive
-        declared = getattr(self.trainer.loss, "retrieval_columns", None)
-        if declared is not None and not by_task["query"] and len(text_columns) > max(declared):
-            by_task = {"query": [text_columns[declared[0]]], "document": [text_columns[declared[1]]]}
-        anchor = config.anchor_column or (
-            by_task["query"][0] if by_task["query"] else (text_columns[0] if text_columns else None)
-        )
-        positive = config.positive_column
-        if positive is None:
-            rest = [c for c in (by_task["document"] or text_columns) if c != anchor]
-            positive = rest[0] if rest else None
-        for name, value in (("anchor_column", anchor), ("positive_column", positive)):
-            if value is None or value not in columns:
-                raise ValueError(
-                    f"{name}={value!r} is not a column of the training dataset {columns}; set it with "
-                    f"DynamicHardNegativeSampler.configure({name}=...)."
-                )
-        if anchor == positive:
-            raise ValueError(f"anchor_column and positive_column are both {anchor!r}.")
-        return anchor, positive
+    def bind(self, state: HardNegativeState) -> None:
+        """Make this the training sampler of ``state`` (called by the callback when training begins)."""
+        self.state = state
 
-    def _extend_collator(self, positive_column: str) -> None:
-        """Negatives are read like positives: same route of a Router model, same prompt."""
-        collator = self.trainer.data_collator
-        mapping = getattr(collator, "router_mapping", None)
-        if mapping and not isinstance(next(iter(mapping.values())), dict) and positive_column in mapping:
-            extra = {c: mapping[positive_column] for c in self.config.negative_columns if c not in mapping}
-            collator.router_mapping = {**mapping, **extra}
-        prompts = getattr(collator, "prompts", None)
-        if isinstance(prompts, dict) and prompts and isinstance(prompts.get(positive_column), str):
-            extra = {c: prompts[positive_column] for c in self.config.negative_columns if c not in prompts}
-            collator.prompts = {**prompts, **extra}
-
-    def restore_dataset_format(self) -> None:
-        """Remove the negatives transform from the training dataset (called when training ends)."""
-        if self.passive or self.state is None:
-            return
-        fmt = self._original_format
-        if fmt["type"] == "custom":
-            self.dataset.set_transform(
-                fmt["format_kwargs"]["transform"], columns=fmt["columns"], output_all_columns=fmt["output_all_columns"]
-            )
-        else:
-            self.dataset.set_format(
-                type=fmt["type"], columns=fmt["columns"], output_all_columns=fmt["output_all_columns"]
-            )
-
-    # ------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
@@ -450,7 +267,7 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         """The (deterministic) batches of row ids of ``epoch``: a function of (seed, epoch) and, with
         ``hard_batches``, of the table active when the epoch's order was first needed (kept in the state and in
         checkpoints)."""
-        if self.passive or not self.config.hard_batches:
+        if self.state is None or not self.config.hard_batches:  # not the training sampler: plain shuffle
             perm = torch.randperm(len(self.dataset), generator=self._generator(epoch)).numpy()
             return [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
         state = self.state
@@ -464,6 +281,16 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
             for old in [e for e in state.orders if e < epoch - 1]:
                 del state.orders[old]
         return state.orders[epoch]
+
+    def first_unfetched_position(self, world: int = 1) -> int:
+        """First sampler position that no rank can have fetched yet: the start of the next round of ``world``
+        batches after the last one handed out (accelerate gives one batch of each round to every rank)."""
+        cursor, length = self.state.cursor, len(self)
+        if cursor < 0:
+            return 0
+        epoch, index = divmod(cursor, length)
+        nxt = (index // world + 1) * world
+        return epoch * length + nxt if nxt < length else (epoch + 1) * length
 
     def rows_at_positions(self, start: int, stop: int) -> np.ndarray:
         """Unique row ids of the batches at sampler positions ``[start, stop)`` (possibly spanning epochs)."""
@@ -491,3 +318,4 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.non_default().items())
         return f"{type(self).__name__}({args})"
+

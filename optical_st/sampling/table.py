@@ -6,13 +6,15 @@ a table mined at the end of step ``t`` cannot change a batch that was already fe
 carries ``activate_at``, the first *sampler position* (``epoch * len(sampler) + batch index``) it applies to,
 chosen past everything fetched so far. The transform serves a batch from the newest table active at the position
 being fetched. Saving the last two tables with their positions makes ``resume_from_checkpoint`` replay exactly the
-negatives of an uninterrupted run, prefetched batches included.
+negatives of an uninterrupted run, prefetched batches included: :func:`save_checkpoint` writes them into each
+checkpoint folder and :func:`load_checkpoint` reads them back.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +22,19 @@ import numpy as np
 import torch
 
 from optical_st.sampling.config import HardNegativeConfig
+from optical_st.sampling.mining import random_negatives
 
-__all__ = ["HardNegativeState", "NegativeTable", "NegativesTransform"]
+__all__ = [
+    "CHECKPOINT_FILE",
+    "HardNegativeState",
+    "NegativeTable",
+    "NegativesTransform",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 STATE_VERSION = 1
+CHECKPOINT_FILE = "hard_negatives.pt"
 
 
 @dataclass
@@ -44,6 +55,21 @@ class NegativeTable:
     mined_step: np.ndarray
     activate_at: int
     refresh: int
+
+    @classmethod
+    def random(
+        cls, state: HardNegativeState, activate_at: int, refresh: int, generator: torch.Generator
+    ) -> NegativeTable:
+        """Uniformly random negatives for every anchor (never one of its positives), marked as not mined."""
+        k = state.config.num_negatives
+        negatives = random_negatives(state.positive_matrix, len(state.pool), k, generator)
+        return cls(
+            negatives.numpy().astype(np.int64),
+            np.full((state.num_anchors, k), np.nan, dtype=np.float32),
+            np.full(state.num_anchors, -1, dtype=np.int64),
+            activate_at,
+            refresh,
+        )
 
     def copy(self, activate_at: int, refresh: int) -> NegativeTable:
         return NegativeTable(
@@ -163,13 +189,6 @@ class HardNegativeState:
             raise RuntimeError("Tables must be activated in order.")
         self.tables = [*self.tables, table][-keep:]
 
-    def negatives_for_rows(self, rows: np.ndarray, position: int | None = None) -> list[list[str]]:
-        """Texts of the negatives of dataset rows (for tests and inspection): ``[row][j]``."""
-        table = self.table_at(self.cursor if position is None else position)
-        if table is None:
-            raise RuntimeError("No negatives have been mined yet.")
-        return [[self.pool[j] for j in table.negatives[a]] for a in self.row_anchor[np.asarray(rows)].tolist()]
-
     # ------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         orders = {
@@ -242,3 +261,20 @@ class NegativesTransform:
         for j, column in enumerate(state.negative_columns):
             out[column] = [pool[i] for i in negatives[:, j].tolist()]
         return out
+
+
+def save_checkpoint(folder: str | os.PathLike, state: HardNegativeState, global_step: int, **extra: Any) -> None:
+    """Write ``state`` (tables, refresh counter, epoch orders) and ``extra`` into a trainer checkpoint folder."""
+    payload = {"global_step": global_step, **extra, **state.state_dict()}
+    torch.save(payload, os.path.join(folder, CHECKPOINT_FILE))
+
+
+def load_checkpoint(folders: Iterable[str | os.PathLike | None], global_step: int) -> dict[str, Any] | None:
+    """The saved state of the first of ``folders`` that holds one for ``global_step``, or ``None``."""
+    for folder in filter(None, folders):
+        path = os.path.join(folder, CHECKPOINT_FILE)
+        if os.path.isfile(path):
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("global_step") == global_step:
+                return saved
+    return None

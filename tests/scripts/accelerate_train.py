@@ -127,6 +127,8 @@ def main() -> None:
         model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[flops]
     )
     PHASE[0] = "train"
+    if args.dynamic_negatives:
+        DynamicHardNegativeSampler.attach(trainer)
     trainer.train()
 
     # what a user script does at the end. The final save is guarded: with sentence-transformers 6.2 and

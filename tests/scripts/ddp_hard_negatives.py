@@ -89,6 +89,7 @@ def main() -> None:
     )
     loss = RecordingOTLoss(model, reg=0.05, contrastive_weight=0.5)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    DynamicHardNegativeSampler.attach(trainer)
     trainer.train()
 
     rank = int(os.environ.get("RANK", 0))
