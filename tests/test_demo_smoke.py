@@ -28,7 +28,6 @@ def test_demo_runs_end_to_end(tiny_dirs, tmp_path):
         "--max-steps", "2",
         "--batch-size", "4",
         "--max-seq-length", "48",  # the tiny BERT has 128 positions; Chichewa verses run longer in its char vocab
-        "--eval-batch-size", "8",
         "--push-to-hub", "my-org/optical-test",  # HF_HUB_OFFLINE: the push fails, the local model must stay
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

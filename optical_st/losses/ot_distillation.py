@@ -124,7 +124,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 model.encode_document(["God is love"])              # English -> teacher
         """
         super().__init__()
-        ot._check_reg(reg)
+        ot.check_reg(reg)
         if cost not in ot.COSTS and not callable(cost):
             raise ValueError(f"Unknown cost {cost!r}; use one of {sorted(ot.COSTS)} or a callable.")
         if solver not in ot.SOLVERS:

@@ -1,4 +1,5 @@
-"""Smoke tests of the research-question scripts (tiny models, tiny data, seconds) and of the harness's bookkeeping."""
+"""Smoke tests of the research-question scripts (tiny models, tiny data, seconds) and of optical_st.research's
+bookkeeping and reports."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from optical_st.experiments import aggregate, format_table, plot_quality_vs_flops
+from optical_st.research import (
+    aggregate,
+    format_table,
+    method_row,
+    plot_quality_vs_flops,
+    ratios,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +108,6 @@ def test_rq1_script_without_negatives(tiny_dirs, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_rq1_script_with_mined_negatives(tiny_dirs, tmp_path, monkeypatch):
-    pytest.importorskip("optical_st.sampling", reason="DynamicHardNegativeSampler not merged yet")
     out = tmp_path / "rq1"
     methods = ("in-batch", "static", "dynamic")
     argv = tiny_args(tiny_dirs, out, "--methods", *methods, "--refresh-steps", "1", "--seeds", "0")
@@ -164,7 +171,8 @@ def test_plot_axes(tmp_path, monkeypatch, flops, xscale, label):
 def test_conditions_say_whether_the_cores_were_shared(loads, wording):
     import torch
 
-    from optical_st.experiments import ExperimentConfig, _conditions
+    from optical_st.research import ExperimentConfig
+    from optical_st.research.report import _conditions
 
     torch_threads = torch.get_num_threads()
     config = ExperimentConfig(device="cpu")
@@ -177,7 +185,7 @@ def test_conditions_say_whether_the_cores_were_shared(loads, wording):
 def test_cli_round_trips_the_config():
     import argparse
 
-    from optical_st.experiments import ExperimentConfig, add_cli_arguments, config_from_args
+    from optical_st.research import ExperimentConfig, add_cli_arguments, config_from_args
 
     defaults = ExperimentConfig(output_dir="out", train_pairs=6400, seeds=(4, 5), bf16=False, threads=2)
     parser = argparse.ArgumentParser()
@@ -186,3 +194,24 @@ def test_cli_round_trips_the_config():
     assert config_from_args(parser.parse_args([])) == defaults
     config = config_from_args(parser.parse_args(["--train-pairs", "0", "--eval-pairs", "0", "--seeds", "1", "--bf16"]))
     assert (config.train_pairs, config.eval_pairs, config.seeds, config.bf16) == (None, None, (1,), True)
+
+
+def test_single_run_report_has_a_row_per_method(tmp_path):
+    """The demo's report takes any number of methods: one table line and one bar group each."""
+    metrics = {"accuracy@1": 0.1, "mrr@10": 0.2, "ndcg@10": 0.3, "map@100": 0.25}
+    rows = [
+        method_row("zero-shot teacher", {k: v / 10 for k, v in metrics.items()}, wall_time_s=30.0),
+        method_row("OT", metrics, train_pairs=20000, epochs=1.0, wall_time_s=600.0),
+        method_row("OT + InfoNCE", {k: 2 * v for k, v in metrics.items()}, train_pairs=20000, epochs=1.0),
+    ]
+    table = write_results(tmp_path, rows, summary="three methods", details={"note": 1}, log_history=[{"step": 1, "loss": 2.0}])
+    assert table.splitlines()[2:] == [
+        "| zero-shot teacher | 0.0100 | 0.0200 | 0.0300 | 0.0250 | 0 | 0 | 0.5 min |",
+        "| OT | 0.1000 | 0.2000 | 0.3000 | 0.2500 | 20,000 | 1 | 10.0 min |",
+        "| OT + InfoNCE | 0.2000 | 0.4000 | 0.6000 | 0.5000 | 20,000 | 1 | 0.0 min |",
+    ]
+    assert (tmp_path / "results.md").read_text() == f"{table}\n\nthree methods\n"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in saved["results"]] == ["zero-shot teacher", "OT", "OT + InfoNCE"] and saved["note"] == 1
+    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+    assert ratios(rows[2], rows[0], ["accuracy@1"]) == {"accuracy@1": pytest.approx(20.0)}

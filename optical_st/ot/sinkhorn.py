@@ -1,167 +1,16 @@
-"""Optimal-transport maths on batched token embeddings.
-
-Pure tensor code: no sentence-transformers import, so the solver can be tested and reused on its own.
-
-Shapes follow POT's batched API (``ot.batch``): a batch of ``B`` problems, each with ``n`` source
-points and ``m`` target points.
-
-* ``cost``: ``(B, n, m)``, the ground cost between every source and target token.
-* ``a``: ``(B, n)`` and ``b``: ``(B, m)``, non-negative marginals, each summing to one per problem.
-  Padding and excluded tokens carry **zero mass**; the plan then puts no mass on them.
-* ``plan``: ``(B, n, m)`` with ``plan.sum(-1) == a`` and ``plan.sum(-2) == b``.
-
-The entropic problem solved by :func:`sinkhorn_log` is
-
-.. math::
-
-    P^\\star = \\arg\\min_{P \\in U(a, b)} \\langle P, C \\rangle_F - \\varepsilon H(P)
-
-and the distillation loss is :math:`\\langle P^\\star, C \\rangle_F` with the plan held fixed (the envelope
-theorem gives :math:`\\partial L / \\partial C = P^\\star`), which is what :func:`ot_distance` computes.
-"""
+"""Batched, log-stabilised entropic OT (:func:`sinkhorn_log`) and the input checks every solver shares."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "COSTS",
-    "SOLVERS",
-    "SinkhornLog",
-    "cosine_cost",
-    "emd",
-    "ot_distance",
-    "pairwise_cost",
-    "sinkhorn_log",
-    "special_tokens_mask",
-    "sqeuclidean_cost",
-    "token_marginals",
-    "transport_plan",
-]
+__all__ = ["SinkhornLog", "check_reg", "sinkhorn_log"]
 
 
-# --------------------------------------------------------------------------------------------------
-# Costs
-# --------------------------------------------------------------------------------------------------
-def _check_embeddings(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    if x.dim() == 2:
-        x = x.unsqueeze(0)
-    if y.dim() == 2:
-        y = y.unsqueeze(0)
-    if x.dim() != 3 or y.dim() != 3:
-        raise ValueError(
-            f"Token embeddings must be (B, n, d) and (B, m, d); got {tuple(x.shape)} and {tuple(y.shape)}."
-        )
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"Batch sizes differ: {x.shape[0]} student rows vs {y.shape[0]} teacher rows.")
-    if x.shape[-1] != y.shape[-1]:
-        raise ValueError(
-            f"Embedding dimensions differ: {x.shape[-1]} (student) vs {y.shape[-1]} (teacher). Put a projection in the "
-            "student, e.g. `optical_st.add_projection(student, teacher_dim)` or build the model with "
-            "`optical_st.build_optical_model(teacher, student)`, which adds one when the sizes differ."
-        )
-    # fp32 at least: token costs in bf16 lose the small differences the plan depends on
-    dtype = torch.float64 if torch.float64 in (x.dtype, y.dtype) else torch.float32
-    return x.to(dtype), y.to(dtype)
-
-
-def cosine_cost(x: Tensor, y: Tensor) -> Tensor:
-    """Cosine distance ``1 - cos(x_i, y_j)`` between every pair of tokens: ``(B, n, d), (B, m, d) -> (B, n, m)``.
-
-    Values lie in ``[0, 2]``; zero vectors (e.g. padding that was zeroed) get cost 1, never NaN.
-    """
-    x, y = _check_embeddings(x, y)
-    return 1.0 - torch.bmm(F.normalize(x, dim=-1), F.normalize(y, dim=-1).transpose(1, 2))
-
-
-def sqeuclidean_cost(x: Tensor, y: Tensor) -> Tensor:
-    """Squared Euclidean distance ``||x_i - y_j||^2``: ``(B, n, d), (B, m, d) -> (B, n, m)`` (clamped at 0)."""
-    x, y = _check_embeddings(x, y)
-    xx = (x * x).sum(-1, keepdim=True)
-    yy = (y * y).sum(-1).unsqueeze(1)
-    return (xx + yy - 2.0 * torch.bmm(x, y.transpose(1, 2))).clamp_min_(0.0)
-
-
-COSTS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cosine": cosine_cost, "sqeuclidean": sqeuclidean_cost}
-
-
-def pairwise_cost(x: Tensor, y: Tensor, metric: str | Callable[[Tensor, Tensor], Tensor] = "cosine") -> Tensor:
-    """Cost matrix between token sets with a named metric (``"cosine"``, ``"sqeuclidean"``) or a callable."""
-    if callable(metric):
-        return metric(x, y)
-    if metric not in COSTS:
-        raise ValueError(f"Unknown cost {metric!r}; choose one of {sorted(COSTS)} or pass a callable (x, y) -> cost.")
-    return COSTS[metric](x, y)
-
-
-# --------------------------------------------------------------------------------------------------
-# Marginals
-# --------------------------------------------------------------------------------------------------
-def special_tokens_mask(
-    input_ids: Tensor, special_ids: list[int] | Tensor, prompt_length: int | Tensor | None = None
-) -> Tensor:
-    """Boolean ``(B, n)`` mask of special tokens ([CLS], [SEP], <s>, ...) and, if given, prompt tokens.
-
-    ``prompt_length`` is sentence-transformers' ``features["prompt_length"]``: the number of leading tokens (the
-    first special token included) that belong to the prompt.
-    """
-    special_ids = torch.as_tensor(list(special_ids) if not isinstance(special_ids, Tensor) else special_ids)
-    mask = torch.isin(input_ids, special_ids.to(input_ids.device))
-    if prompt_length is not None:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        prompt_length = torch.as_tensor(prompt_length, device=input_ids.device).reshape(-1, 1)
-        mask = mask | (positions.unsqueeze(0) < prompt_length)
-    return mask
-
-
-def token_marginals(
-    attention_mask: Tensor,
-    exclude_mask: Tensor | None = None,
-    weights: Tensor | None = None,
-    *,
-    name: str = "input",
-) -> Tensor:
-    """Probability mass per token: uniform over real tokens, zero on padding and on ``exclude_mask``.
-
-    Args:
-        attention_mask: ``(B, n)``, 1 for real tokens, 0 for padding.
-        exclude_mask: optional ``(B, n)`` boolean mask of tokens to give zero mass (special or prompt tokens).
-        weights: optional non-negative ``(B, n)`` per-token weights (e.g. IDF); normalised per row.
-        name: used in error messages to say which input is at fault.
-
-    Returns:
-        ``(B, n)`` float tensor whose rows sum to one; a row with no mass left (an empty text, or special tokens
-        only) stays all zero, which the solvers reject ("a row of the batch is empty"). The losses check their
-        texts before they get here and name the column at fault.
-
-    Raises:
-        ValueError: if the weights are negative or not finite.
-    """
-    mass = attention_mask.to(torch.bool)
-    if exclude_mask is not None:
-        mass = mass & ~exclude_mask.to(torch.bool)
-    marg = mass.to(torch.float32)
-    if weights is not None:
-        if weights.shape != attention_mask.shape:
-            raise ValueError(
-                f"{name}: weights have shape {tuple(weights.shape)}, expected {tuple(attention_mask.shape)}."
-            )
-        weights = weights.detach().to(torch.float32)
-        if not torch.isfinite(weights).all() or (weights < 0).any():
-            raise ValueError(f"{name}: token weights must be finite and non-negative.")
-        marg = marg * weights
-    return marg / marg.sum(-1, keepdim=True).clamp_min(torch.finfo(marg.dtype).tiny)
-
-
-# --------------------------------------------------------------------------------------------------
-# Solvers
-# --------------------------------------------------------------------------------------------------
 @dataclass
 class SinkhornLog:
     """What :func:`sinkhorn_log` did: iterations run, final marginal error per problem, convergence, and the
@@ -235,7 +84,8 @@ def _check_precision(cost: Tensor, reg: float) -> None:
         )
 
 
-def _check_reg(reg: float) -> None:
+def check_reg(reg: float) -> None:
+    """A clear error for a regularisation that Sinkhorn cannot use (<= 0, NaN, inf, non-number)."""
     if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg > 0):
         raise ValueError(f"reg must be a positive finite number, got {reg!r}.")
 
@@ -287,7 +137,7 @@ def sinkhorn_log(
         >>> torch.allclose(P.sum(-1), torch.full((4, 5), 1 / 5), atol=1e-5)
         True
     """
-    _check_reg(reg)
+    check_reg(reg)
     if max_iter < 1 or check_every < 1:
         raise ValueError("max_iter and check_every must be >= 1.")
     cost, a, b, squeeze = _as_batch(cost, a, b)
@@ -397,76 +247,3 @@ def _sinkhorn_stabilized(
     f, g = _absorb(f, g, u, v)
     plan = torch.exp(K + f.unsqueeze(2) + g.unsqueeze(1))
     return plan, f, g, n_iter, err, fallbacks, absorptions
-
-
-def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, num_itermax: int = 100_000) -> Tensor:
-    """Exact (unregularised) OT plans through POT's network simplex (``ot.emd``), one problem at a time.
-
-    Same interface as :func:`sinkhorn_log`; runs on CPU in float64 and returns the plans on ``cost``'s device.
-    Zero-mass rows and columns (padding) are dropped before the solve and get zero plan. Meant for small
-    problems and for users who want sparse, unregularised alignments.
-    """
-    import ot  # lazy: importing POT takes seconds
-
-    cost, a, b, squeeze = _as_batch(cost, a, b)
-    with torch.no_grad():
-        _validate(cost.detach().double(), a.detach().double(), b.detach().double())
-        plan = torch.zeros(cost.shape, dtype=torch.float64)
-        C = cost.detach().double().cpu()
-        A = a.detach().double().cpu()
-        Bm = b.detach().double().cpu()
-        for i in range(C.shape[0]):
-            rows, cols = A[i] > 0, Bm[i] > 0
-            ai, bi = A[i][rows], Bm[i][cols]
-            bi = bi * (ai.sum() / bi.sum())  # exact mass equality, as ot.emd checks it
-            p = ot.emd(ai.numpy(), bi.numpy(), C[i][rows][:, cols].numpy(), numItermax=num_itermax)
-            plan[i][rows.nonzero().flatten().unsqueeze(1), cols.nonzero().flatten().unsqueeze(0)] = torch.from_numpy(p)
-    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    plan = plan.to(device=cost.device, dtype=dtype)
-    return plan.squeeze(0) if squeeze else plan
-
-
-SOLVERS = ("sinkhorn", "emd")
-
-
-def transport_plan(
-    cost: Tensor,
-    a: Tensor | None = None,
-    b: Tensor | None = None,
-    reg: float = 0.05,
-    solver: str = "sinkhorn",
-    max_iter: int = 1000,
-    tol: float = 1e-6,
-    *,
-    return_log: bool = False,
-) -> Tensor | tuple[Tensor, SinkhornLog | None]:
-    """One entry point for both solvers: ``solver="sinkhorn"`` (entropic, :func:`sinkhorn_log`) or ``"emd"``
-    (exact, :func:`emd`; ``reg`` is ignored). ``return_log=True`` also returns Sinkhorn's log (``None`` for EMD)."""
-    if solver == "sinkhorn":
-        return sinkhorn_log(cost, a, b, reg=reg, max_iter=max_iter, tol=tol, return_log=return_log)
-    if solver == "emd":
-        plan = emd(cost, a, b)
-        return (plan, None) if return_log else plan
-    raise ValueError(f"Unknown solver {solver!r}; use one of {SOLVERS}.")
-
-
-def ot_distance(
-    cost: Tensor,
-    a: Tensor | None = None,
-    b: Tensor | None = None,
-    reg: float = 0.05,
-    solver: str = "sinkhorn",
-    max_iter: int = 1000,
-    tol: float = 1e-6,
-    *,
-    return_log: bool = False,
-) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, SinkhornLog | None]:
-    """``<P, C>_F`` per problem, differentiable in ``C`` with the envelope gradient ``dL/dC = P``.
-
-    Returns ``(values (B,), plan (B, n, m))``, and the solver's log as a third item with ``return_log=True``. The
-    plan is solved without a graph, so memory does not grow with the number of Sinkhorn iterations.
-    """
-    plan, log = transport_plan(cost, a, b, reg=reg, solver=solver, max_iter=max_iter, tol=tol, return_log=True)
-    cost = cost if cost.dtype == torch.float64 else cost.float()
-    values = (plan.to(cost.dtype) * cost).sum((-2, -1))
-    return (values, plan, log) if return_log else (values, plan)

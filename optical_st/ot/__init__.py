@@ -1,0 +1,51 @@
+"""Optimal-transport maths on batched token embeddings.
+
+Pure tensor code: no sentence-transformers import, so the solver can be tested and reused on its own.
+
+Shapes follow POT's batched API (``ot.batch``): a batch of ``B`` problems, each with ``n`` source
+points and ``m`` target points.
+
+* ``cost``: ``(B, n, m)``, the ground cost between every source and target token.
+* ``a``: ``(B, n)`` and ``b``: ``(B, m)``, non-negative marginals, each summing to one per problem.
+  Padding and excluded tokens carry **zero mass**; the plan then puts no mass on them.
+* ``plan``: ``(B, n, m)`` with ``plan.sum(-1) == a`` and ``plan.sum(-2) == b``.
+
+The entropic problem solved by :func:`sinkhorn_log` is
+
+.. math::
+
+    P^\\star = \\arg\\min_{P \\in U(a, b)} \\langle P, C \\rangle_F - \\varepsilon H(P)
+
+and the distillation loss is :math:`\\langle P^\\star, C \\rangle_F` with the plan held fixed (the envelope
+theorem gives :math:`\\partial L / \\partial C = P^\\star`), which is what :func:`ot_distance` computes.
+
+The package: :mod:`~optical_st.ot.costs` (costs and marginals), :mod:`~optical_st.ot.sinkhorn` (the entropic solver),
+:mod:`~optical_st.ot.solve` (exact OT, solver choice, the distance).
+"""
+
+from optical_st.ot.costs import (
+    COSTS,
+    cosine_cost,
+    pairwise_cost,
+    special_tokens_mask,
+    sqeuclidean_cost,
+    token_marginals,
+)
+from optical_st.ot.sinkhorn import SinkhornLog, check_reg, sinkhorn_log
+from optical_st.ot.solve import SOLVERS, emd, ot_distance, transport_plan
+
+__all__ = [
+    "COSTS",
+    "SOLVERS",
+    "SinkhornLog",
+    "check_reg",
+    "cosine_cost",
+    "emd",
+    "ot_distance",
+    "pairwise_cost",
+    "sinkhorn_log",
+    "special_tokens_mask",
+    "sqeuclidean_cost",
+    "token_marginals",
+    "transport_plan",
+]

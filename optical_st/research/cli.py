@@ -1,0 +1,68 @@
+"""The command line shared by the research-question scripts (``examples/rq*.py``): the :class:`ExperimentConfig`
+flags, and :func:`run_and_report` to run the chosen methods and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+
+from optical_st.research.config import ExperimentConfig
+from optical_st.research.methods import Method
+from optical_st.research.report import write_report
+from optical_st.research.runner import run_experiment
+
+__all__ = ["add_cli_arguments", "config_from_args", "run_and_report"]
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfig) -> None:
+    """The flags both research-question scripts share; each defaults to ``defaults``."""
+    d = defaults
+    parser.add_argument("--output-dir", default=d.output_dir)
+    parser.add_argument("--teacher", default=d.teacher, help="English teacher (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--student", default=d.student, help="student encoder, e.g. xlm-roberta-base (default: copy)")
+    parser.add_argument("--train-data", default=d.train_data, help="'bible' or 'hub:<dataset id>[:<config>]'")
+    parser.add_argument("--english-column", default=d.english_column)
+    parser.add_argument("--lrl-column", default=d.lrl_column)
+    parser.add_argument("--train-pairs", type=int, default=d.train_pairs, help="0 = all")
+    parser.add_argument(
+        "--benchmark",
+        default=d.benchmark,
+        help="bible, bible:validation, tatoeba.<lang>, mewsli-x.<lang>, lareqa.<lang>",
+    )
+    parser.add_argument("--eval-pairs", type=int, default=d.eval_pairs, help="Bible test pairs to sample; 0 = all")
+    parser.add_argument("--epochs", type=float, default=d.epochs)
+    parser.add_argument("--max-steps", type=int, default=d.max_steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument("--max-seq-length", type=int, default=d.max_seq_length)
+    parser.add_argument("--eval-max-seq-length", type=int, default=d.eval_max_seq_length)
+    parser.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    parser.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=d.bf16,
+        help="bf16 autocast for training (default: where fast, i.e. AVX512-BF16/AMX CPUs and bf16 GPUs)",
+    )
+    parser.add_argument("--flops-every", type=int, default=d.flops_every)
+    parser.add_argument("--threads", type=int, default=d.threads)
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The :class:`ExperimentConfig` of parsed :func:`add_cli_arguments` flags (each flag's dest is a field name)."""
+    values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)}
+    # on the command line 0 means "all"; the config says None
+    values.update(train_pairs=args.train_pairs or None, eval_pairs=args.eval_pairs or None, seeds=tuple(args.seeds))
+    return ExperimentConfig(**values)
+
+
+def run_and_report(methods: Sequence[Method], config: ExperimentConfig, *, title: str, question: str) -> str:
+    """:func:`run_experiment` then :func:`write_report`, timing the whole; prints and returns the table."""
+    start = time.perf_counter()
+    records = run_experiment(methods, config)
+    table = write_report(records, config, title=title, question=question, wall_seconds=time.perf_counter() - start)
+    print(f"{table}\n\nWritten to {config.output_dir}/results.md, results.json, quality_vs_flops.png")
+    return table

@@ -1,0 +1,108 @@
+"""The methods a research run compares: a :class:`Method` turns a fresh OPTICAL model and the bitext into a
+:class:`TrainSetup` (loss, training columns, optional batch sampler). Built-ins: :func:`zero_shot`,
+:func:`ot_distillation`, :func:`contrastive_distillation`, :func:`mse_distillation`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.losses import MSELoss
+from torch import nn
+
+from optical_st.evaluation.flops import PhaseFlopCounter
+from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
+from optical_st.research.config import ExperimentConfig
+from optical_st.sampling import DynamicHardNegativeSampler, HardNegativeMiningCallback
+
+__all__ = ["Method", "TrainSetup", "contrastive_distillation", "mse_distillation", "ot_distillation", "zero_shot"]
+
+
+@dataclass
+class TrainSetup:
+    """What a method trains with. ``track``: ``(object, method_name)`` pairs whose calls are one-off FLOPs (e.g. a
+    sampler's re-mining); ``one_off_flops``: FLOPs spent before training (e.g. teacher label precomputation)."""
+
+    loss: nn.Module
+    train_dataset: Dataset
+    router_mapping: dict[str, str]
+    batch_sampler: Any = None
+    track: list[tuple[Any, str, str]] = field(default_factory=list)
+    one_off_flops: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """A named way of training the student; ``setup=None`` means no training (the zero-shot teacher)."""
+
+    name: str
+    setup: Callable[[SentenceTransformer, Dataset, ExperimentConfig], TrainSetup] | None
+    description: str = ""
+
+
+def zero_shot() -> Method:
+    """The English teacher used directly for LRL queries and English documents (no training)."""
+    return Method("zero-shot", None, "teacher encodes both LRL queries and English documents; no training")
+
+
+def _pairs(train: Dataset) -> tuple[Dataset, dict[str, str]]:
+    data = train.select_columns(["english", "lrl"])
+    return data, {"english": "document", "lrl": "query"}
+
+
+def ot_distillation(name: str = "OT-KD", sampler: dict[str, Any] | None = None, **loss_kwargs: Any) -> Method:
+    """:class:`~optical_st.OTDistillationLoss` (``loss_kwargs`` go to it). ``sampler``: keyword settings for
+    ``DynamicHardNegativeSampler.configure`` (hard negatives for the loss's ``contrastive_weight`` term)."""
+
+    def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
+        data, mapping = _pairs(train)
+        plan = TrainSetup(OTDistillationLoss(model, **loss_kwargs), data, mapping)
+        if sampler is not None:
+            _attach_sampler(plan, sampler)
+        return plan
+
+    return Method(name, setup, f"OTDistillationLoss({_kwargs_text(loss_kwargs)})" + _sampler_text(sampler))
+
+
+def contrastive_distillation(name: str = "Contrastive-KD", **loss_kwargs: Any) -> Method:
+    """:class:`~optical_st.ContrastiveDistillationLoss` (in-batch InfoNCE against the frozen teacher)."""
+
+    def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
+        data, mapping = _pairs(train)
+        return TrainSetup(ContrastiveDistillationLoss(model, **loss_kwargs), data, mapping)
+
+    return Method(name, setup, f"ContrastiveDistillationLoss({_kwargs_text(loss_kwargs)})")
+
+
+def mse_distillation(name: str = "MSE-KD") -> Method:
+    """sentence-transformers' ``MSELoss`` (Reimers & Gurevych, 2020): the student's LRL embedding regresses the
+    teacher's embedding of the English translation, precomputed once before training (counted as one-off FLOPs and in
+    the wall time)."""
+
+    def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
+        english = list(train["english"])
+        with PhaseFlopCounter() as counter:
+            labels = model.encode_document(english, batch_size=config.eval_batch_size, convert_to_tensor=True)
+        data = Dataset.from_dict({"lrl": list(train["lrl"]), "label": labels.cpu().float().tolist()})
+        return TrainSetup(
+            MSELoss(model), data, {"lrl": "query"}, one_off_flops={"teacher_precompute": counter.get_total_flops()}
+        )
+
+    return Method(name, setup, "sentence_transformers MSELoss on precomputed teacher embeddings of the English side")
+
+
+def _attach_sampler(plan: TrainSetup, settings: dict[str, Any]) -> None:
+    plan.batch_sampler = DynamicHardNegativeSampler.configure(**settings)
+    # every (re-)mining: encoding anchors and candidates with the current model, and the search
+    plan.track.append((HardNegativeMiningCallback, "refresh", "mining"))
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def _sampler_text(sampler: dict[str, Any] | None) -> str:
+    return f" + DynamicHardNegativeSampler({_kwargs_text(sampler)})" if sampler is not None else ""

@@ -1,0 +1,285 @@
+"""Reporting a comparison: mean ± std over seeds per method (:func:`aggregate`), the markdown table, the
+run conditions, a quality-vs-FLOPs plot, and ``results.md`` / ``results.json`` (:func:`write_report`); for a single
+run of N methods, such as the demo, :func:`results_table`, :func:`plot_results` and :func:`write_results`.
+
+Plots need matplotlib (the ``[research]`` extra)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_device
+from optical_st.research.runner import save_json
+
+__all__ = [
+    "DEMO_METRICS",
+    "METRICS",
+    "aggregate",
+    "format_table",
+    "method_row",
+    "plot_quality_vs_flops",
+    "plot_results",
+    "ratios",
+    "results_table",
+    "write_report",
+    "write_results",
+]
+
+# the summary metrics every research report shows, in this order
+METRICS = ("MAP@100", "mAP@20", "acc@1 LRL→En", "acc@1 En→LRL", "MRR@10", "nDCG@10", "R@100")
+# a single run's table (the demo): evaluator metric name -> column title
+DEMO_METRICS = {"accuracy@1": "acc@1", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10", "map@100": "MAP@100"}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, per method, in the order the methods first appear."""
+    order = list(dict.fromkeys(r["method"] for r in records))
+    rows = []
+    for name in order:
+        runs = [r for r in records if r["method"] == name]
+        row: dict[str, Any] = {"method": name, "n": len(runs), "description": runs[0].get("description", "")}
+        for metric in METRICS:
+            values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
+            if values:
+                row[metric] = _mean_std(values)
+        row["train FLOPs"] = _mean_std([float(r["flops"].get("total", 0.0)) for r in runs])
+        row["FLOPs/step"] = _mean_std([float(r["flops"].get("step_flops", 0.0)) for r in runs])
+        analytic = [float(r["flops"].get("total_with_analytic", r["flops"].get("total", 0.0))) for r in runs]
+        row["train FLOPs incl. analytic"] = _mean_std(analytic)
+        row["train s"] = _mean_std([float(r["train_seconds"]) for r in runs])
+        row["steps"] = runs[0].get("steps", 0)
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: tuple[float, float], kind: str) -> str:
+    mean, std = value
+    if kind == "flops":
+        return "0" if mean == 0 else f"{mean:.3g} ± {std:.1g}" if std else f"{mean:.3g}"
+    if kind == "seconds":
+        return f"{mean:.0f} ± {std:.0f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The markdown results table: quality metrics (mean ± std over seeds), training FLOPs, wall time."""
+    metrics = [m for m in METRICS if any(m in row for row in rows)]
+    header = ["method", "n", *metrics, "train FLOPs", "FLOPs/step", "train wall s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["method"], str(row["n"])]
+        cells += [_fmt(row[m], "metric") if m in row else "–" for m in metrics]
+        cells += [_fmt(row["train FLOPs"], "flops"), _fmt(row["FLOPs/step"], "flops"), _fmt(row["train s"], "seconds")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:
+    loads = [x for r in records for x in r.get("load_average", [])]
+    device = resolve_device(config)
+    hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"{os.cpu_count()} CPU cores"
+    threads = torch.get_num_threads()
+    # the run's own threads count towards the load average; only a load well above them means shared cores
+    shared = "other processes shared the cores" if max(loads, default=0) > threads + 0.5 else "the runs alone"
+    return "\n".join(
+        [
+            f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
+            f"{threads} torch threads; load average during the runs {min(loads, default=0):.1f}–"
+            f"{max(loads, default=0):.1f} ({shared}).",
+            f"- Teacher: `{config.teacher or 'all-MiniLM-L6-v2'}`; student: "
+            + (f"`{config.student}`." if config.student else "a trainable copy of the teacher."),
+            f"- Training data: {config.train_data}, {config.train_pairs or 'all'} pairs, {config.epochs:g} epoch(s), "
+            f"batch {config.batch_size}, lr {config.learning_rate:g}, max_seq_length {config.max_seq_length}, "
+            f"{'bf16 autocast' if resolve_bf16(config, device) else 'fp32'}; seeds {list(config.seeds)}.",
+            f"- Benchmark: {config.benchmark}"
+            + (f" ({config.eval_pairs} sampled test pairs)" if config.benchmark.startswith("bible") else "")
+            + f", eval max_seq_length {config.eval_max_seq_length}.",
+            "- MAP@100, MRR@10, nDCG@10, R@100 and acc@1 LRL→En: LRL queries (student) against English documents "
+            "(teacher); acc@1 En→LRL: the reverse (XTREME Tatoeba-style accuracy in both directions).",
+            f"- Training FLOPs: measured with torch FlopCounterMode (matmul-family and attention ops, forward + "
+            f"backward) on one step in {config.flops_every}, extrapolated to all steps, plus one-off work (teacher "
+            "precompute for MSE-KD, hard-negative mining) counted exactly. Elementwise ops are not counted "
+            "(see optical_st/evaluation/flops.py); `results.json` also holds an analytic estimate of Sinkhorn's "
+            "elementwise work.",
+            f"- Total wall time of the experiment: {wall / 60:.1f} min.",
+        ]
+    )
+
+
+def plot_quality_vs_flops(
+    rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str] = ("MAP@100", "acc@1 LRL→En"), title: str = ""
+) -> None:
+    """One panel per metric: mean ± std over seeds against training FLOPs (log scale when they span decades); the
+    zero-shot teacher, which costs no training, is a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    metrics = [m for m in metrics if any(m in row for row in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for row in rows:
+            if metric not in row:
+                continue
+            (mean, std), flops = row[metric], row["train FLOPs"][0]
+            if flops == 0:
+                ax.axhline(mean, linestyle="--", color="grey", label=f"{row['method']} (no training)")
+                continue
+            ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=4, label=row["method"])
+            ax.annotate(row["method"], (flops, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        trained = [row["train FLOPs"][0] for row in rows if row["train FLOPs"][0] > 0]
+        xlabel = "training FLOPs (measured, whole run)"
+        if trained and max(trained) / min(trained) > 10:  # log scale only when the costs span decades
+            ax.set_xscale("log")
+        elif trained:
+            # the exponent goes into the label: matplotlib's offset text would sit on top of it
+            exponent = math.floor(math.log10(max(trained)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos, e=exponent: f"{x / 10**e:g}"))
+            xlabel = f"training FLOPs (x1e{exponent}, measured, whole run)"
+        ax.margins(x=0.15)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(
+    records: Sequence[dict[str, Any]],
+    config: ExperimentConfig,
+    *,
+    title: str,
+    question: str,
+    wall_seconds: float,
+    plot_name: str = "quality_vs_flops.png",
+) -> str:
+    """Write ``results.md`` (question, table, conditions), ``results.json`` (config, every run, aggregates) and the plot
+    into ``config.output_dir``; return the markdown table."""
+    out = Path(config.output_dir)
+    rows = aggregate(records)
+    table = format_table(rows)
+    plot_quality_vs_flops(rows, out / plot_name, title=title)
+    text = "\n\n".join(
+        [
+            f"# {title}",
+            question,
+            table,
+            "## Conditions\n\n" + _conditions(config, records, wall_seconds),
+            "## Methods\n\n" + "\n".join(f"- **{r['method']}**: {r['description']}" for r in rows),
+            f"![quality vs training FLOPs]({plot_name})",
+        ]
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(text + "\n", encoding="utf-8")
+    json_rows = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()} for row in rows
+    ]  # (mean, std) pairs as lists
+    save_json(
+        out / "results.json",
+        {"config": config.to_dict(), "aggregate": json_rows, "runs": list(records), "wall_seconds": wall_seconds},
+    )
+    partial = out / "runs.partial.json"
+    if partial.exists():
+        partial.unlink()
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# one run of N methods (the demo): a row per method
+# --------------------------------------------------------------------------------------------------
+def method_row(
+    method: str, metrics: dict[str, float], *, train_pairs: int = 0, epochs: float = 0.0, wall_time_s: float = 0.0
+) -> dict[str, Any]:
+    """One row of :func:`results_table`: the method's name, its metrics (as :func:`timed_evaluation` names them) and
+    what it cost."""
+    return {"method": method, **metrics, "train_pairs": train_pairs, "epochs": epochs, "wall_time_s": wall_time_s}
+
+
+def ratios(row: dict[str, Any], baseline: dict[str, Any], metrics: Sequence[str]) -> dict[str, float]:
+    """``row[m] / baseline[m]`` per metric (how many times the baseline's score)."""
+    return {m: row[m] / max(baseline[m], 1e-12) for m in metrics}
+
+
+def results_table(rows: Sequence[dict[str, Any]], metrics: dict[str, str] = DEMO_METRICS) -> str:
+    """The markdown table of :func:`method_row` rows, one line per method."""
+    header = ["method", *metrics.values(), "train pairs", "epochs", "wall time"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["method"], *(f"{row[m]:.4f}" for m in metrics)]
+        cells += [f"{row['train_pairs']:,}", f"{row['epochs']:g}", f"{row['wall_time_s'] / 60:.1f} min"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    *,
+    log_history: Sequence[dict[str, Any]] = (),
+    metrics: dict[str, str] = DEMO_METRICS,
+    title: str = "",
+    loss_title: str = "training loss",
+) -> None:
+    """Grouped bars of every row's metrics and, from a trainer's ``log_history``, the training loss curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_bar, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
+        bars = ax_bar.bar(xs, [row[m] for m in metrics], width, label=row["method"])
+        ax_bar.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax_bar.set_xticks(range(len(metrics)), list(metrics.values()))
+    ax_bar.set_title(title)
+    ax_bar.legend()
+    steps = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    if steps:
+        ax_loss.plot(*zip(*steps, strict=True), marker=".")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title(loss_title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    *,
+    summary: str = "",
+    details: dict[str, Any] | None = None,
+    log_history: Sequence[dict[str, Any]] = (),
+    title: str = "",
+    loss_title: str = "training loss",
+) -> str:
+    """Write ``results.md`` (table and summary), ``results.json`` (the rows and ``details``) and ``results.png``
+    (:func:`plot_results`) into ``out``; return the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = results_table(rows)
+    (out / "results.md").write_text(f"{table}\n\n{summary}\n" if summary else f"{table}\n", encoding="utf-8")
+    save_json(out / "results.json", {"results": list(rows), **(details or {})})
+    plot_results(rows, out / "results.png", log_history=log_history, title=title, loss_title=loss_title)
+    return table
