@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "trainer"),
-        num_train_epochs=1,
+        num_train_epochs=1.0,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
         learning_rate=3e-4,

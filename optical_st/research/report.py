@@ -207,7 +207,7 @@ def write_report(
 # one run of N methods (the demo): a row per method
 # --------------------------------------------------------------------------------------------------
 def method_row(
-    method: str, metrics: dict[str, float], *, train_pairs: int = 0, epochs: float = 0.0, wall_time_s: float = 0.0
+    method: str, metrics: dict[str, float], *, train_pairs: int = 0, epochs: float = 0, wall_time_s: float = 0.0
 ) -> dict[str, Any]:
     """One row of :func:`results_table`: the method's name, its metrics (as :func:`timed_evaluation` names them) and
     what it cost."""

@@ -93,19 +93,19 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         Two lines set it up: pass :meth:`configure`'s factory to ``SentenceTransformerTrainingArguments(batch_sampler=
         ...)``, and once the trainer exists give it to :meth:`attach` (mining needs the trainer's model, loss,
         collator and logger, which sentence-transformers does not pass to a batch sampler). The trainer then
-        instantiates the sampler with the training dataset, and the
-        :class:`~optical_st.sampling.HardNegativeMiningCallback` that :meth:`attach` registered
+        instantiates the sampler with the training dataset, and
 
-        1. indexes the dataset when training begins: unique anchors, the candidate pool (unique positives, plus
-           ``corpus``), each anchor's positives (every row with that anchor text counts), and attaches a lazy
-           ``set_transform`` that appends the negative columns to each fetched row (the dataset length never
-           changes and the DataLoader is never rebuilt);
-        2. mines before the first step and then every ``refresh_steps`` optimizer steps: it encodes anchors with
-           ``model.encode_query`` (with an OPTICAL model: the current student) and the pool with
+        1. the :class:`~optical_st.sampling.HardNegativeMiningCallback` that :meth:`attach` registered indexes the
+           dataset when training begins: unique anchors, the candidate pool (unique positives, plus ``corpus``), each
+           anchor's positives (every row with that anchor text counts); it attaches a lazy ``set_transform`` that
+           appends the negative columns to each fetched row (the dataset length never changes and the DataLoader is
+           never rebuilt);
+        2. the callback mines before the first step and then every ``refresh_steps`` optimizer steps: it encodes
+           anchors with ``model.encode_query`` (with an OPTICAL model: the current student) and the pool with
            ``model.encode_document`` (the teacher; cached while that route is frozen), and applies the
            false-negative filters of sentence-transformers' ``mine_hard_negatives``;
-        3. while the sampler yields shuffled batches of row indices (or, with ``hard_batches``, batches of mutually
-           hard anchors).
+        3. the sampler yields shuffled batches of row indices (or, with ``hard_batches``, batches of mutually hard
+           anchors).
 
         A refresh mines exactly the anchors that the next ``refresh_steps`` steps will read (their order is known),
         so every row's negatives come from a model at most ``refresh_steps`` steps old, and one refresh costs about
