@@ -53,6 +53,7 @@ def test_equals_sentence_transformers_mnrl_on_a_frozen_router_model(teacher, wid
 # ------------------------------------------------------------------------------------------------
 # training with SentenceTransformerTrainer
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a full training run
 def test_router_model_trains_and_teacher_stays_frozen(teacher, wide_student, bitext, tmp_path):
     model = build_optical_model(teacher, wide_student)
     teacher_before = {k: v.clone() for k, v in model[0].sub_modules["document"].state_dict().items()}

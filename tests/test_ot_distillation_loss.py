@@ -91,6 +91,7 @@ def test_sentence_term_and_emd_solver(teacher, student, bitext):
 # ------------------------------------------------------------------------------------------------
 # training with SentenceTransformerTrainer
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a full training run
 def test_router_model_trains_with_different_tokenizer_and_width(teacher, wide_student, bitext, tmp_path):
     """Student with its own vocabulary and hidden 48, teacher hidden 32: the projection lives in the student route,
     the teacher reads its own tokens and never changes."""
@@ -119,6 +120,7 @@ def test_router_model_trains_with_different_tokenizer_and_width(teacher, wide_st
     assert model.encode_document(bitext["english"][:2]).shape == (2, 32)
 
 
+@pytest.mark.slow  # a full training run
 def test_plain_student_with_separate_teacher(teacher, student, bitext, tmp_path):
     loss = OTDistillationLoss(student, teacher=teacher, reg=0.05)
     dataset = Dataset.from_dict({c: list(bitext[c]) * 4 for c in bitext.column_names})

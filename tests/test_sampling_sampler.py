@@ -98,6 +98,7 @@ def mining_logs(trainer) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # behaviour
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a full training run
 def test_refreshed_negatives_reach_the_loss(tiny_dirs, tmp_path, fetches):
     model = tiny_sentence_transformer(tiny_dirs["student"])
     dataset = pairs(96)
@@ -155,6 +156,7 @@ def test_refreshed_negatives_reach_the_loss(tiny_dirs, tmp_path, fetches):
     assert dataset.format["type"] is None and "negative_1" not in dataset[0]
 
 
+@pytest.mark.slow  # a full training run
 def test_static_mode_mines_every_anchor_once_with_the_initial_model(tiny_dirs, tmp_path, fetches):
     model = tiny_sentence_transformer(tiny_dirs["student"])
     dataset = pairs(48)
@@ -188,6 +190,7 @@ def test_static_mode_mines_every_anchor_once_with_the_initial_model(tiny_dirs, t
     assert rows_by_epoch[0] == rows_by_epoch[1] == sorted(dataset["lrl"])
 
 
+@pytest.mark.slow  # a full training run
 def test_random_strategy_never_encodes(tiny_dirs, tmp_path, fetches):
     model = tiny_sentence_transformer(tiny_dirs["student"])
 
@@ -214,6 +217,7 @@ def test_random_strategy_never_encodes(tiny_dirs, tmp_path, fetches):
     assert trainer.train_dataset.format["type"] is None
 
 
+@pytest.mark.slow  # a full training run
 def test_optical_router_model_with_ot_loss_and_eval(teacher, wide_student, tmp_path, fetches):
     model = build_optical_model(teacher, wide_student)
     dataset = toy_bitext(48)
@@ -272,6 +276,7 @@ def test_separate_teacher_mode_mines_english_negatives_for_the_lrl_side(teacher,
     assert served and all(set(row[2:]) <= english for row in served)
 
 
+@pytest.mark.slow  # a full training run
 def test_trainable_document_encoder_is_re_encoded(tiny_dirs, tmp_path):
     model = tiny_sentence_transformer(tiny_dirs["student"])
     calls = {"document": 0}
@@ -290,6 +295,7 @@ def test_trainable_document_encoder_is_re_encoded(tiny_dirs, tmp_path):
     assert calls["document"] == 3  # initial + steps 2 and 4: the pool moves with the model
 
 
+@pytest.mark.slow  # a full training run
 def test_class_as_batch_sampler_and_train_dataset_reused_for_eval(tiny_dirs, tmp_path):
     """The class itself works as `batch_sampler` (defaults), and evaluating on the training dataset object mid-run
     neither re-indexes it nor restarts the mining."""
@@ -328,6 +334,7 @@ def run(tiny_dirs, output_dir, resume=None, record=None):
     return trainer, loss
 
 
+@pytest.mark.slow  # a full training run
 def test_resume_continues_with_the_same_negatives(tiny_dirs, tmp_path, fetches, caplog):
     full, full_loss = run(tiny_dirs, tmp_path / "a")  # 6 steps an epoch, refreshes at steps 3, 6, 9
     uninterrupted = list(fetches)
