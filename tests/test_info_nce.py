@@ -57,7 +57,9 @@ def test_duplicate_texts_are_masked():
     neg[1] = t[1] * 3  # a mined "negative" that is the positive itself (same direction, cosine 1)
     candidates = t.tolist() + neg.tolist()
     masked = info_nce(s, t, [neg], 0.2)
-    assert float(masked) == pytest.approx(hand_info_nce(s.tolist(), candidates, 0.2, {(0, 2), (2, 0), (1, 4)}), abs=1e-10)
+    assert float(masked) == pytest.approx(
+        hand_info_nce(s.tolist(), candidates, 0.2, {(0, 2), (2, 0), (1, 4)}), abs=1e-10
+    )
     unmasked = info_nce(s, t, [neg], 0.2, mask_duplicates=False)
     assert float(unmasked) == pytest.approx(hand_info_nce(s.tolist(), candidates, 0.2), abs=1e-10)
 

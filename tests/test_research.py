@@ -204,7 +204,9 @@ def test_single_run_report_has_a_row_per_method(tmp_path):
         method_row("OT", metrics, train_pairs=20000, epochs=1.0, wall_time_s=600.0),
         method_row("OT + InfoNCE", {k: 2 * v for k, v in metrics.items()}, train_pairs=20000, epochs=1.0),
     ]
-    table = write_results(tmp_path, rows, summary="three methods", details={"note": 1}, log_history=[{"step": 1, "loss": 2.0}])
+    table = write_results(
+        tmp_path, rows, summary="three methods", details={"note": 1}, log_history=[{"step": 1, "loss": 2.0}]
+    )
     assert table.splitlines()[2:] == [
         "| zero-shot teacher | 0.0100 | 0.0200 | 0.0300 | 0.0250 | 0 | 0 | 0.5 min |",
         "| OT | 0.1000 | 0.2000 | 0.3000 | 0.2500 | 20,000 | 1 | 10.0 min |",

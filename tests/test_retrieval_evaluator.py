@@ -134,3 +134,89 @@ def test_evaluator_on_optical_model_uses_student_for_queries_and_teacher_for_doc
         assert metrics[f"tiny_cosine_{name}"] == pytest.approx(value, abs=1e-6), name
     # and the query side really is the student: the teacher encodes the Chichewa queries differently
     assert not np.allclose(teacher.encode(lrl, convert_to_numpy=True), query_emb, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------ excluded documents
+
+
+def test_excluded_documents_never_rank_and_the_rest_move_up():
+    # documents at 0°, 60°, 120°; q0 at 10° would rank A first, but A is its own verse (excluded):
+    # its ranking is B (60°), C (120°), so relevant B is at rank 1; q1 at 100° ranks C, B, A; nothing excluded.
+    model = FixedEmbeddingModel({"q0": 10, "q1": 100}, {"A": 0, "B": 60, "C": 120})
+    queries = {"q0": "q0", "q1": "q1"}
+    corpus = {"dA": "A", "dB": "B", "dC": "C"}
+    relevant = {"q0": {"dB"}, "q1": {"dA"}}
+    kwargs = dict(accuracy_at_k=[1], mrr_at_k=[10], ndcg_at_k=[10], map_at_k=[100], write_csv=False, name="x")
+    plain = CrossLingualRetrievalEvaluator(queries, corpus, relevant, **kwargs)(model)
+    excluded = CrossLingualRetrievalEvaluator(queries, corpus, relevant, excluded_docs={"q0": {"dA"}}, **kwargs)(model)
+    # without the exclusion: q0's B at rank 2, q1's A at rank 3
+    assert plain["x_cosine_mrr@10"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    # with it: q0's B at rank 1; q1 unchanged
+    assert excluded["x_cosine_mrr@10"] == pytest.approx((1 + 1 / 3) / 2)
+    assert excluded["x_cosine_accuracy@1"] == pytest.approx(1 / 2)
+    with pytest.raises(ValueError, match="not in the corpus"):
+        CrossLingualRetrievalEvaluator(queries, corpus, relevant, excluded_docs={"q0": {"dZ"}}, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ embedding cache
+
+
+def test_embedding_cache_encodes_a_frozen_corpus_once(teacher, tmp_path):
+    from optical_st.evaluation import EmbeddingCache
+
+    english, lrl = (list(x) for x in zip(*PAIRS, strict=True))
+    cache = EmbeddingCache(tmp_path / "cache")
+    first = CrossLingualRetrievalEvaluator.from_bitext(lrl, english, embedding_cache=cache, write_csv=False)
+    metrics = first(teacher)
+    assert (cache.hits, cache.misses) == (0, 1)
+    # a second evaluator (another run, another method) on the same teacher and corpus: read back, same scores
+    second = CrossLingualRetrievalEvaluator.from_bitext(
+        lrl, english, embedding_cache=tmp_path / "cache", write_csv=False
+    )
+    assert second(teacher) == pytest.approx(metrics)
+    assert second.embedding_cache.hits == 1 and second.embedding_cache.misses == 0
+    # the stored tensor is what the model computes
+    stored = torch.load(next((tmp_path / "cache").glob("*.pt")))
+    expected = teacher.encode_document(list(first.corpus), convert_to_tensor=True)
+    torch.testing.assert_close(stored, expected.cpu())
+
+
+def test_embedding_cache_key_follows_weights_prompts_and_texts(teacher, tmp_path):
+    from optical_st.evaluation import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path)
+    texts = ["god is love", "the light was good"]
+    key = cache.key(teacher, "document", texts)
+    assert cache.key(teacher, "document", texts) == key
+    assert cache.key(teacher, "document", texts[::-1]) != key
+    assert cache.key(teacher, "document", texts, prompt="passage: ") != key
+    with torch.no_grad():
+        next(teacher.parameters()).add_(1e-3)  # an optimizer step: the digest must notice
+    assert cache.key(teacher, "document", texts) != key
+
+
+def test_embedding_cache_shares_entries_between_a_model_and_the_teacher_route_built_from_it(teacher, student, tmp_path):
+    from optical_st.evaluation import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path)
+    model = build_optical_model(teacher, student)
+    texts = ["god is love"]
+    # the Router's document route holds a copy of the teacher: same weights, same key, one encoding for both
+    assert cache.key(model, "document", texts) == cache.key(teacher, "document", texts)
+    assert cache.key(model, "query", texts) != cache.key(teacher, "document", texts)
+
+
+def test_embedding_cache_survives_a_corrupt_entry_and_a_read_only_folder(teacher, tmp_path):
+    from optical_st.evaluation import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path)
+    texts = ["god is love"]
+    path = tmp_path / f"{cache.key(teacher, 'document', texts)}.pt"
+    path.write_bytes(b"not a tensor")
+    encode = lambda t: teacher.encode_document(t, convert_to_tensor=True)  # noqa: E731
+    out = cache.encode(teacher, texts, route="document", compute=encode)
+    assert out.shape[0] == 1 and cache.misses == 1
+    torch.testing.assert_close(torch.load(path), out.cpu())  # rewritten
+    blocked = EmbeddingCache(tmp_path / "file-not-folder")
+    (tmp_path / "file-not-folder").write_text("x")
+    assert blocked.encode(teacher, texts, route="document", compute=encode).shape[0] == 1  # warns, still returns

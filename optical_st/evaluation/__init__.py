@@ -4,10 +4,12 @@ from optical_st.evaluation.benchmarks import (
     RetrievalBenchmark,
     load_benchmark,
     load_bible_benchmark,
+    load_bible_crossref_benchmark,
     load_lareqa,
     load_mewsli_x,
     load_tatoeba,
 )
+from optical_st.evaluation.cache import EmbeddingCache
 from optical_st.evaluation.flops import (
     FlopReport,
     FlopsCallback,
@@ -25,6 +27,7 @@ from optical_st.evaluation.retrieval import (
 __all__ = [
     "BitextRetrievalEvaluator",
     "CrossLingualRetrievalEvaluator",
+    "EmbeddingCache",
     "FlopReport",
     "FlopsCallback",
     "PhaseFlopCounter",
@@ -33,6 +36,7 @@ __all__ = [
     "count_flops",
     "load_benchmark",
     "load_bible_benchmark",
+    "load_bible_crossref_benchmark",
     "load_lareqa",
     "load_mewsli_x",
     "load_tatoeba",

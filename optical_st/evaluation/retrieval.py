@@ -17,6 +17,7 @@ queries with more than ``k`` relevant documents, where ST/XTREME-R's value is hi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ import torch
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from torch import Tensor
+
+from optical_st.evaluation.cache import EmbeddingCache
 
 __all__ = ["BitextRetrievalEvaluator", "CrossLingualRetrievalEvaluator", "bitext_to_ir", "trec_eval_metrics"]
 
@@ -118,6 +121,12 @@ class CrossLingualRetrievalEvaluator(InformationRetrievalEvaluator):
         corpus_route: the same for the corpus.
         trec_eval: also compute trec_eval's MAP/nDCG/MRR/recall through ``ir-measures`` (``pip install
             'optical-st[ir]'``), at the ``map_at_k`` / ``ndcg_at_k`` / ``mrr_at_k`` / ``precision_recall_at_k`` cutoffs.
+        excluded_docs: ``qid -> {doc ids}`` never ranked for that query (as BEIR/MTEB skip a query's own document):
+            e.g. the query verse itself in the cross-reference benchmark, where finding its translation is the other
+            task. Forces one corpus chunk (the mask is ``queries x corpus`` booleans).
+        embedding_cache: an :class:`~optical_st.evaluation.EmbeddingCache` (or a folder for one) for the corpus
+            side: its embeddings are read from disk when the same encoder weights, prompts and texts were encoded
+            before (a frozen teacher's corpus is encoded once across methods, seeds and runs).
 
     Example::
 
@@ -137,8 +146,12 @@ class CrossLingualRetrievalEvaluator(InformationRetrievalEvaluator):
         query_route: Route = "query",
         corpus_route: Route = "document",
         trec_eval: bool = False,
+        excluded_docs: dict[str, set[str]] | None = None,
+        embedding_cache: EmbeddingCache | str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
+        if excluded_docs:
+            kwargs["corpus_chunk_size"] = max(len(corpus), 1)
         super().__init__(queries, corpus, relevant_docs, **kwargs)
         for route in (query_route, corpus_route):
             if route not in ("query", "document", None):
@@ -152,6 +165,13 @@ class CrossLingualRetrievalEvaluator(InformationRetrievalEvaluator):
         self.corpus_route = corpus_route
         self.trec_eval = trec_eval
         self.last_run: dict[str, dict[str, float]] | None = None
+        self.excluded_docs = {qid: set(docs) for qid, docs in (excluded_docs or {}).items() if docs}
+        unknown = {d for docs in self.excluded_docs.values() for d in docs} - set(corpus)
+        if unknown:
+            raise ValueError(f"excluded_docs names {len(unknown)} id(s) not in the corpus, e.g. {sorted(unknown)[:3]}.")
+        if embedding_cache is not None and not isinstance(embedding_cache, EmbeddingCache):
+            embedding_cache = EmbeddingCache(embedding_cache)
+        self.embedding_cache = embedding_cache
         # route -> {text: embedding}, filled by BitextRetrievalEvaluator so each side is encoded once
         self._precomputed: dict[Route, dict[str, Tensor]] | None = None
 
@@ -197,7 +217,47 @@ class CrossLingualRetrievalEvaluator(InformationRetrievalEvaluator):
         memo = (self._precomputed or {}).get(route)
         if memo is not None and prompt is None and prompt_name is None and all(s in memo for s in sentences):
             return torch.stack([memo[s] for s in sentences])
+        if self.embedding_cache is not None and encode_fn_name == "document":
+            return self.embedding_cache.encode(
+                model,
+                sentences,
+                route=route,
+                compute=lambda texts: super(CrossLingualRetrievalEvaluator, self).embed_inputs(
+                    model, texts, route, prompt_name=prompt_name, prompt=prompt, **kwargs
+                ),
+                prompt=prompt,
+                prompt_name=prompt_name,
+                truncate_dim=self.truncate_dim,
+                max_seq_length=getattr(model, "max_seq_length", None),
+            )
         return super().embed_inputs(model, sentences, route, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def compute_all_metrics(self, model: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if not self.excluded_docs:
+            return super().compute_all_metrics(model, *args, **kwargs)
+        mask = self._exclusion_mask()
+        unmasked = self.score_functions
+
+        def masked(fn: Any) -> Any:
+            def score(queries: Tensor, corpus: Tensor) -> Tensor:
+                scores = fn(queries, corpus)
+                return scores.masked_fill(mask.to(scores.device), float("-inf"))
+
+            return score
+
+        self.score_functions = {name: masked(fn) for name, fn in unmasked.items()}
+        try:
+            return super().compute_all_metrics(model, *args, **kwargs)
+        finally:
+            self.score_functions = unmasked
+
+    def _exclusion_mask(self) -> Tensor:
+        column = {cid: j for j, cid in enumerate(self.corpus_ids)}
+        mask = torch.zeros(len(self.queries_ids), len(self.corpus_ids), dtype=torch.bool)
+        for i, qid in enumerate(self.queries_ids):
+            for cid in self.excluded_docs.get(qid, ()):
+                mask[i, column[cid]] = True
+        return mask
 
     def compute_metrics(self, queries_result_list: list[object]) -> dict[str, dict[int, float]]:
         scores = super().compute_metrics(queries_result_list)

@@ -246,9 +246,7 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         if isinstance(factory, type) and issubclass(factory, DynamicHardNegativeSampler):
             factory = trainer.args.batch_sampler = factory.configure()  # the class itself: default settings
         if not isinstance(factory, _ConfiguredSampler):
-            raise ValueError(
-                f"The trainer's batch_sampler is {factory!r}, not a DynamicHardNegativeSampler. {_SETUP}"
-            )
+            raise ValueError(f"The trainer's batch_sampler is {factory!r}, not a DynamicHardNegativeSampler. {_SETUP}")
         factory._trainer = weakref.ref(trainer)
         return HardNegativeMiningCallback.register(trainer)
 
@@ -318,4 +316,3 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config.non_default().items())
         return f"{type(self).__name__}({args})"
-

@@ -1,0 +1,148 @@
+"""An on-disk cache for embeddings of frozen encoders.
+
+OPTICAL never changes its teacher, so the teacher's embeddings of an English corpus are the same for every method,
+seed and run that uses that teacher and that corpus. :class:`EmbeddingCache` stores them once per (encoder weights,
+route, prompts, texts) and hands them back afterwards, so evaluating a trained student costs only its queries.
+
+The key is a digest of everything that decides the embeddings: the modules the route runs (their types, configs and
+every tensor of their state), the model's prompts and the texts. A changed weight therefore gives a new key, never a
+stale hit, and two models with the same weights (the zero-shot model and the teacher route built from it) share
+entries. Entries are written to a temporary file and renamed into place, so concurrent runs never read a
+half-written file (two writers of one entry write the same bytes; the last rename wins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from optical_st.routes import find_router
+from optical_st.utils import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EmbeddingCache", "route_modules_for"]
+
+
+def route_modules_for(model: nn.Module, route: str | None) -> list[nn.Module]:
+    """The modules that ``encode_query`` (route ``"query"``) or ``encode_document`` (``"document"``) runs."""
+    router = find_router(model)
+    if router is None or route is None:
+        return list(model.children())
+    sub = router.sub_modules[route] if route in router.sub_modules else router.sub_modules[router.default_route]
+    after = [m for m in model.children() if m is not router]  # modules after the Router apply to every route
+    return [*sub, *after]
+
+
+def _module_config(module: nn.Module) -> Any:
+    getter = getattr(module, "get_config_dict", None)
+    try:
+        return getter() if getter else None
+    except Exception:  # a config we cannot read is not a reason to refuse caching; the weights still key it
+        return None
+
+
+class EmbeddingCache:
+    """Embeddings of (model route, prompts, texts) on disk, keyed by content.
+
+    Args:
+        folder: where entries live; default ``<optical_st cache>/embeddings`` (``$OPTICAL_ST_CACHE``, else
+            ``~/.cache/optical_st``).
+
+    Example::
+
+        >>> from optical_st.evaluation import EmbeddingCache
+        >>> cache = EmbeddingCache("runs/cache")  # doctest: +SKIP
+        >>> docs = cache.encode(model, corpus, route="document",  # doctest: +SKIP
+        ...                     compute=lambda texts: model.encode_document(texts, convert_to_tensor=True))
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else default_cache_dir() / "embeddings"
+        self.hits = 0
+        self.misses = 0
+        # (module id, parameter versions) -> digest: hashing ~100M weights takes a second, changes are rare
+        self._digests: dict[tuple, str] = {}
+
+    def _modules_digest(self, modules: Sequence[nn.Module]) -> str:
+        state = [(id(m), tuple((t.data_ptr(), t._version) for t in m.state_dict().values())) for m in modules]
+        memo_key = tuple(state)
+        if memo_key in self._digests:
+            return self._digests[memo_key]
+        h = hashlib.blake2b(digest_size=16)
+        for module in modules:
+            h.update(type(module).__qualname__.encode())
+            h.update(json.dumps(_module_config(module), sort_keys=True, default=str).encode())
+            for name, tensor in module.state_dict().items():
+                h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            tokenizer = getattr(module, "tokenizer", None)
+            backend = getattr(tokenizer, "backend_tokenizer", None)
+            if backend is not None:
+                h.update(backend.to_str().encode())
+        digest = h.hexdigest()
+        self._digests[memo_key] = digest
+        return digest
+
+    def key(self, model: nn.Module, route: str | None, texts: Sequence[str], **encode_kwargs: Any) -> str:
+        """The entry's name: a digest of the route's modules, the model's prompts, the encode arguments and texts."""
+        h = hashlib.blake2b(digest_size=20)
+        h.update(self._modules_digest(route_modules_for(model, route)).encode())
+        prompts = {"prompts": getattr(model, "prompts", None), "default": getattr(model, "default_prompt_name", None)}
+        h.update(json.dumps({"route": route, **prompts, **encode_kwargs}, sort_keys=True, default=str).encode())
+        for text in texts:
+            h.update(text.encode("utf-8"))
+            h.update(b"\x00")
+        return h.hexdigest()
+
+    def encode(
+        self,
+        model: nn.Module,
+        texts: Sequence[str],
+        *,
+        route: str | None,
+        compute: Callable[[list[str]], Tensor],
+        **encode_kwargs: Any,
+    ) -> Tensor:
+        """The cached embeddings of ``texts``, or ``compute(texts)`` stored for next time.
+
+        ``encode_kwargs`` (prompt, normalisation, ...) are part of the key; they are not passed to ``compute``.
+        """
+        texts = list(texts)
+        path = self.folder / f"{self.key(model, route, texts, **encode_kwargs)}.pt"
+        if path.exists():
+            try:
+                embeddings = torch.load(path, map_location="cpu", weights_only=True)
+                if embeddings.shape[0] == len(texts):
+                    self.hits += 1
+                    return embeddings
+            except Exception as err:  # a truncated or foreign file: recompute and overwrite it
+                logger.warning("Ignoring unreadable embedding cache entry %s (%s)", path, err)
+        self.misses += 1
+        embeddings = compute(texts)
+        self._store(path, embeddings)
+        return embeddings
+
+    def _store(self, path: Path, embeddings: Tensor) -> None:
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(embeddings.detach().cpu(), handle)
+            os.replace(tmp, path)
+            tmp = None
+        except OSError as err:  # a read-only or full disk costs speed, never the evaluation
+            logger.warning("Could not write embedding cache entry %s: %s", path, err)
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
