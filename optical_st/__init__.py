@@ -11,6 +11,7 @@ from optical_st.model_card import OpticalModelCardData
 from optical_st.modeling import (
     add_projection,
     build_optical_model,
+    column_prompts,
     export_student,
     router_mapping,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "__version__",
     "add_projection",
     "build_optical_model",
+    "column_prompts",
     "export_student",
     "hub",
     "ot",

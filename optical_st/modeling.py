@@ -27,6 +27,7 @@ __all__ = [
     "TEACHER_ROUTE",
     "add_projection",
     "build_optical_model",
+    "column_prompts",
     "document_route_frozen",
     "export_student",
     "find_router",
@@ -111,7 +112,10 @@ def build_optical_model(
         **load_kwargs: forwarded when ``teacher``/``student`` are names (``device``, ``cache_folder``, ...).
 
     Returns:
-        A ``SentenceTransformer`` whose first module is a ``Router``.
+        A ``SentenceTransformer`` whose first module is a ``Router``. Its prompts are the student's query prompt and
+        the teacher's document prompt (e.g. multilingual-e5's ``query: `` / ``passage: ``), so ``encode_query`` and
+        ``encode_document`` read texts as each encoder was trained to; train with
+        ``prompts=optical_st.column_prompts(model, train_dataset)`` so the loss sees the same inputs.
 
     Example::
 
@@ -145,12 +149,37 @@ def build_optical_model(
         query_modules=student_modules, document_modules=teacher_modules, default_route=TEACHER_ROUTE
     )
     model_card_data = _optical_card_data(model_card_data, teacher_arg, student_arg)
+    prompts = {
+        STUDENT_ROUTE: _prompt_for(student if student is not None else teacher, STUDENT_ROUTE),
+        TEACHER_ROUTE: _prompt_for(teacher, TEACHER_ROUTE),
+    }
     return SentenceTransformer(
         modules=[router],
         similarity_fn_name=teacher.similarity_fn_name,
         device=str(teacher.device),
         model_card_data=model_card_data,
+        prompts={route: prompt for route, prompt in prompts.items() if prompt},
     )
+
+
+# the prompt names sentence-transformers' encode_query / encode_document look up, in its order
+_PROMPT_NAMES = {STUDENT_ROUTE: ("query",), TEACHER_ROUTE: ("document", "passage", "corpus")}
+
+
+def _prompt_for(model: SentenceTransformer, route: str) -> str:
+    """The prompt ``encode_query`` (route ``query``) or ``encode_document`` (``document``) would prepend."""
+    prompts = getattr(model, "prompts", None) or {}
+    return next((prompts[name] for name in _PROMPT_NAMES[route] if prompts.get(name)), "")
+
+
+def column_prompts(model: SentenceTransformer, columns: Iterable[str] | Any) -> dict[str, str]:
+    """``prompts`` for ``SentenceTransformerTrainingArguments``: each column gets the prompt of the route
+    :func:`router_mapping` sends it to (the English and negative columns the document prompt, the LRL column the query
+    prompt), so training sees the texts as ``encode_query`` / ``encode_document`` will. Empty for models without
+    prompts. With ``exclude_special_tokens`` the OT loss gives the prompt tokens no transport mass.
+    """
+    mapping = router_mapping(columns)
+    return {column: _prompt_for(model, route) for column, route in mapping.items() if _prompt_for(model, route)}
 
 
 def _optical_card_data(card_data: Any | None, teacher: Any, student: Any) -> Any:

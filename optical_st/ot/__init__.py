@@ -20,7 +20,8 @@ and the distillation loss is :math:`\\langle P^\\star, C \\rangle_F` with the pl
 theorem gives :math:`\\partial L / \\partial C = P^\\star`), which is what :func:`ot_distance` computes.
 
 The package: :mod:`~optical_st.ot.costs` (costs and marginals), :mod:`~optical_st.ot.sinkhorn` (the entropic solver),
-:mod:`~optical_st.ot.solve` (exact OT, solver choice, the distance).
+:mod:`~optical_st.ot.solve` (exact OT, solver choice, the distance), :mod:`~optical_st.ot.diagnostics` (how sharp a plan is,
+how well it meets its marginals, how the costs spread).
 """
 
 from optical_st.ot.costs import (
@@ -31,6 +32,7 @@ from optical_st.ot.costs import (
     sqeuclidean_cost,
     token_marginals,
 )
+from optical_st.ot.diagnostics import cost_statistics, plan_statistics
 from optical_st.ot.sinkhorn import SinkhornLog, check_reg, sinkhorn_log
 from optical_st.ot.solve import SOLVERS, emd, ot_distance, transport_plan
 
@@ -40,9 +42,11 @@ __all__ = [
     "SinkhornLog",
     "check_reg",
     "cosine_cost",
+    "cost_statistics",
     "emd",
     "ot_distance",
     "pairwise_cost",
+    "plan_statistics",
     "sinkhorn_log",
     "special_tokens_mask",
     "sqeuclidean_cost",
