@@ -172,13 +172,16 @@ def _prompt_for(model: SentenceTransformer, route: str) -> str:
     return next((prompts[name] for name in _PROMPT_NAMES[route] if prompts.get(name)), "")
 
 
-def column_prompts(model: SentenceTransformer, columns: Iterable[str] | Any) -> dict[str, str]:
+def column_prompts(model: SentenceTransformer, columns: Iterable[str] | dict[str, str] | Any) -> dict[str, str]:
     """``prompts`` for ``SentenceTransformerTrainingArguments``: each column gets the prompt of the route
     :func:`router_mapping` sends it to (the English and negative columns the document prompt, the LRL column the query
     prompt), so training sees the texts as ``encode_query`` / ``encode_document`` will. Empty for models without
     prompts. With ``exclude_special_tokens`` the OT loss gives the prompt tokens no transport mass.
+
+    ``columns``: a dataset or column names (routed as :func:`router_mapping` does), or a ready ``{column: route}``
+    mapping (e.g. a single LRL column routed to ``"query"``).
     """
-    mapping = router_mapping(columns)
+    mapping = columns if isinstance(columns, dict) else router_mapping(columns)
     return {column: _prompt_for(model, route) for column, route in mapping.items() if _prompt_for(model, route)}
 
 

@@ -31,6 +31,7 @@ def oracle(
     relative_margin=None,
     max_score=None,
     min_score=None,
+    max_positive_similarity=None,
 ):
     """Brute force in float64 and plain Python, straight from the definition of ST's mine_hard_negatives:
     retrieve range_max + max_positives, drop positives and filtered candidates, window [range_min, range_max) of
@@ -38,7 +39,7 @@ def oracle(
     q64, c64 = queries.double(), corpus.double()
     max_pos = max(len(p) for p in positives)
     if range_max is None:
-        filtering = any(v is not None for v in (absolute_margin, relative_margin, max_score))
+        filtering = any(v is not None for v in (absolute_margin, relative_margin, max_score, max_positive_similarity))
         range_max = range_min + num_negatives * (10 if filtering else 1) + max_pos
     out = []
     for i, pos in enumerate(positives):
@@ -58,6 +59,12 @@ def oracle(
                 continue
             if min_score is not None and s < min_score:
                 continue
+            # a near-duplicate of one of the positives, judged in corpus space
+            if (
+                max_positive_similarity is not None
+                and max(float(c64[j] @ c64[p]) for p in pos) > max_positive_similarity
+            ):
+                continue
             keep.append(j)
         window = keep[:range_max][range_min:]
         row = window[:num_negatives]
@@ -73,6 +80,8 @@ SETTINGS = [
     {"max_score": 0.3, "min_score": -0.2},
     {"range_min": 2, "relative_margin": 0.0, "max_score": 0.5},
     {"absolute_margin": -0.5, "range_max": 8},  # strong filter: some queries run short -> -1
+    {"max_positive_similarity": 0.3},
+    {"max_positive_similarity": 0.5, "relative_margin": 0.1, "range_min": 1},
 ]
 
 
@@ -237,3 +246,14 @@ def test_hard_batches_group_mutually_hard_anchors():
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(5)).numpy()
     shuffled = [perm[i : i + batch] for i in range(0, n, batch)]
     assert hard_pairs(batches) > 3 * hard_pairs(shuffled)
+
+
+def test_max_positive_similarity_drops_near_duplicates_of_the_positive():
+    # corpus: 0 = the positive, 1 = a near-copy of it (cos 0.99 with it), 2.. = others; the query sits near both
+    corpus = embeddings(30, seed=5)
+    corpus[1] = F.normalize(corpus[0] + 0.1 * corpus[7], dim=-1)
+    query = F.normalize(corpus[0] + 0.05 * corpus[3], dim=-1)[None]
+    plain = mine_negatives(query, corpus, [[0]], 1)
+    assert plain.indices.tolist() == [[1]]  # the near-copy is the hardest "negative"
+    filtered = mine_negatives(query, corpus, [[0]], 1, max_positive_similarity=0.9)
+    assert filtered.indices[0, 0] not in (0, 1) and filtered.num_filtered == {"max_positive_similarity": 1}

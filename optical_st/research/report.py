@@ -33,8 +33,20 @@ __all__ = [
     "write_results",
 ]
 
-# the summary metrics every research report shows, in this order
-METRICS = ("MAP@100", "mAP@20", "acc@1 LRL→En", "acc@1 En→LRL", "MRR@10", "nDCG@10", "R@100")
+# the summary metrics every research report shows, in this order: translation retrieval (bible.<lang>: accuracy@1
+# both directions, MRR@10), relevance (bible-xref.<lang>: xref MAP@100, nDCG@10, R@100), Hub benchmarks (MAP@100,
+# mAP@20, nDCG@10)
+METRICS = (
+    "acc@1 LRL→En",
+    "acc@1 En→LRL",
+    "MRR@10",
+    "xref MAP@100",
+    "xref nDCG@10",
+    "xref R@100",
+    "MAP@100",
+    "mAP@20",
+    "nDCG@10",
+)
 # a single run's table (the demo): evaluator metric name -> column title
 DEMO_METRICS = {"accuracy@1": "acc@1", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10", "map@100": "MAP@100"}
 
@@ -44,12 +56,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, per method, in the order the methods first appear."""
-    order = list(dict.fromkeys(r["method"] for r in records))
+    """Mean and standard deviation over seeds, per (language, method), in the order they first appear."""
+    order = list(dict.fromkeys((r.get("language", ""), r["method"]) for r in records))
     rows = []
-    for name in order:
-        runs = [r for r in records if r["method"] == name]
-        row: dict[str, Any] = {"method": name, "n": len(runs), "description": runs[0].get("description", "")}
+    for language, name in order:
+        runs = [r for r in records if r["method"] == name and r.get("language", "") == language]
+        row: dict[str, Any] = {"method": name, "language": language, "n": len(runs)}
+        row["description"] = runs[0].get("description", "")
         for metric in METRICS:
             values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
             if values:
@@ -93,26 +106,34 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
     threads = torch.get_num_threads()
     # the run's own threads count towards the load average; only a load well above them means shared cores
     shared = "other processes shared the cores" if max(loads, default=0) > threads + 0.5 else "the runs alone"
+    eval_seconds = [r.get("eval_seconds", 0.0) for r in records]
     return "\n".join(
         [
             f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
             f"{threads} torch threads; load average during the runs {min(loads, default=0):.1f}–"
             f"{max(loads, default=0):.1f} ({shared}).",
-            f"- Teacher: `{config.teacher or 'all-MiniLM-L6-v2'}`; student: "
-            + (f"`{config.student}`." if config.student else "a trainable copy of the teacher."),
-            f"- Training data: {config.train_data}, {config.train_pairs or 'all'} pairs, {config.epochs:g} epoch(s), "
-            f"batch {config.batch_size}, lr {config.learning_rate:g}, max_seq_length {config.max_seq_length}, "
-            f"{'bf16 autocast' if resolve_bf16(config, device) else 'fp32'}; seeds {list(config.seeds)}.",
-            f"- Benchmark: {config.benchmark}"
-            + (f" ({config.eval_pairs} sampled test pairs)" if config.benchmark.startswith("bible") else "")
-            + f", eval max_seq_length {config.eval_max_seq_length}.",
-            "- MAP@100, MRR@10, nDCG@10, R@100 and acc@1 LRL→En: LRL queries (student) against English documents "
-            "(teacher); acc@1 En→LRL: the reverse (XTREME Tatoeba-style accuracy in both directions).",
+            f"- Teacher: `{config.resolved_teacher()}` (frozen; reads the English side); student: "
+            + (f"`{config.student}`." if config.student else "a trainable copy of the teacher (reads the LRL side)."),
+            f"- Languages: {', '.join(_language_name(code) for code in config.languages)}.",
+            f"- Training data: {config.train_data}, {config.train_pairs or 'all'} pairs per language, "
+            f"{config.epochs:g} epoch(s), batch {config.batch_size}, lr {config.learning_rate:g}, max_seq_length "
+            f"{config.max_seq_length}, {'bf16 autocast' if resolve_bf16(config, device) else 'fp32'}; seeds "
+            f"{list(config.seeds)}.",
+            f"- Benchmarks: {', '.join(config.benchmarks)}; translation task on {config.eval_pairs or 'all'} sampled "
+            f"test verses (books 45–57) in both directions; relevance task (cross-references made by people, the "
+            f"query's own verse excluded) against the {config.xref_corpus} English corpus; eval max_seq_length "
+            f"{config.eval_max_seq_length}.",
+            "- acc@1 LRL→En / MRR@10: a verse's translation among the English test verses (student queries, teacher "
+            "documents); acc@1 En→LRL: the reverse. xref MAP@100 / nDCG@10 / R@100: the cross-referenced English "
+            "verses for a query verse in the low-resource language; the *English queries (ceiling)* row is the teacher "
+            "reading the English version of the same queries.",
             f"- Training FLOPs: measured with torch FlopCounterMode (matmul-family and attention ops, forward + "
             f"backward) on one step in {config.flops_every}, extrapolated to all steps, plus one-off work (teacher "
             "precompute for MSE-KD, hard-negative mining) counted exactly. Elementwise ops are not counted "
             "(see optical_st/evaluation/flops.py); `results.json` also holds an analytic estimate of Sinkhorn's "
             "elementwise work.",
+            f"- Evaluation: {sum(eval_seconds) / 60:.1f} min in all; the frozen teacher's English corpora come from the "
+            "on-disk embedding cache after their first encoding (optical_st.evaluation.EmbeddingCache).",
             f"- Total wall time of the experiment: {wall / 60:.1f} min.",
         ]
     )
@@ -163,6 +184,12 @@ def plot_quality_vs_flops(
     plt.close(fig)
 
 
+def _language_name(code: str) -> str:
+    from optical_st.data import LANGUAGES
+
+    return f"{LANGUAGES[code].name} ({code})" if code in LANGUAGES else code
+
+
 def write_report(
     records: Sequence[dict[str, Any]],
     config: ExperimentConfig,
@@ -171,21 +198,30 @@ def write_report(
     question: str,
     wall_seconds: float,
     plot_name: str = "quality_vs_flops.png",
+    plot_metrics: Sequence[str] = ("xref MAP@100", "acc@1 LRL→En", "MAP@100"),
 ) -> str:
-    """Write ``results.md`` (question, table, conditions), ``results.json`` (config, every run, aggregates) and the plot
-    into ``config.output_dir``; return the markdown table."""
+    """Write ``results.md`` (question, a table per language, conditions), ``results.json`` (config, every run,
+    aggregates) and a quality-vs-FLOPs plot per language into ``config.output_dir``; return the tables."""
     out = Path(config.output_dir)
     rows = aggregate(records)
-    table = format_table(rows)
-    plot_quality_vs_flops(rows, out / plot_name, title=title)
+    languages = list(dict.fromkeys(row["language"] for row in rows))
+    sections, tables = [], []
+    for language in languages:
+        lang_rows = [row for row in rows if row["language"] == language]
+        name = plot_name if len(languages) == 1 else plot_name.replace(".png", f"_{language}.png")
+        plot_quality_vs_flops(lang_rows, out / name, metrics=plot_metrics, title=f"{title}: {_language_name(language)}")
+        table = format_table(lang_rows)
+        tables.append(f"{_language_name(language)}\n\n{table}" if language else table)
+        heading = f"## {_language_name(language)}\n\n" if language else ""
+        sections.append(f"{heading}{table}\n\n![quality vs training FLOPs]({name})")
+    descriptions = dict.fromkeys((r["method"], r["description"]) for r in rows)
     text = "\n\n".join(
         [
             f"# {title}",
             question,
-            table,
+            *sections,
             "## Conditions\n\n" + _conditions(config, records, wall_seconds),
-            "## Methods\n\n" + "\n".join(f"- **{r['method']}**: {r['description']}" for r in rows),
-            f"![quality vs training FLOPs]({plot_name})",
+            "## Methods\n\n" + "\n".join(f"- **{method}**: {description}" for method, description in descriptions),
         ]
     )
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +236,7 @@ def write_report(
     partial = out / "runs.partial.json"
     if partial.exists():
         partial.unlink()
-    return table
+    return "\n\n".join(tables)
 
 
 # --------------------------------------------------------------------------------------------------

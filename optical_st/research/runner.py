@@ -21,27 +21,39 @@ from sentence_transformers import (
 )
 from transformers import set_seed
 
-from optical_st.data import default_teacher
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
+from optical_st.evaluation.cache import EmbeddingCache
 from optical_st.evaluation.flops import FlopsCallback
-from optical_st.modeling import build_optical_model
+from optical_st.losses import OTDiagnosticsCallback
+from optical_st.modeling import build_optical_model, column_prompts
 from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_device
-from optical_st.research.methods import Method
+from optical_st.research.methods import ENGLISH_CEILING, Method, english_ceiling
 from optical_st.routes import find_router
 from optical_st.sampling import DynamicHardNegativeSampler
 
-__all__ = ["last_eval_metrics", "load_train_pairs", "run_experiment", "run_one", "save_json", "timed_evaluation"]
+__all__ = [
+    "last_eval_metrics",
+    "load_benchmarks",
+    "load_train_pairs",
+    "run_experiment",
+    "run_one",
+    "save_json",
+    "summarize",
+    "timed_evaluation",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def load_train_pairs(config: ExperimentConfig, seed: int = 0) -> Dataset:
+def load_train_pairs(config: ExperimentConfig, language: str = "nya", seed: int = 0) -> Dataset:
     """The training bitext as a ``Dataset`` with columns ``english`` and ``lrl`` (empty rows dropped)."""
+    lrl_column = config.lrl_column
     if config.train_data == "bible":
-        from optical_st.data import load_bible_bitext
+        from optical_st.data import bible_language, load_bible_bitext
 
         cap = {"train": config.train_pairs} if config.train_pairs else None
-        data = load_bible_bitext({"train": range(1, 45)}, max_pairs=cap, seed=seed)["train"]
+        data = load_bible_bitext({"train": range(1, 45)}, language=language, max_pairs=cap, seed=seed)["train"]
+        lrl_column = lrl_column or bible_language(language).column
     elif config.train_data.startswith("hub:"):
         from datasets import load_dataset
 
@@ -51,21 +63,32 @@ def load_train_pairs(config: ExperimentConfig, seed: int = 0) -> Dataset:
             data = data.shuffle(seed=seed).select(range(config.train_pairs))
     else:
         raise ValueError(f"Unknown train_data {config.train_data!r}; use 'bible' or 'hub:<dataset id>[:<config>]'.")
-    missing = {config.english_column, config.lrl_column} - set(data.column_names)
+    missing = {config.english_column, lrl_column} - set(data.column_names)
     if missing:
         raise ValueError(
-            f"The training data has no column(s) {sorted(missing)}; its columns are {data.column_names}. Set "
-            "english_column / lrl_column (--english-column / --lrl-column)."
+            f"The training data has no column(s) {sorted(map(str, missing))}; its columns are {data.column_names}. "
+            "Set english_column / lrl_column (--english-column / --lrl-column)."
         )
-    data = data.select_columns([config.english_column, config.lrl_column])
-    data = data.rename_columns({config.english_column: "english", config.lrl_column: "lrl"})
+    data = data.select_columns([config.english_column, lrl_column])
+    data = data.rename_columns({config.english_column: "english", lrl_column: "lrl"})
     return data.filter(lambda row: bool(row["english"].strip()) and bool(row["lrl"].strip()))
 
 
-def _load_benchmark(config: ExperimentConfig) -> RetrievalBenchmark:
-    if config.benchmark.startswith("bible"):
-        return load_benchmark(config.benchmark, max_pairs=config.eval_pairs)
-    return load_benchmark(config.benchmark)
+def load_benchmarks(config: ExperimentConfig, language: str) -> dict[str, RetrievalBenchmark]:
+    """The benchmarks of ``config.benchmarks`` for one language (``{lang}`` filled in), plus, with
+    ``english_ceiling``, the relevance benchmarks with English queries (key ``"<name>:english"``)."""
+    benches: dict[str, RetrievalBenchmark] = {}
+    for spec in config.benchmarks:
+        name = spec.format(lang=language)
+        kwargs: dict[str, Any] = {}
+        if name.startswith("bible."):
+            kwargs["max_pairs"] = config.eval_pairs
+        if name.startswith("bible-xref"):
+            kwargs["corpus"] = config.xref_corpus
+        benches[name] = load_benchmark(name, **kwargs)
+        if name.startswith("bible-xref") and config.english_ceiling:
+            benches[f"{name}:english"] = load_benchmark(name, english_queries=True, **kwargs)
+    return benches
 
 
 def _set_max_seq_length(model: SentenceTransformer, length: int) -> None:
@@ -97,49 +120,59 @@ def _tracking(flops: FlopsCallback, track: Sequence[tuple[Any, str, str]]) -> It
                 setattr(obj, method, original)
 
 
-def _summarize(raw: dict[str, float], bench: RetrievalBenchmark, fn: str) -> dict[str, float]:
+def summarize(raw: dict[str, float], bench: RetrievalBenchmark, fn: str) -> dict[str, float]:
+    """The report's metric names from an evaluator's raw keys: translation benchmarks (bitext) give accuracy@1 in
+    both directions and MRR@10; relevance benchmarks give ``xref``-prefixed MAP@100, nDCG@10, R@100, MRR@10."""
     if bench.bitext is not None:
         forward, reverse = f"{bench.name}_lrl2en_{fn}_", f"{bench.name}_en2lrl_{fn}_"
+        keys = {"acc@1 LRL→En": forward + "accuracy@1", "acc@1 En→LRL": reverse + "accuracy@1"}
+        keys["MRR@10"] = forward + "mrr@10"
     else:
-        forward, reverse = f"{bench.name}_{fn}_", None
-    keys = {
-        "MAP@100": forward + "map@100",
-        "mAP@20": forward + "map@20",
-        "acc@1 LRL→En": forward + "accuracy@1",
-        "MRR@10": forward + "mrr@10",
-        "nDCG@10": forward + "ndcg@10",
-        "R@100": forward + "recall@100",
-    }
-    if reverse:
-        keys["acc@1 En→LRL"] = reverse + "accuracy@1"
+        prefix = "xref " if bench.name.startswith("bible-xref") else ""
+        head = f"{bench.name}_{fn}_"
+        keys = {f"{prefix}{m}": head + k for m, k in (("MAP@100", "map@100"), ("nDCG@10", "ndcg@10"))}
+        keys.update({f"{prefix}R@100": head + "recall@100", f"{prefix}MRR@10": head + "mrr@10"})
+        keys[f"{prefix}mAP@20"] = head + "map@20"
     return {metric: float(raw[key]) for metric, key in keys.items() if key in raw}
 
 
-def _evaluate(model: SentenceTransformer, bench: RetrievalBenchmark, config: ExperimentConfig) -> dict[str, Any]:
+def _evaluate(
+    model: SentenceTransformer, benches: dict[str, RetrievalBenchmark], config: ExperimentConfig, cache: EmbeddingCache
+) -> dict[str, Any]:
     _set_max_seq_length(model, config.eval_max_seq_length)
-    evaluator = bench.evaluator(
-        batch_size=config.eval_batch_size,
-        accuracy_at_k=[1, 10],
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        map_at_k=[20, 100],
-        precision_recall_at_k=[1, 100],
-    )
+    metrics: dict[str, float] = {}
+    raw_all: dict[str, float] = {}
     start = time.perf_counter()
-    raw = evaluator(model)
-    return {
-        "metrics": _summarize(raw, bench, model.similarity_fn_name or "cosine"),
-        "raw_metrics": {k: float(v) for k, v in raw.items()},
-        "eval_seconds": time.perf_counter() - start,
-    }
+    for bench in benches.values():
+        evaluator = bench.evaluator(
+            batch_size=config.eval_batch_size,
+            accuracy_at_k=[1, 10],
+            mrr_at_k=[10],
+            ndcg_at_k=[10],
+            map_at_k=[20, 100],
+            precision_recall_at_k=[1, 100],
+            embedding_cache=cache,
+            write_csv=False,
+        )
+        raw = evaluator(model)
+        raw_all.update({k: float(v) for k, v in raw.items()})
+        # the English ceiling's row shows its scores under the same names: its method name says what it is
+        metrics.update(summarize(raw, bench, model.similarity_fn_name or "cosine"))
+    return {"metrics": metrics, "raw_metrics": raw_all, "eval_seconds": time.perf_counter() - start}
 
 
 def run_one(
-    method: Method, config: ExperimentConfig, seed: int, train: Dataset, bench: RetrievalBenchmark
+    method: Method,
+    config: ExperimentConfig,
+    seed: int,
+    train: Dataset,
+    benches: dict[str, RetrievalBenchmark],
+    cache: EmbeddingCache | None = None,
 ) -> dict[str, Any]:
     """Train (unless zero-shot) and evaluate one method with one seed; returns a JSON-able record."""
     device = resolve_device(config)
-    teacher_name = config.teacher or default_teacher()
+    teacher_name = config.resolved_teacher()
+    cache = cache if cache is not None else EmbeddingCache(config.cache_dir)
     set_seed(seed)
     load_before = os.getloadavg()[0]
     record: dict[str, Any] = {"method": method.name, "seed": seed, "description": method.description}
@@ -167,13 +200,17 @@ def run_one(
             use_cpu=device == "cpu",
             bf16=resolve_bf16(config, device),
             router_mapping=plan.router_mapping,
+            prompts=column_prompts(model, plan.router_mapping),
             **({"batch_sampler": plan.batch_sampler} if plan.batch_sampler is not None else {}),
         )
         flops = FlopsCallback(model, plan.loss, every_n_steps=config.flops_every)
         for phase, value in plan.one_off_flops.items():
             flops.add_one_off(phase, value)
+        callbacks = [flops]
+        if hasattr(plan.loss, "monitor"):
+            callbacks.append(OTDiagnosticsCallback(plan.loss))
         trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=[flops]
+            model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=callbacks
         )
         if plan.batch_sampler is not None:
             DynamicHardNegativeSampler.attach(trainer)
@@ -183,27 +220,39 @@ def run_one(
             train_seconds=time.perf_counter() - start,
             steps=trainer.state.global_step,
             train_loss=[log["loss"] for log in trainer.state.log_history if "loss" in log],
+            train_logs=[log for log in trainer.state.log_history if "loss" in log],
             flops=flops.report.to_dict(),
         )
-    record.update(_evaluate(model, bench, config))
+    # the English ceiling reads the English version of the queries; every other method the low-resource one
+    ceiling = method.name == ENGLISH_CEILING
+    wanted = {k: b for k, b in benches.items() if k.endswith(":english") == ceiling}
+    record.update(_evaluate(model, wanted, config, cache))
     record["load_average"] = [load_before, os.getloadavg()[0]]
     return record
 
 
 def run_experiment(methods: Sequence[Method], config: ExperimentConfig) -> list[dict[str, Any]]:
-    """Every method x every seed (the zero-shot teacher once: it has no randomness); returns the run records."""
+    """Every language x every method x every seed (methods without training, such as the zero-shot teacher, once: they
+    have no randomness); returns the run records."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    bench = _load_benchmark(config)
-    train = load_train_pairs(config)
-    logger.info("Training pairs: %d; benchmark: %r", len(train), bench)
+    cache = EmbeddingCache(config.cache_dir)
     records = []
-    for method in methods:
-        for seed in config.seeds[:1] if method.setup is None else config.seeds:
-            logger.info("Running %s, seed %d", method.name, seed)
-            record = run_one(method, config, seed, train, bench)
-            records.append(record)
-            save_json(Path(config.output_dir) / "runs.partial.json", {"config": config.to_dict(), "runs": records})
+    for language in config.languages:
+        benches = load_benchmarks(config, language)
+        train = load_train_pairs(config, language)
+        logger.info("%s: %d training pairs; benchmarks %s", language, len(train), list(benches.values()))
+        runs = list(methods)
+        if config.english_ceiling and any(k.endswith(":english") for k in benches):
+            runs.append(english_ceiling())
+        for method in runs:
+            for seed in config.seeds[:1] if method.setup is None else config.seeds:
+                logger.info("Running %s on %s, seed %d", method.name, language, seed)
+                record = run_one(method, config, seed, train, benches, cache)
+                record["language"] = language
+                records.append(record)
+                save_json(Path(config.output_dir) / "runs.partial.json", {"config": config.to_dict(), "runs": records})
+    logger.info("Embedding cache: %d hits, %d misses (%s)", cache.hits, cache.misses, cache.folder)
     return records
 
 

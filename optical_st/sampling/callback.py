@@ -320,6 +320,7 @@ class HardNegativeMiningCallback(TrainerCallback):
                 relative_margin=config.relative_margin,
                 max_score=config.max_score,
                 min_score=config.min_score,
+                max_positive_similarity=config.max_positive_similarity,
                 sampling_strategy=config.sampling_strategy,
                 generator=self._generator(refresh, 1),
                 use_faiss=config.use_faiss,

@@ -26,6 +26,7 @@ class HardNegativeConfig:
     relative_margin: float | None = None
     max_score: float | None = None
     min_score: float | None = None
+    max_positive_similarity: float | None = None
     sampling_strategy: Literal["top", "random"] = "top"
     hard_batches: bool = False
     anchor_column: str | None = None
@@ -57,7 +58,7 @@ class HardNegativeConfig:
                 f"Cannot take {self.num_negatives} negatives from the rank window [{self.range_min}, {self.range_max}):"
                 " raise range_max or lower num_negatives/range_min."
             )
-        for name in ("absolute_margin", "relative_margin", "max_score", "min_score"):
+        for name in ("absolute_margin", "relative_margin", "max_score", "min_score", "max_positive_similarity"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number or None, got {value!r}.")

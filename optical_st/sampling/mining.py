@@ -8,7 +8,10 @@ static table mined here equals the one ST would build from the same embeddings:
 2. drop the query's own positive(s);
 3. drop likely false negatives: ``absolute_margin`` removes a candidate when ``neg + margin > pos``,
    ``relative_margin`` when ``neg > pos - |pos| * margin`` (``pos`` is the lowest positive score of the query),
-   ``max_score`` when ``neg > max_score`` and ``min_score`` when ``neg < min_score``;
+   ``max_score`` when ``neg > max_score`` and ``min_score`` when ``neg < min_score``; and, beyond
+   sentence-transformers, ``max_positive_similarity`` removes a candidate whose own embedding is that similar to a
+   positive's (a near-duplicate of the positive: the Bible repeats verses nearly word for word). On an OPTICAL model
+   the candidates are encoded by the frozen teacher, so this is a teacher-judged filter, as GISTEmbed's guide model;
 4. rank the survivors by score and keep the window ``[range_min, range_max)``;
 5. take the first ``num_negatives`` of the window (``"top"``) or a random subset of it (``"random"``, re-sorted
    by score).
@@ -142,6 +145,17 @@ def _gathered_scores(queries: Tensor, corpus: Tensor, ids: Tensor) -> Tensor:
     return torch.cat(parts) if parts else queries.new_zeros(0, ids.shape[1])
 
 
+def _similarity_to_positives(corpus: Tensor, cand: Tensor, pos: Tensor) -> Tensor:
+    """``(Q, K)``: each candidate's largest inner product with one of its query's positives, in corpus space."""
+    out = []
+    step = max(1, _MAX_CHUNK_ELEMENTS // max((cand.shape[1] + pos.shape[1]) * corpus.shape[1], 1))
+    for i in range(0, cand.shape[0], step):
+        c, p = cand[i : i + step], pos[i : i + step]
+        sims = torch.einsum("qkd,qpd->qkp", corpus[c.clamp(min=0)], corpus[p.clamp(min=0)])
+        out.append(sims.masked_fill((p < 0)[:, None, :], float("-inf")).amax(-1))
+    return torch.cat(out) if out else corpus.new_zeros(0, cand.shape[1])
+
+
 def _sort_by_score(ids: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     """Sort each row by score (desc), ties by id (asc): a total order, so both backends agree."""
     by_id = torch.argsort(ids, dim=1, stable=True)
@@ -162,6 +176,7 @@ def mine_negatives(
     relative_margin: float | None = None,
     max_score: float | None = None,
     min_score: float | None = None,
+    max_positive_similarity: float | None = None,
     sampling_strategy: Literal["top", "random"] = "top",
     generator: torch.Generator | None = None,
     use_faiss: bool | None = None,
@@ -177,7 +192,8 @@ def mine_negatives(
         num_negatives: negatives per query.
         range_min / range_max: rank window over the candidates left after removing positives and filtered ones
             (default ``range_max``: :func:`default_range_max`, as in sentence-transformers).
-        absolute_margin / relative_margin / max_score / min_score: false-negative filters (see module docstring).
+        absolute_margin / relative_margin / max_score / min_score / max_positive_similarity: false-negative filters
+            (see module docstring).
         sampling_strategy: ``"top"`` (the best of the window) or ``"random"`` (uniform within the window).
         generator: RNG for ``"random"`` (CPU generator), for reproducible draws.
         use_faiss: ``True``/``False`` to force a backend; ``None`` uses faiss when installed.
@@ -206,7 +222,7 @@ def mine_negatives(
     if (pos >= n_corpus).any():
         raise ValueError("positive_ids contains ids outside the corpus.")
     max_positives = int((pos >= 0).sum(1).max()) if n_queries else 1
-    filtering = any(v is not None for v in (absolute_margin, relative_margin, max_score))
+    filtering = any(v is not None for v in (absolute_margin, relative_margin, max_score, max_positive_similarity))
     if range_max is None:
         range_max = default_range_max(num_negatives, range_min, max_positives, filtering)
     if range_min < 0 or range_max <= range_min:
@@ -254,6 +270,8 @@ def mine_negatives(
         drop("max_score", scores > max_score)
     if min_score is not None:
         drop("min_score", scores < min_score)
+    if max_positive_similarity is not None:
+        drop("max_positive_similarity", _similarity_to_positives(corpus, cand, pos) > max_positive_similarity)
 
     # 4. rank window over the survivors (a stable sort keeps the (score, id) order and sends -inf last)
     order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :range_max]

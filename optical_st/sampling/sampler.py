@@ -141,6 +141,9 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
                 - ``range_min`` / ``range_max``, ``absolute_margin``, ``relative_margin``, ``max_score``,
                   ``min_score``, ``sampling_strategy`` (``"top"``/``"random"``): exactly as in
                   :func:`sentence_transformers.util.mine_hard_negatives`.
+                - ``max_positive_similarity`` (None): drop candidates whose document embedding has a higher cosine
+                  than this with the positive's: near-duplicates of the positive, judged by the frozen teacher on an
+                  OPTICAL model (e.g. 0.9: the Bible repeats verses nearly word for word).
                 - ``hard_batches`` (False): also compose batches from mutually hard anchors, so in-batch negatives
                   are hard too (needs every anchor mined before training, so the first mining covers all anchors).
                 - ``anchor_column`` / ``positive_column``: default: the columns that ``router_mapping`` routes to

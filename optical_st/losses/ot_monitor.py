@@ -1,0 +1,88 @@
+"""Watching the transport plans while training: running diagnostics, a rate-limited warning when Sinkhorn stops
+before it converges, and a trainer callback that writes the diagnostics into the training logs.
+
+A plan that has not converged is not a transport plan (its marginals are off), and the loss would train on it without
+a word; POT warns in that case, and so does :class:`OTMonitor`, at the 1st, 10th, 100th, ... non-converged batch, with
+the error and the fix. :class:`OTDiagnosticsCallback` adds the means since the last log line (``ot_sinkhorn_iters``,
+``ot_marginal_error``, ``ot_entropy_ratio``, ``ot_argmax_mass``, ``ot_cost_std``) to the trainer's logs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+from transformers import TrainerCallback
+
+__all__ = ["OTDiagnosticsCallback", "OTMonitor", "SinkhornConvergenceWarning"]
+
+
+class SinkhornConvergenceWarning(UserWarning):
+    """Sinkhorn stopped at ``max_iter`` with a marginal error above ``tol``."""
+
+
+class OTMonitor:
+    """Running sums of per-batch plan diagnostics, and the non-convergence warning."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.not_converged = 0
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def record(self, stats: dict[str, float]) -> None:
+        for key, value in stats.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+        self.batches += 1
+
+    def check_convergence(
+        self, *, converged: bool, n_iter: int, error: float, reg: float, max_iter: int, tol: float
+    ) -> None:
+        if converged:
+            return
+        self.not_converged += 1
+        if math.log10(self.not_converged).is_integer():  # the 1st, 10th, 100th, ... time
+            warnings.warn(
+                f"Sinkhorn did not converge in {self.not_converged} of {self.batches} batches so far (latest: "
+                f"marginal error {error:.2g} > tol={tol:g} after {n_iter} iterations, reg={reg:g}). Such plans are "
+                "not transport plans and the loss trains on them. Raise max_iter (e.g. to "
+                f"{2 * max_iter}), raise reg, or keep cost_scale='max' so that reg is relative to the costs.",
+                SinkhornConvergenceWarning,
+                stacklevel=4,
+            )
+
+    def pop_means(self) -> dict[str, float]:
+        """Means since the last call, then reset (the callback calls this at every log line)."""
+        if not self._count:
+            return {}
+        means = {key: value / self._count for key, value in self._sums.items()}
+        self._sums, self._count = {}, 0
+        return means
+
+
+class OTDiagnosticsCallback(TrainerCallback):
+    """Adds the OT loss's plan diagnostics to every training log line (and to ``trainer.state.log_history``).
+
+    Args:
+        loss: an :class:`~optical_st.OTDistillationLoss` (or any object with a ``monitor`` :class:`OTMonitor`).
+        prefix: key prefix in the logs.
+
+    Example::
+
+        trainer = SentenceTransformerTrainer(..., loss=loss, callbacks=[OTDiagnosticsCallback(loss)])
+    """
+
+    def __init__(self, loss: Any, prefix: str = "ot_") -> None:
+        self.monitor: OTMonitor = loss.monitor
+        self.prefix = prefix
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if logs is None or "loss" not in logs:  # training log lines only, not evaluation ones
+            return
+        means = {f"{self.prefix}{key}": round(value, 6) for key, value in self.monitor.pop_means().items()}
+        logs.update(means)
+        # the trainer appended this line to log_history just before calling us; keep the history complete
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(means)
