@@ -6,12 +6,13 @@ __version__ = "0.1.0"
 
 from optical_st import hub, ot
 from optical_st.hub import HubPushError
-from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
+from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss, check_bitext
 from optical_st.model_card import OpticalModelCardData
 from optical_st.modeling import (
     add_projection,
     build_optical_model,
     export_student,
+    load_optical_model,
     router_mapping,
 )
 from optical_st.sampling import DynamicHardNegativeSampler
@@ -25,8 +26,10 @@ __all__ = [
     "__version__",
     "add_projection",
     "build_optical_model",
+    "check_bitext",
     "export_student",
     "hub",
+    "load_optical_model",
     "ot",
     "router_mapping",
 ]

@@ -1,6 +1,8 @@
-"""Losses for sentence-transformers' trainer, one class a file."""
+"""Losses for sentence-transformers' trainer, one class a file; :func:`check_bitext` checks a training dataset
+against the loss before training (:mod:`optical_st.losses.checks`)."""
 
+from optical_st.losses.checks import check_bitext
 from optical_st.losses.contrastive_distillation import ContrastiveDistillationLoss
 from optical_st.losses.ot_distillation import OTDistillationLoss
 
-__all__ = ["ContrastiveDistillationLoss", "OTDistillationLoss"]
+__all__ = ["ContrastiveDistillationLoss", "OTDistillationLoss", "check_bitext"]

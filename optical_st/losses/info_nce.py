@@ -4,7 +4,6 @@ adds it with ``contrastive_weight``)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers.util import cos_sim
 from torch import Tensor
+
+from optical_st.utils import as_float
 
 __all__ = ["check_temperature", "info_nce"]
 
@@ -72,10 +73,10 @@ def info_nce(
     return (loss + F.cross_entropy(reverse, labels)) / 2
 
 
-def check_temperature(temperature: Any) -> None:
-    """A clear error for a temperature that would make the InfoNCE logits meaningless (<= 0, NaN, inf, non-number)."""
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+def check_temperature(temperature: Any) -> float:
+    """``temperature`` as a float (numpy scalars and 0-d tensors accepted), or a clear error for one that would make
+    the InfoNCE logits meaningless (<= 0, NaN, inf, non-number)."""
+    return as_float("temperature", temperature, minimum=0.0, exclusive_minimum=True)
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:
