@@ -324,7 +324,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         # sentence-transformers writes the name only inside model-index (with results); MTEB reads
         # model_card_data.model_name, so keep it in the front matter for optical_st.load_optical_model
         if self.model_name and "\nmodel_name:" not in f"\n{text}":
-            text = f"{text}\n{yaml_dump({'model_name': self.model_name}, sort_keys=False, line_break=line_break).strip()}"
+            text = (
+                f"{text}\n{yaml_dump({'model_name': self.model_name}, sort_keys=False, line_break=line_break).strip()}"
+            )
         return text
 
     @classmethod

@@ -106,7 +106,9 @@ def build_optical_model(
             encoder such as ``xlm-roberta-base``, or ``None`` for a trainable copy of the teacher). Its transformer
             is kept; its head is replaced by a copy of the teacher's (pooling, normalisation), with a token-level
             projection when the hidden sizes differ, so student queries are comparable with teacher documents.
-        freeze_teacher: set ``requires_grad=False`` on the teacher route (OPTICAL never updates the teacher).
+        freeze_teacher: set ``requires_grad=False`` on the teacher route (OPTICAL never updates the teacher). A
+            saved model reloaded with ``SentenceTransformer(path)`` comes back with a trainable teacher route (no
+            load hook in sentence-transformers); :func:`load_optical_model` freezes it again, and so do the losses.
         model_card_data: card data for the saved model's README; ``None`` attaches an
             :class:`optical_st.OpticalModelCardData` (the OPTICAL card) with the teacher and student Hub ids filled in.
         **load_kwargs: forwarded when ``teacher``/``student`` are names (``device``, ``cache_folder``, ...).

@@ -140,7 +140,7 @@ def test_a_non_finite_loss_raises_instead_of_being_returned(teacher, bitext):
         return out
 
     loss._student.run = nan_student
-    with pytest.raises(ValueError, match="not finite.*learning rate"):
+    with pytest.raises(ValueError, match=r"not finite.*learning rate"):
         loss(features)
 
     ot_loss = OTDistillationLoss(model, sentence_weight=1.0)
@@ -179,7 +179,10 @@ def test_bad_rows_stop_the_trainer_before_training_naming_the_dataset_row(teache
     dataset = Dataset.from_dict({"english": dataset["english"], "lrl": lrl})
     with pytest.raises(ValueError, match=rf"train_dataset has 1 row\(s\).*row 37, column 'lrl': {problem}.*filter"):
         SentenceTransformerTrainer(
-            model=model, args=make_training_args(tmp_path, dataset), train_dataset=dataset, loss=OTDistillationLoss(model)
+            model=model,
+            args=make_training_args(tmp_path, dataset),
+            train_dataset=dataset,
+            loss=OTDistillationLoss(model),
         )
 
 
@@ -255,4 +258,3 @@ def test_mteb_reads_the_restored_name(teacher, tmp_path):
     build_optical_model(teacher, model_card_data=card).save_pretrained(str(tmp_path / "m"))
     meta = mteb_meta.ModelMeta._from_sentence_transformer_model(load_optical_model(str(tmp_path / "m")))
     assert meta.name == "org/optical-mteb"
-
