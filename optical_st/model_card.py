@@ -32,6 +32,7 @@ from torch import nn
 from transformers.modelcard import make_markdown_table
 
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
+from optical_st.utils import as_float
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -233,6 +234,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             self.language = [self.target_language, self.source_language]
         super().__post_init__()
         self.eval_results = finite_eval_results(self.eval_results)
+        if self.training_flops is not None:
+            self.training_flops = as_float("training_flops", self.training_flops, minimum=0.0)
         self.add_tags(["optical", "optimal-transport", "knowledge-distillation", "cross-lingual-retrieval"])
         if self.student_id and not self.base_model:
             self.base_model = self.student_id

@@ -214,6 +214,12 @@ def test_hard_negative_config_refuses_a_string_corpus_and_bad_numbers():
     assert HardNegativeConfig(num_negatives=np.int64(2)).num_negatives == 2
 
 
+def test_card_refuses_non_finite_training_flops():
+    with pytest.raises(ValueError, match="training_flops"):
+        OpticalModelCardData(training_flops=math.inf)
+    assert OpticalModelCardData(training_flops=np.float32(2.0)).training_flops == 2.0
+
+
 def test_nan_metrics_never_reach_the_card(teacher, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="optical_st"):
         results = eval_results_from_metrics(

@@ -47,6 +47,7 @@ def info_nce(
     Returns:
         The mean cross-entropy over the batch.
     """
+    temperature = check_temperature(temperature)  # also for direct calls: a NaN temperature gives NaN logits
     if student.dim() != 2 or student.shape != teacher.shape:
         raise ValueError(
             f"Need (B, d) student and teacher sentence embeddings of the same shape, got {tuple(student.shape)} and "
