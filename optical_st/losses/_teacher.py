@@ -199,15 +199,13 @@ class TeacherStudentMixin:
         labels = [c for c in dataset.column_names if c in checks.LABEL_COLUMNS and c != "dataset_name"]
         # the checks of the first batch, now: same messages, before any training step
         self._check_inputs([{"task": mapping.get(c)} for c in columns], torch.zeros(0) if labels else None)
+        # (english, lrl, *negatives): the student reads the second column, the teacher the others
         sides = [self._student if i == 1 else self._teacher for i in range(len(columns))]
-        roles = ["english column (teacher)", "lrl column (student)"] + [
-            f"negative column {i} (teacher)" for i in range(1, len(columns) - 1)
-        ]
         text_columns = [
-            checks.TextColumn(column, role, side.tokenizer, side.special_set)
-            for column, role, side in zip(columns, roles, sides, strict=True)
+            checks.TextColumn(column, side.tokenizer, side.special_set)
+            for column, side in zip(columns, sides, strict=True)
         ]
-        bad = checks.find_bad_rows(dataset, text_columns, name)
+        bad = checks.find_bad_rows(dataset, text_columns)
         if bad:
             raise checks.bad_rows_error(bad, name, columns)
         rows = checks.sample_rows(len(dataset))

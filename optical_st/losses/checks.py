@@ -84,10 +84,9 @@ _TOKEN = re.compile(r"[^\W\d_]+")  # letters only: words for the function-word s
 
 @dataclass
 class TextColumn:
-    """One text column as a loss reads it: the dataset column, its role and the tokenizer that reads it."""
+    """One text column as a loss reads it: the dataset column and the tokenizer that reads it."""
 
     column: str
-    role: str
     tokenizer: Any
     special_ids: frozenset[int]
 
@@ -126,9 +125,7 @@ def _special_pattern(tokenizer: Any) -> re.Pattern[str] | None:
     return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))) if tokens else None
 
 
-def find_bad_rows(
-    dataset: Any, columns: Sequence[TextColumn], dataset_name: str = "train_dataset"
-) -> list[tuple[int, str, str]]:
+def find_bad_rows(dataset: Any, columns: Sequence[TextColumn]) -> list[tuple[int, str, str]]:
     """``(row, column, problem)`` for every row that a loss could not train on.
 
     One pass over the text columns: ``None``, non-strings, empty or whitespace-only strings; then the few texts
