@@ -6,13 +6,14 @@ __version__ = "0.1.0"
 
 from optical_st import hub, ot
 from optical_st.hub import HubPushError
-from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
+from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss, check_bitext
 from optical_st.model_card import OpticalModelCardData
 from optical_st.modeling import (
     add_projection,
     build_optical_model,
     column_prompts,
     export_student,
+    load_optical_model,
     router_mapping,
 )
 from optical_st.sampling import DynamicHardNegativeSampler
@@ -26,9 +27,11 @@ __all__ = [
     "__version__",
     "add_projection",
     "build_optical_model",
+    "check_bitext",
     "column_prompts",
     "export_student",
     "hub",
+    "load_optical_model",
     "ot",
     "router_mapping",
 ]

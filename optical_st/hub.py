@@ -15,6 +15,7 @@ The card itself (what it says, and the data it is rendered from) is :mod:`optica
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -59,7 +60,7 @@ def eval_results_from_metrics(
     ``task_type`` is checked against the Hub's task ids as listed by the ``evaluate`` library
     (``evaluate.config.HF_HUB_ALLOWED_TASKS``); ``evaluate``'s own metrics are Hub-hosted scripts that cannot load
     offline, so the values themselves come from your evaluator (sentence-transformers' ``InformationRetrievalEvaluator``,
-    ``ir-measures``, ...). Non-numeric values are skipped.
+    ``ir-measures``, ...). Non-numeric values are skipped, and NaN or infinite ones with a warning.
 
     Args:
         metrics: metric name -> value, e.g. ``{"ndcg@10": 0.41, "mrr@10": 0.37}`` or an evaluator's output.
@@ -96,6 +97,9 @@ def eval_results_from_metrics(
         try:
             value = float(value.item() if hasattr(value, "item") else value)
         except (TypeError, ValueError):
+            continue
+        if not math.isfinite(value):  # would be written as `.nan` into the card's model-index
+            logger.warning(f"Skipping metric {name!r} = {value}: not a finite number.")
             continue
         results.append(
             EvalResult(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -23,13 +24,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import EvalResult
+from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from huggingface_hub.utils import yaml_dump
 from sentence_transformers import SentenceTransformerModelCardData
 from torch import nn
 from transformers.modelcard import make_markdown_table
 
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
+from optical_st.utils import as_float
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -40,6 +43,7 @@ __all__ = [
     "MODEL_CARD_TEMPLATE",
     "OPTICAL_CITATION",
     "OpticalModelCardData",
+    "finite_eval_results",
     "hub_model_id",
     "merge_eval_results",
     "model_card_template_path",
@@ -106,17 +110,55 @@ def hub_model_id(model: Any) -> str | None:
 
 
 def merge_eval_results(existing: Iterable[EvalResult], new: Iterable[EvalResult]) -> list[EvalResult]:
-    """``existing`` with ``new`` added; a new result replaces one that differs from it only by value."""
-    merged = list(existing)
-    for result in new:
+    """``existing`` with ``new`` added; a new result replaces one that differs from it only by value. Results with a
+    NaN or infinite value are dropped with a warning (YAML would store ``.nan``, which the Hub shows as a score)."""
+    merged = finite_eval_results(existing)
+    for result in finite_eval_results(new):
         merged = [old for old in merged if not old.is_equal_except_value(result)]
         merged.append(result)
     return merged
 
 
+def finite_eval_results(results: Iterable[EvalResult]) -> list[EvalResult]:
+    """``results`` without those whose value is a NaN or infinite number (each dropped one is logged)."""
+    kept = []
+    for result in results:
+        value = result.metric_value
+        if isinstance(value, (int, float)) and not math.isfinite(value):
+            logger.warning(
+                f"Dropping evaluation result {result.metric_type!r} on {result.dataset_name!r} = {value}: a "
+                "non-finite score is no result (did the evaluator see an empty split?)."
+            )
+            continue
+        kept.append(result)
+    return kept
+
+
 def _flat_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
     # router_mapping may be per dataset ({dataset: {column: route}}); OPTICAL trains on one dataset
     return next(iter(mapping.values())) if isinstance(next(iter(mapping.values()), None), dict) else mapping
+
+
+def _check_datasets(
+    dataset: Any, loss: nn.Module | dict[str, nn.Module], dataset_type: str, router_mapping: dict[str, Any] | None
+) -> None:
+    """Run the loss's dataset check (``optical_st.check_bitext``) on the dataset the trainer was given.
+
+    Why here: sentence-transformers shows the model's card data the training and evaluation datasets, the loss and
+    ``router_mapping`` when the trainer is built (its model card callback's ``on_init_end``), the one moment before
+    training where all three are at hand without the user registering anything; a bad row or a route against the
+    column order then stops ``SentenceTransformerTrainer(...)`` instead of a step hours in. Duck-typed: the card
+    layer imports no loss.
+    """
+    name = f"{dataset_type}_dataset"
+    if isinstance(loss, Mapping):  # one loss per dataset of a DatasetDict
+        for key, part_loss in loss.items():
+            if isinstance(dataset, Mapping) and key in dataset and hasattr(part_loss, "check_dataset"):
+                nested = (router_mapping or {}).get(key)
+                mapping = nested if isinstance(nested, dict) else router_mapping
+                part_loss.check_dataset(dataset[key], router_mapping=mapping, name=f"{name}[{key!r}]")
+    elif hasattr(loss, "check_dataset"):
+        loss.check_dataset(dataset, router_mapping=router_mapping, name=name)
 
 
 @dataclass
@@ -191,7 +233,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             # set before super().__post_init__ so dataset validation does not infer languages over it
             self.language = [self.target_language, self.source_language]
         super().__post_init__()
-        self.eval_results = list(self.eval_results)
+        self.eval_results = finite_eval_results(self.eval_results)
+        if self.training_flops is not None:
+            self.training_flops = as_float("training_flops", self.training_flops, minimum=0.0)
         self.add_tags(["optical", "optimal-transport", "knowledge-distillation", "cross-lingual-retrieval"])
         if self.student_id and not self.base_model:
             self.base_model = self.student_id
@@ -217,6 +261,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     ) -> list[dict[str, Any]]:
         if dataset_type == "train":
             self._train_router_mapping = dict(router_mapping or {})
+        _check_datasets(dataset, loss, dataset_type, router_mapping)
         return super().extract_dataset_metadata(dataset, dataset_metadata, loss, dataset_type, router_mapping)
 
     def set_widget_examples(self, dataset: Dataset | DatasetDict) -> None:
@@ -254,13 +299,17 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             data["training_compute_table"] = make_markdown_table(rows).replace("-:|", "--|")
             if self.training_flops is None:
                 data["training_flops"] = sum(self.measured_flops.values())
+        self.eval_results = finite_eval_results(self.eval_results)  # no `.nan` in the card, whoever set them
         data["optical_eval_table"] = self._eval_table()
-        if self.eval_results:
-            model_index = data.get("model-index")
-            existing = model_index_to_eval_results(model_index)[1] if model_index else []
-            data["model-index"] = eval_results_to_model_index(
-                self.model_name or "OPTICAL model", merge_eval_results(existing, self.eval_results)
+        model_index = data.get("model-index")
+        existing = model_index_to_eval_results(model_index)[1] if model_index else []
+        finite = finite_eval_results(existing)  # the evaluators' results too
+        if self.eval_results or len(finite) != len(existing):
+            merged = merge_eval_results(finite, self.eval_results)
+            data["model-index"] = (
+                eval_results_to_model_index(self.model_name or "OPTICAL model", merged) if merged else None
             )
+        if self.eval_results:
             data["metrics"] = list(
                 dict.fromkeys([*(data.get("metrics") or []), *(r.metric_type for r in self.eval_results)])
             )
@@ -272,6 +321,37 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             citations["OPTICAL"] = OPTICAL_CITATION
         data["citations"] = citations
         return data
+
+    def to_yaml(self, line_break: str | None = None) -> str:
+        text = super().to_yaml(line_break=line_break)
+        # sentence-transformers writes the name only inside model-index (with results); MTEB reads
+        # model_card_data.model_name, so keep it in the front matter for optical_st.load_optical_model
+        if self.model_name and "\nmodel_name:" not in f"\n{text}":
+            text = (
+                f"{text}\n{yaml_dump({'model_name': self.model_name}, sort_keys=False, line_break=line_break).strip()}"
+            )
+        return text
+
+    @classmethod
+    def from_card_text(cls, text: str | None) -> OpticalModelCardData:
+        """Card data restored from a saved ``README.md``: the name, base model and languages in its front matter
+        (what :func:`optical_st.load_optical_model` gives back on load; sentence-transformers restores none)."""
+        card = cls()
+        if not text:
+            return card
+        try:
+            data = ModelCard(text).data
+        except Exception:  # not a card with front matter: nothing to restore
+            return card
+        card.model_name = data.get("model_name") or getattr(data, "model_name", None)
+        base_model = data.get("base_model")
+        card.base_model = base_model[0] if isinstance(base_model, list) and base_model else base_model
+        card.student_id = card.base_model
+        language = data.get("language")
+        if isinstance(language, list) and len(language) == 2:  # [target, source], as OPTICAL cards write it
+            card.target_language, card.source_language = language
+            card.language = list(language)
+        return card
 
     # -- helpers ---------------------------------------------------------------------------------------------
     @property

@@ -31,6 +31,7 @@ __all__ = [
     "document_route_frozen",
     "export_student",
     "find_router",
+    "load_optical_model",
     "router_mapping",
     "same_tokenizer",
 ]
@@ -106,7 +107,9 @@ def build_optical_model(
             encoder such as ``xlm-roberta-base``, or ``None`` for a trainable copy of the teacher). Its transformer
             is kept; its head is replaced by a copy of the teacher's (pooling, normalisation), with a token-level
             projection when the hidden sizes differ, so student queries are comparable with teacher documents.
-        freeze_teacher: set ``requires_grad=False`` on the teacher route (OPTICAL never updates the teacher).
+        freeze_teacher: set ``requires_grad=False`` on the teacher route (OPTICAL never updates the teacher). A
+            saved model reloaded with ``SentenceTransformer(path)`` comes back with a trainable teacher route (no
+            load hook in sentence-transformers); :func:`load_optical_model` freezes it again, and so do the losses.
         model_card_data: card data for the saved model's README; ``None`` attaches an
             :class:`optical_st.OpticalModelCardData` (the OPTICAL card) with the teacher and student Hub ids filled in.
         **load_kwargs: forwarded when ``teacher``/``student`` are names (``device``, ``cache_folder``, ...).
@@ -259,3 +262,49 @@ def _tokenizer_signature(tokenizer: Any) -> Any:
 def same_tokenizer(a: Any, b: Any) -> bool:
     """True when two tokenizers split every text into the same ids (same vocabulary and normalisation)."""
     return a is b or _tokenizer_signature(a) == _tokenizer_signature(b)
+
+
+def load_optical_model(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
+    """Load a saved OPTICAL model (a folder or a Hub id) as it was trained: teacher route frozen, card data back.
+
+    ``SentenceTransformer(path)`` loads the weights, but sentence-transformers 6 has no hook to freeze a module on
+    load, and restores no card data from a local folder, so on its own it gives back
+
+    * a ``document`` (teacher) route whose parameters are trainable again: a stock loss (e.g.
+      ``MultipleNegativesRankingLoss``) would then change the teacher and with it every cached document embedding
+      (the OPTICAL losses freeze it themselves);
+    * no ``model_card_data.model_name`` / ``base_model``: MTEB then files the results under
+      ``no_model_name/available`` and gives a second such model the first one's cached scores.
+
+    This function does both: it freezes the teacher route and attaches an
+    :class:`~optical_st.OpticalModelCardData` with the name, base model and languages saved in the card's front
+    matter (and ``model_id`` when loaded from the Hub), so the dataset checks and the OPTICAL card work when
+    training goes on.
+
+    Args:
+        model_name_or_path: a folder written by ``save_pretrained`` / the trainer, or a Hub id.
+        **kwargs: forwarded to ``SentenceTransformer`` (``device``, ``cache_folder``, ``revision``, ...).
+
+    Example::
+
+        >>> import mteb
+        >>> from optical_st import load_optical_model
+        >>> model = load_optical_model("runs/demo/model")  # doctest: +SKIP
+        >>> model.model_card_data.model_name  # doctest: +SKIP
+        'my-org/optical-chichewa'
+        >>> mteb.evaluate(model, mteb.get_tasks(tasks=["..."]))  # doctest: +SKIP
+    """
+    model = SentenceTransformer(model_name_or_path, **kwargs)
+    router = find_router(model)
+    if router is not None and TEACHER_ROUTE in router.sub_modules:
+        router.sub_modules[TEACHER_ROUTE].requires_grad_(False)
+    card = OpticalModelCardData.from_card_text(getattr(model, "_model_card_text", None))
+    if hub_model_id(model_name_or_path):
+        card.model_id = model_name_or_path
+    old = model.model_card_data
+    card.base_model = card.base_model or old.base_model
+    card.base_model_revision = getattr(old, "base_model_revision", None)
+    card.local_files_only = old.local_files_only
+    card.register_model(model)
+    model.model_card_data = card
+    return model

@@ -1,13 +1,18 @@
-"""Small runtime helpers shared by the examples and the experiment harness."""
+"""Small runtime helpers shared by the package, the examples and the experiment harness: bf16 detection, the cache
+folder, and the number checks every public constructor runs on its arguments."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["default_cache_dir", "fast_bf16_available"]
+__all__ = ["as_float", "as_int", "default_cache_dir", "fast_bf16_available"]
 
 
 def fast_bf16_available(device: str | torch.device = "cpu") -> bool:
@@ -30,3 +35,64 @@ def default_cache_dir() -> Path:
     if os.environ.get("OPTICAL_ST_CACHE"):
         return Path(os.environ["OPTICAL_ST_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optical_st"
+
+
+def as_float(
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    exclusive_minimum: bool = False,
+    maximum: float | None = None,
+) -> float:
+    """``value`` as a finite Python float in range, or a ``ValueError`` naming ``name``.
+
+    Accepts ints, floats, numpy scalars and 0-d tensors (what a config file or a sweep tends to hand over); refuses
+    bools, strings, NaN and infinities. Why: a NaN or infinite weight turns the loss into 0 or NaN, and one optimizer
+    step later every weight of the student is NaN, with an error that blames the learning rate.
+    """
+    number = _scalar(value)
+    below = (
+        minimum is not None and number is not None and (number <= minimum if exclusive_minimum else number < minimum)
+    )
+    above = maximum is not None and number is not None and number > maximum
+    if number is None or not math.isfinite(number) or below or above:
+        if minimum == 0 and maximum is None:
+            kind = "a positive finite number" if exclusive_minimum else "a finite number >= 0"
+        else:
+            bounds = [f"{'>' if exclusive_minimum else '>='} {minimum:g}"] if minimum is not None else []
+            bounds += [f"<= {maximum:g}"] if maximum is not None else []
+            kind = " and ".join(["a finite number", *bounds]) if bounds else "a finite number"
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
+    return number
+
+
+def as_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as a Python int ``>= minimum`` (ints, integral numpy scalars, 0-d integer tensors), else a
+    ``ValueError`` naming ``name``; bools and floats are refused."""
+    if (
+        isinstance(value, torch.Tensor)
+        and value.dim() == 0
+        and not value.is_floating_point()
+        and value.dtype != torch.bool
+    ):
+        value = value.item()
+    if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)) or int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        return None
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dim() > 0 or value.dtype == torch.bool or value.is_complex():
+            return None
+        return float(value.item())
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "iuf":
+            return None
+        return float(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None

@@ -1,7 +1,16 @@
-"""Losses for sentence-transformers' trainer, one class a file, and the OT loss's training monitor."""
+"""Losses for sentence-transformers' trainer, one class a file; :func:`check_bitext` checks a training dataset
+against the loss before training (:mod:`optical_st.losses.checks`); the OT loss's training monitor
+(:class:`OTDiagnosticsCallback`, :class:`SinkhornConvergenceWarning`)."""
 
+from optical_st.losses.checks import check_bitext
 from optical_st.losses.contrastive_distillation import ContrastiveDistillationLoss
 from optical_st.losses.ot_distillation import OTDistillationLoss
 from optical_st.losses.ot_monitor import OTDiagnosticsCallback, SinkhornConvergenceWarning
 
-__all__ = ["ContrastiveDistillationLoss", "OTDiagnosticsCallback", "OTDistillationLoss", "SinkhornConvergenceWarning"]
+__all__ = [
+    "ContrastiveDistillationLoss",
+    "OTDiagnosticsCallback",
+    "OTDistillationLoss",
+    "SinkhornConvergenceWarning",
+    "check_bitext",
+]

@@ -15,6 +15,8 @@ Both losses accept the same two ways of supplying the frozen English teacher:
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,10 +26,13 @@ from sentence_transformers.util import batch_to_device
 from torch import Tensor, nn
 
 from optical_st import ot
+from optical_st.losses import checks
 from optical_st.modeling import same_tokenizer
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
 __all__ = ["TeacherStudentMixin"]
+
+logger = logging.getLogger(__name__)
 
 
 class _Encoder:
@@ -36,9 +41,11 @@ class _Encoder:
     def __init__(self, run: Callable[[dict[str, Any]], dict[str, Tensor]], tokenizer: Any, route: str | None) -> None:
         self.run = run
         self.route = route
+        self.tokenizer = tokenizer  # read by the dataset checks (optical_st.losses.checks)
         # [UNK] stays: in LRL text it stands for real (unknown) words that must be aligned too
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self.special_ids = sorted(special - {getattr(tokenizer, "unk_token_id", None)})
+        self.special_set = frozenset(self.special_ids)
 
 
 def _route_tokenizer(modules: Iterable[nn.Module]) -> Any:
@@ -155,6 +162,97 @@ class TeacherStudentMixin:
                 f"{name}: row(s) {empty[:10]} of the batch are empty or only special tokens. Drop empty texts first, "
                 "e.g. `dataset.filter(lambda row: row['english'].strip() and row['lrl'].strip())`."
             )
+
+    # ------------------------------------------------------------------------------------------------
+    # checks before training (optical_st.check_bitext) and on the returned loss
+    # ------------------------------------------------------------------------------------------------
+    def check_dataset(
+        self, dataset: Any, router_mapping: dict[str, Any] | None = None, name: str = "train_dataset"
+    ) -> None:
+        """Check a training dataset before training: see :func:`optical_st.check_bitext`.
+
+        Certain problems raise a ``ValueError`` (bad rows named by dataset row and column, label columns, column
+        count, routes against the column order); swapped-looking columns log one warning. A dataset already checked
+        (same fingerprint and mapping) is not read again.
+        """
+        from datasets import Dataset, DatasetDict
+
+        if isinstance(dataset, (dict, DatasetDict)):
+            for split, part in dataset.items():
+                nested = (
+                    router_mapping.get(split)
+                    if router_mapping and isinstance(router_mapping.get(split), dict)
+                    else None
+                )
+                self.check_dataset(part, nested if nested is not None else router_mapping, f"{name}[{split!r}]")
+            return
+        if not isinstance(dataset, Dataset):  # IterableDataset: one pass would consume it
+            return
+        mapping = dict(router_mapping or {})
+        if mapping and isinstance(next(iter(mapping.values())), dict):
+            mapping = {}  # a per-dataset mapping routes nothing of a single Dataset (as in the trainer's collator)
+        key = (getattr(dataset, "_fingerprint", None) or id(dataset), tuple(sorted(mapping.items())))
+        checked = self.__dict__.setdefault("_checked_datasets", set())
+        if key in checked:
+            return
+        columns = checks.text_columns(dataset.column_names)
+        labels = [c for c in dataset.column_names if c in checks.LABEL_COLUMNS and c != "dataset_name"]
+        # the checks of the first batch, now: same messages, before any training step
+        self._check_inputs([{"task": mapping.get(c)} for c in columns], torch.zeros(0) if labels else None)
+        # (english, lrl, *negatives): the student reads the second column, the teacher the others
+        sides = [self._student if i == 1 else self._teacher for i in range(len(columns))]
+        text_columns = [
+            checks.TextColumn(column, side.tokenizer, side.special_set)
+            for column, side in zip(columns, sides, strict=True)
+        ]
+        bad = checks.find_bad_rows(dataset, text_columns)
+        if bad:
+            raise checks.bad_rows_error(bad, name, columns)
+        rows = checks.sample_rows(len(dataset))
+        sample = dataset.with_format(None).select(rows)
+        self._warn_if_swapped(list(sample[columns[0]]), list(sample[columns[1]]), f"{name} columns {columns[:2]!r}")
+        checked.add(key)
+
+    def _warn_if_swapped(self, english: list[str], lrl: list[str], where: str) -> None:
+        # once per loss: a heuristic, so a warning, and not one per batch
+        if self.__dict__.get("_direction_checked"):
+            return
+        self._direction_checked = True
+        reason = checks.direction_evidence(english, lrl, self._teacher.tokenizer, self._teacher.special_set)
+        if reason:
+            logger.warning(
+                f"{type(self).__name__}: the columns look swapped ({where}): {reason}. The loss reads (english, lrl, "
+                "*negatives): the first text column goes to the teacher, the second to the student. If the dataset "
+                "is ordered (lrl, english), reorder it with `dataset.select_columns(['english', 'lrl'])` (and rebuild "
+                "router_mapping=optical_st.router_mapping(dataset)); otherwise ignore this warning."
+            )
+
+    def _first_batch_check(self, features: list[dict[str, Any]]) -> None:
+        """The direction check on the first batch, for datasets that :meth:`check_dataset` never saw (a plain
+        student with a separate teacher, or a model without the OPTICAL card): decodes one batch, once."""
+        if self.__dict__.get("_direction_checked") or len(features) < 2:
+            return
+        texts = []
+        for feature, side in zip(features[:2], (self._teacher, self._student), strict=True):
+            if side.tokenizer is None or "input_ids" not in feature:
+                self._direction_checked = True
+                return
+            texts.append(side.tokenizer.batch_decode(feature["input_ids"].tolist(), skip_special_tokens=True))
+        self._warn_if_swapped(texts[0], texts[1], "first training batch")
+
+    def _finite(self, loss: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """``loss`` unchanged if every component is finite; else a ``ValueError`` instead of a NaN step (which would
+        turn every student weight into NaN and blame the learning rate one step later)."""
+        parts = loss if isinstance(loss, dict) else {"loss": loss}
+        values = torch.stack([v.detach().float().sum() for v in parts.values()]).tolist()  # one host sync
+        bad = {k: v for k, v in zip(parts, values, strict=True) if not math.isfinite(v)}
+        if bad:
+            raise ValueError(
+                f"{type(self).__name__} is not finite: {bad}. The inputs passed their checks, so the student produced "
+                "non-finite embeddings or scores: it diverged (lower the learning rate, set max_grad_norm, train in "
+                "bf16 or fp32 instead of fp16), or a custom cost / similarity_fct returned NaN or inf."
+            )
+        return loss
 
     def _teacher_config(self) -> Any:
         return self.teacher if self.teacher is not None else f"{TEACHER_ROUTE!r} route of the model"

@@ -125,9 +125,8 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
                 trainer.train()
         """
         super().__init__()
-        check_temperature(temperature)
         self.model = model
-        self.temperature = float(temperature)
+        self.temperature = check_temperature(temperature)
         self.similarity_fct = similarity_fct
         self.symmetric = symmetric
         self.mask_duplicates = mask_duplicates
@@ -145,13 +144,15 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features = list(sentence_features)
         self._check_inputs(features, labels)
+        self._first_batch_check(features)  # swapped columns: one warning (_teacher.py)
         english, lrl, *negatives = features
         self._empty_rows_check(english, self._teacher, "english column (teacher)")
         self._empty_rows_check(lrl, self._student, "lrl column (student)")
         student = self._student.run(lrl)["sentence_embedding"]
         teacher = self._run_teacher_frozen(english)["sentence_embedding"]
         negative_embeddings = [self._run_teacher_frozen(column)["sentence_embedding"] for column in negatives]
-        return self.compute_loss_from_embeddings(student, teacher, negative_embeddings or None)
+        # a NaN/inf loss raises instead of wiping the student (_teacher.py)
+        return self._finite(self.compute_loss_from_embeddings(student, teacher, negative_embeddings or None))
 
     def compute_loss_from_embeddings(
         self,

@@ -4,7 +4,6 @@ adds it with ``contrastive_weight``)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers.util import cos_sim
 from torch import Tensor
+
+from optical_st.utils import as_float
 
 __all__ = ["check_temperature", "info_nce"]
 
@@ -46,6 +47,7 @@ def info_nce(
     Returns:
         The mean cross-entropy over the batch.
     """
+    temperature = check_temperature(temperature)  # also for direct calls: a NaN temperature gives NaN logits
     if student.dim() != 2 or student.shape != teacher.shape:
         raise ValueError(
             f"Need (B, d) student and teacher sentence embeddings of the same shape, got {tuple(student.shape)} and "
@@ -72,10 +74,10 @@ def info_nce(
     return (loss + F.cross_entropy(reverse, labels)) / 2
 
 
-def check_temperature(temperature: Any) -> None:
-    """A clear error for a temperature that would make the InfoNCE logits meaningless (<= 0, NaN, inf, non-number)."""
-    if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+def check_temperature(temperature: Any) -> float:
+    """``temperature`` as a float (numpy scalars and 0-d tensors accepted), or a clear error for one that would make
+    the InfoNCE logits meaningless (<= 0, NaN, inf, non-number)."""
+    return as_float("temperature", temperature, minimum=0.0, exclusive_minimum=True)
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from optical_st.losses._teacher import TeacherStudentMixin, _Encoder
 from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
 from optical_st.model_card import OPTICAL_CITATION
+from optical_st.utils import as_float, as_int
 
 
 class OTDistillationLoss(TeacherStudentMixin, nn.Module):
@@ -125,26 +126,22 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 model.encode_document(["God is love"])              # English -> teacher
         """
         super().__init__()
-        ot.check_reg(reg)
         if cost not in ot.COSTS and not callable(cost):
             raise ValueError(f"Unknown cost {cost!r}; use one of {sorted(ot.COSTS)} or a callable.")
         if solver not in ot.SOLVERS:
             raise ValueError(f"Unknown solver {solver!r}; use one of {ot.SOLVERS}.")
-        if sentence_weight < 0:
-            raise ValueError("sentence_weight must be >= 0.")
-        if not (isinstance(contrastive_weight, (int, float)) and contrastive_weight >= 0):
-            raise ValueError(f"contrastive_weight must be >= 0, got {contrastive_weight!r}.")
-        check_temperature(temperature)
         self.model = model
-        self.reg = reg
-        self.max_iter = max_iter
-        self.tol = tol
+        # every number checked (finite, in range) and stored as a plain float/int now, not at the first step: an
+        # inf or NaN weight would otherwise wipe the student in one optimizer step (numpy / 0-d tensors accepted)
+        self.reg = ot.check_reg(reg)
+        self.max_iter = as_int("max_iter", max_iter, minimum=1)
+        self.tol = as_float("tol", tol, minimum=0.0)
         self.cost = cost
         self.exclude_special_tokens = exclude_special_tokens
         self.solver = solver
-        self.sentence_weight = sentence_weight
-        self.contrastive_weight = float(contrastive_weight)
-        self.temperature = float(temperature)
+        self.sentence_weight = as_float("sentence_weight", sentence_weight, minimum=0.0)
+        self.contrastive_weight = as_float("contrastive_weight", contrastive_weight, minimum=0.0)
+        self.temperature = check_temperature(temperature)
         self.last_solver_log: ot.SinkhornLog | None = None
         self.monitor = OTMonitor()
 
@@ -177,6 +174,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
     ) -> Tensor | dict[str, Tensor]:
         features = list(sentence_features)
         self._check_inputs(features, labels)
+        self._first_batch_check(features)  # swapped columns: one warning (_teacher.py)
         source, target, *negatives = features
         self._empty_rows_check(source, self._teacher, "english column (teacher)")
         self._empty_rows_check(target, self._student, "lrl column (student)")
@@ -187,7 +185,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         teacher_out = self._run_teacher_frozen(source)
         # only the pooled embedding of a negative is used; no graph, like the positive's
         negative_sentences = [self._run_teacher_frozen(negative)["sentence_embedding"] for negative in negatives]
-        return self.compute_loss_from_embeddings(
+        loss = self.compute_loss_from_embeddings(
             student_tokens=student_out["token_embeddings"],
             student_mask=student_out["attention_mask"],
             teacher_tokens=teacher_out["token_embeddings"],
@@ -198,6 +196,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             teacher_sentence=teacher_out.get("sentence_embedding"),
             negative_sentences=negative_sentences or None,
         )
+        return self._finite(loss)  # a NaN/inf loss raises instead of wiping the student (_teacher.py)
 
     def compute_loss_from_embeddings(
         self,

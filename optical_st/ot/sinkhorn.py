@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from optical_st.utils import as_float
 
 __all__ = ["SinkhornLog", "check_reg", "sinkhorn_log"]
 
@@ -35,8 +36,9 @@ def _as_batch(cost: Tensor, a: Tensor | None, b: Tensor | None) -> tuple[Tensor,
         raise ValueError(f"cost must be (n, m) or (B, n, m); got shape {tuple(cost.shape)}.")
     B, n, m = cost.shape
     dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
-    a = torch.full((B, n), 1.0 / n, dtype=dtype, device=cost.device) if a is None else a
-    b = torch.full((B, m), 1.0 / m, dtype=dtype, device=cost.device) if b is None else b
+    # max(., 1): an empty side (n or m = 0) has no points to weigh, and an empty plan comes back
+    a = torch.full((B, n), 1.0 / max(n, 1), dtype=dtype, device=cost.device) if a is None else a
+    b = torch.full((B, m), 1.0 / max(m, 1), dtype=dtype, device=cost.device) if b is None else b
     if a.shape != (B, n) or b.shape != (B, m):
         raise ValueError(
             f"Marginals must match the cost matrix {tuple(cost.shape)}: got a {tuple(a.shape)} and b {tuple(b.shape)}."
@@ -84,10 +86,10 @@ def _check_precision(cost: Tensor, reg: float) -> None:
         )
 
 
-def check_reg(reg: float) -> None:
-    """A clear error for a regularisation that Sinkhorn cannot use (<= 0, NaN, inf, non-number)."""
-    if not (isinstance(reg, (int, float)) and math.isfinite(reg) and reg > 0):
-        raise ValueError(f"reg must be a positive finite number, got {reg!r}.")
+def check_reg(reg: float) -> float:
+    """``reg`` as a float (numpy scalars and 0-d tensors accepted), or a clear error for a regularisation that
+    Sinkhorn cannot use (<= 0, NaN, inf, non-number)."""
+    return as_float("reg", reg, minimum=0.0, exclusive_minimum=True)
 
 
 def sinkhorn_log(
@@ -137,10 +139,12 @@ def sinkhorn_log(
         >>> torch.allclose(P.sum(-1), torch.full((4, 5), 1 / 5), atol=1e-5)
         True
     """
-    check_reg(reg)
+    reg = check_reg(reg)
     if max_iter < 1 or check_every < 1:
         raise ValueError("max_iter and check_every must be >= 1.")
     cost, a, b, squeeze = _as_batch(cost, a, b)
+    if cost.numel() == 0:  # no problem (B = 0) or no points (n or m = 0): empty in, empty out, like emd()
+        return _empty_result(cost, squeeze, return_log)
     device_type = cost.device.type
     with torch.no_grad(), torch.autocast(device_type=device_type, enabled=False):
         dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
@@ -167,6 +171,20 @@ def sinkhorn_log(
         log_domain_blocks=fallbacks,
         absorptions=absorptions,
     )
+
+
+def _empty_result(cost: Tensor, squeeze: bool, return_log: bool) -> Tensor | tuple[Tensor, SinkhornLog]:
+    B, n, m = cost.shape
+    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    plan = torch.zeros(cost.shape, dtype=dtype, device=cost.device)
+    plan = plan.squeeze(0) if squeeze else plan
+    if not return_log:
+        return plan
+    zeros = torch.zeros((B, 0), dtype=dtype, device=cost.device)
+    log = SinkhornLog(
+        n_iter=0, err=zeros.new_zeros(B), converged=True, f=zeros.new_zeros(B, n), g=zeros.new_zeros(B, m)
+    )
+    return plan, log
 
 
 # absorb the scalings into the potentials once |log u| or |log v| exceeds this: far from fp32 overflow (e^88),

@@ -21,6 +21,10 @@ def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, num_iter
     import ot  # lazy: importing POT takes seconds
 
     cost, a, b, squeeze = _as_batch(cost, a, b)
+    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    if cost.numel() == 0:  # empty in, empty out, like sinkhorn_log()
+        plan = torch.zeros(cost.shape, dtype=dtype, device=cost.device)
+        return plan.squeeze(0) if squeeze else plan
     with torch.no_grad():
         _validate(cost.detach().double(), a.detach().double(), b.detach().double())
         plan = torch.zeros(cost.shape, dtype=torch.float64)
@@ -33,7 +37,6 @@ def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, num_iter
             bi = bi * (ai.sum() / bi.sum())  # exact mass equality, as ot.emd checks it
             p = ot.emd(ai.numpy(), bi.numpy(), C[i][rows][:, cols].numpy(), numItermax=num_itermax)
             plan[i][rows.nonzero().flatten().unsqueeze(1), cols.nonzero().flatten().unsqueeze(0)] = torch.from_numpy(p)
-    dtype = torch.float64 if cost.dtype == torch.float64 else torch.float32
     plan = plan.to(device=cost.device, dtype=dtype)
     return plan.squeeze(0) if squeeze else plan
 

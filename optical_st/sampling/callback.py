@@ -113,6 +113,9 @@ class HardNegativeMiningCallback(TrainerCallback):
                 "rows. Call `train_dataset.reset_format()` first."
             )
         collator = trainer.data_collator
+        check = getattr(trainer.loss, "check_dataset", None)
+        if check is not None:  # bad rows, swapped columns: before mining on them (a no-op if the card already ran it)
+            check(dataset, router_mapping=getattr(collator, "router_mapping", None))
         anchor_column, positive_column = config.resolve_columns(
             dataset.column_names,
             sampler.valid_label_columns or [],

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from optical_st.utils import as_float, as_int
 
 __all__ = ["HardNegativeConfig"]
 
@@ -39,20 +40,17 @@ class HardNegativeConfig:
     show_progress_bar: bool = False
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, value: Any) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-        positive_int("num_negatives", self.num_negatives)
-        positive_int("mining_batch_size", self.mining_batch_size)
+        self.num_negatives = as_int("num_negatives", self.num_negatives)
+        self.mining_batch_size = as_int("mining_batch_size", self.mining_batch_size)
         if self.refresh_steps is not None:
-            positive_int("refresh_steps", self.refresh_steps)
+            self.refresh_steps = as_int("refresh_steps", self.refresh_steps)
         if self.strategy not in ("hard", "random"):
             raise ValueError(f"strategy must be 'hard' (mined with the model) or 'random', got {self.strategy!r}.")
         if self.sampling_strategy not in ("top", "random"):
             raise ValueError(f"sampling_strategy must be 'top' or 'random', got {self.sampling_strategy!r}.")
-        if not isinstance(self.range_min, int) or self.range_min < 0:
-            raise ValueError(f"range_min must be a non-negative integer, got {self.range_min!r}.")
+        self.range_min = as_int("range_min", self.range_min, minimum=0)
+        if self.range_max is not None:
+            self.range_max = as_int("range_max", self.range_max, minimum=1)
         if self.range_max is not None and self.num_negatives > self.range_max - self.range_min:
             raise ValueError(
                 f"Cannot take {self.num_negatives} negatives from the rank window [{self.range_min}, {self.range_max}):"
@@ -60,8 +58,8 @@ class HardNegativeConfig:
             )
         for name in ("absolute_margin", "relative_margin", "max_score", "min_score", "max_positive_similarity"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number or None, got {value!r}.")
+            if value is not None:  # finite, stored as a float (numpy scalars and 0-d tensors accepted)
+                setattr(self, name, as_float(name, value))
         if self.hard_batches and self.strategy == "random":
             raise ValueError(
                 "hard_batches groups anchors that are hard negatives of each other; with strategy='random' there is "
@@ -70,6 +68,11 @@ class HardNegativeConfig:
         if not self.negative_column_prefix or not isinstance(self.negative_column_prefix, str):
             raise ValueError("negative_column_prefix must be a non-empty string.")
         if self.corpus is not None:
+            if isinstance(self.corpus, (str, bytes)):  # list("abc") would be three one-letter candidates
+                raise ValueError(
+                    f"corpus must be a list of strings, got a single {type(self.corpus).__name__}; wrap it: "
+                    "corpus=[text]."
+                )
             self.corpus = list(self.corpus)
             if not all(isinstance(text, str) for text in self.corpus):
                 raise ValueError("corpus must be a list of strings.")

@@ -1,0 +1,225 @@
+"""Checks of a training dataset against the loss that will read it, run once before training: rows that would fail
+hours in (:func:`find_bad_rows`) and bitext read in the wrong direction (:func:`direction_evidence`).
+
+The losses call these from ``check_dataset`` (see :func:`check_bitext`); sentence-transformers hands the training
+dataset, the loss and ``router_mapping`` to an OPTICAL model's card data when the trainer is built, which is where
+the check runs without being asked (:class:`optical_st.OpticalModelCardData`). Pure Python and tokenizers: no
+model is run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LABEL_COLUMNS", "TextColumn", "check_bitext", "direction_evidence", "find_bad_rows", "text_columns"]
+
+# the columns sentence-transformers' collator does not tokenize (labels) or drops (dataset_name)
+LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
+# rows of the direction check: enough for stable word statistics, cheap to tokenize
+DIRECTION_SAMPLE = 256
+# frequent English function words, none a common word of the low-resource languages the project targets
+# ("a", "i", "at", "na" ... left out: they are also words in Tagalog, Swahili, Chichewa)
+ENGLISH_FUNCTION_WORDS = frozenset(
+    [
+        "the",
+        "and",
+        "of",
+        "to",
+        "is",
+        "was",
+        "that",
+        "for",
+        "with",
+        "his",
+        "he",
+        "they",
+        "them",
+        "this",
+        "which",
+        "from",
+        "have",
+        "has",
+        "not",
+        "but",
+        "are",
+        "were",
+        "be",
+        "by",
+        "you",
+        "your",
+        "it",
+        "its",
+        "in",
+        "on",
+        "will",
+        "shall",
+        "who",
+        "what",
+        "when",
+        "there",
+        "their",
+        "her",
+        "she",
+        "him",
+        "me",
+        "my",
+        "we",
+        "our",
+        "us",
+        "an",
+        "as",
+        "or",
+        "unto",
+        "all",
+        "said",
+        "if",
+    ]
+)
+_WORD = re.compile(r"\w")
+_TOKEN = re.compile(r"[^\W\d_]+")  # letters only: words for the function-word share
+
+
+@dataclass
+class TextColumn:
+    """One text column as a loss reads it: the dataset column and the tokenizer that reads it."""
+
+    column: str
+    tokenizer: Any
+    special_ids: frozenset[int]
+
+
+def text_columns(column_names: Iterable[str]) -> list[str]:
+    """The columns the trainer tokenizes and passes to the loss, in order."""
+    return [c for c in column_names if c not in LABEL_COLUMNS]
+
+
+def check_bitext(dataset: Any, loss: Any, *, router_mapping: dict[str, Any] | None = None) -> None:
+    """Check a training dataset against the loss that will train on it, before training starts.
+
+    Raises a ``ValueError`` naming the dataset row and column (and the fix) for what would stop training later:
+    ``None``, non-string, empty or whitespace-only texts, texts that tokenize to special tokens only, label columns,
+    the wrong number of columns, or a ``router_mapping`` that routes the columns against their order (``english``
+    first, to the teacher; ``lrl`` second, to the student). Logs one warning when the columns look swapped (the
+    student side reads like English to the teacher's tokenizer; see :func:`direction_evidence`).
+
+    An OPTICAL model (from :func:`optical_st.build_optical_model`) runs this by itself when the trainer is built;
+    call it yourself for a plain student with a separate ``teacher=``, or to check a dataset before any trainer.
+
+    Args:
+        dataset: a ``datasets.Dataset`` or ``DatasetDict`` (every split is checked); an ``IterableDataset`` is
+            skipped (it cannot be read twice cheaply).
+        loss: an :class:`~optical_st.OTDistillationLoss` or :class:`~optical_st.ContrastiveDistillationLoss`.
+        router_mapping: the ``router_mapping`` of the training arguments (Router models).
+    """
+    check = getattr(loss, "check_dataset", None)
+    if check is None:
+        raise TypeError(f"{type(loss).__name__} has no check_dataset(); pass an optical_st loss.")
+    check(dataset, router_mapping=router_mapping)
+
+
+def _special_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    tokens = [t for t in getattr(tokenizer, "all_special_tokens", []) or [] if t]
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))) if tokens else None
+
+
+def find_bad_rows(dataset: Any, columns: Sequence[TextColumn]) -> list[tuple[int, str, str]]:
+    """``(row, column, problem)`` for every row that a loss could not train on.
+
+    One pass over the text columns: ``None``, non-strings, empty or whitespace-only strings; then the few texts
+    without a letter or digit outside special-token strings are tokenized, and those that give special tokens only
+    (nothing to align) are reported too. Cost: a regular-expression search per text.
+    """
+    plain = dataset.with_format(None)  # raw rows: no transform, no torch formatting
+    bad: list[tuple[int, str, str]] = []
+    for side in columns:
+        texts = list(plain[side.column])
+        specials = _special_pattern(side.tokenizer)
+        suspicious: list[int] = []
+        for row, text in enumerate(texts):
+            if text is None:
+                bad.append((row, side.column, "None"))
+            elif not isinstance(text, str):
+                bad.append((row, side.column, f"not a string ({type(text).__name__})"))
+            elif not text.strip():
+                bad.append((row, side.column, "empty" if not text else "whitespace only"))
+            elif not _WORD.search(text if specials is None else specials.sub(" ", text)):
+                suspicious.append(row)  # punctuation, symbols, special-token strings: tokenize to be sure
+        if suspicious and side.tokenizer is not None:
+            ids = side.tokenizer([texts[i] for i in suspicious], add_special_tokens=False)["input_ids"]
+            bad.extend(
+                (row, side.column, "special tokens only")
+                for row, row_ids in zip(suspicious, ids, strict=True)
+                if all(i in side.special_ids for i in row_ids)
+            )
+    return sorted(bad)
+
+
+def bad_rows_error(bad: list[tuple[int, str, str]], dataset_name: str, columns: Sequence[str]) -> ValueError:
+    """The error for :func:`find_bad_rows`' findings: rows, columns, problems, and the filter that drops them."""
+    rows = sorted({row for row, _, _ in bad})
+    first = "; ".join(f"row {row}, column {column!r}: {problem}" for row, column, problem in bad[:5])
+    shown = rows if len(rows) <= 20 else [*rows[:20], "..."]
+    fix = (
+        f"`{dataset_name} = {dataset_name}.filter(lambda row: all(isinstance(row[c], str) and re.search(r'\\w', "
+        f"row[c]) for c in {list(columns)!r}))`"
+    )
+    if len(rows) <= 20:
+        fix += f", or by row: `.filter(lambda row, i: i not in {set(rows)!r}, with_indices=True)`"
+    return ValueError(
+        f"{dataset_name} has {len(rows)} row(s) the loss cannot train on ({first}). Rows: {shown}. Every text must "
+        f"be a string with at least one token that is not special. Drop them before training, e.g. {fix}."
+    )
+
+
+def _word_stats(texts: list[str], tokenizer: Any, special_ids: frozenset[int]) -> dict[str, float]:
+    words = [w.lower() for text in texts for w in _TOKEN.findall(text)]
+    stats = {"function_words": sum(w in ENGLISH_FUNCTION_WORDS for w in words) / max(len(words), 1)}
+    if tokenizer is not None and texts:
+        ids = [i for row in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in row]
+        content = [i for i in ids if i not in special_ids]
+        unk = getattr(tokenizer, "unk_token_id", None)
+        n_words = sum(len(text.split()) for text in texts)
+        stats["pieces_per_word"] = len(content) / max(n_words, 1)
+        stats["unknown"] = sum(i == unk for i in content) / max(len(content), 1)
+    return stats
+
+
+def direction_evidence(
+    english: list[str], lrl: list[str], teacher_tokenizer: Any, special_ids: frozenset[int] = frozenset()
+) -> str | None:
+    """Why the two columns look swapped, or ``None`` when they look right or nothing can be told.
+
+    A heuristic on a sample of rows: English text is about 40% function words (``the``, ``and``, ``of``...), a
+    low-resource language almost none; and the English teacher's tokenizer reads English with fewer pieces per word
+    and fewer unknown pieces than a language it was not trained on. The columns look swapped when the student side
+    (``lrl``) wins on one signal and the other does not contradict it.
+    """
+    en, lr = _word_stats(english, teacher_tokenizer, special_ids), _word_stats(lrl, teacher_tokenizer, special_ids)
+    reasons: list[str] = []
+    words_swapped = lr["function_words"] > 0.15 and en["function_words"] < lr["function_words"] / 3
+    words_right = en["function_words"] > 0.15 and lr["function_words"] < en["function_words"] / 3
+    tokens_swapped = tokens_right = False
+    if "pieces_per_word" in en:
+        tokens_swapped = en["pieces_per_word"] > 1.25 * lr["pieces_per_word"] or en["unknown"] > lr["unknown"] + 0.05
+        tokens_right = lr["pieces_per_word"] > 1.25 * en["pieces_per_word"] or lr["unknown"] > en["unknown"] + 0.05
+    if words_swapped and not tokens_right:
+        reasons.append(
+            f"English function words (the, and, of...) are {lr['function_words']:.0%} of the words of the student "
+            f"column and {en['function_words']:.0%} of the teacher column's"
+        )
+    if tokens_swapped and not words_right:
+        reasons.append(
+            "the teacher's tokenizer reads the teacher column with "
+            f"{en['pieces_per_word']:.2f} pieces per word ({en['unknown']:.0%} unknown) and the student column with "
+            f"{lr['pieces_per_word']:.2f} ({lr['unknown']:.0%} unknown)"
+        )
+    return "; ".join(reasons) or None
+
+
+def sample_rows(n: int, k: int = DIRECTION_SAMPLE) -> list[int]:
+    """``k`` rows spread evenly over ``n`` (deterministic: the same warning on every rank and every run)."""
+    step = max(n // k, 1)
+    return list(range(0, n, step))[:k]
