@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) examples/train_chichewa.py --output-dir runs/demo
+	$(PY) examples/demo.py --output-dir runs/demo
 
 # CI runs this (.ci/run): the whole suite, with the ten slowest tests listed
 test: install

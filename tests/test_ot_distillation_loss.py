@@ -49,6 +49,54 @@ def test_gradient_wrt_cost_is_the_plan(teacher):
     assert s.grad is not None and torch.isfinite(s.grad).all()
 
 
+def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
+    import ot as pot
+
+    g = torch.Generator().manual_seed(3)
+    # a large shared direction on both sides, as in contextual embeddings
+    shared = 5 * torch.randn(8, generator=g)
+    s = (torch.randn(2, 4, 8, generator=g) + shared).requires_grad_()
+    t = torch.randn(2, 5, 8, generator=g) + shared
+    s_mask, t_mask = torch.ones(2, 4), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    kwargs = dict(reg=0.05, max_iter=2000, tol=1e-9)
+    centered = OTDistillationLoss(teacher, teacher=teacher, center=True, **kwargs)
+    plain = OTDistillationLoss(teacher, teacher=teacher, center=False, **kwargs)
+    # oracle: the mean of each sentence's mean teacher token (uniform mass over its real tokens), by hand
+    mu = torch.stack([t[0, :5].mean(0), t[1, :3].mean(0)]).mean(0)
+    value = centered.compute_loss_from_embeddings(s, s_mask, t, t_mask)
+    expected = plain.compute_loss_from_embeddings(s - mu, s_mask, t - mu, t_mask)
+    torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
+    # and against POT on the centred cosine cost, problem by problem
+    for i, n_t in enumerate((5, 3)):
+        cost = cosine_cost((s[i] - mu).detach()[None], (t[i, :n_t] - mu)[None])[0].double().numpy()
+        ref = pot.sinkhorn2(
+            torch.full((4,), 0.25).double().numpy(),
+            torch.full((n_t,), 1 / n_t).double().numpy(),
+            cost,
+            0.05,
+            method="sinkhorn_log",
+            numItermax=5000,
+            stopThr=1e-10,
+        )
+        single = plain.compute_loss_from_embeddings(
+            (s[i : i + 1] - mu).detach(), s_mask[:1], (t[i : i + 1, :n_t] - mu), torch.ones(1, n_t)
+        )
+        assert float(single) == pytest.approx(float(ref), abs=1e-5)
+    # the shared direction squeezes the uncentred costs: the centred plan is sharper
+    assert centered.monitor.pop_means()["entropy_ratio"] < plain.monitor.pop_means()["entropy_ratio"]
+    value.backward()
+    assert torch.isfinite(s.grad).all()
+    # squared Euclidean costs do not change under a common shift
+    sq = dict(kwargs, cost="sqeuclidean")
+    a = OTDistillationLoss(teacher, teacher=teacher, center=True, **sq).compute_loss_from_embeddings(
+        s, s_mask, t, t_mask
+    )
+    b = OTDistillationLoss(teacher, teacher=teacher, center=False, **sq).compute_loss_from_embeddings(
+        s, s_mask, t, t_mask
+    )
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-6)
+
+
 def test_padding_changes_nothing(teacher):
     loss = OTDistillationLoss(teacher, teacher=teacher, reg=0.05, max_iter=200, tol=0)
     g = torch.Generator().manual_seed(1)

@@ -220,3 +220,14 @@ def test_embedding_cache_survives_a_corrupt_entry_and_a_read_only_folder(teacher
     blocked = EmbeddingCache(tmp_path / "file-not-folder")
     (tmp_path / "file-not-folder").write_text("x")
     assert blocked.encode(teacher, texts, route="document", compute=encode).shape[0] == 1  # warns, still returns
+
+
+def test_embedding_cache_key_ignores_the_tokenizers_truncation_state(teacher, tmp_path):
+    """Training tokenizes with truncation, which rewrites the fast tokenizer's state: that must not change the key
+    (it did, and every trained model missed the teacher corpus the zero-shot run had stored)."""
+    from optical_st.evaluation import EmbeddingCache
+
+    texts = ["god is love"]
+    key = EmbeddingCache(tmp_path).key(teacher, "document", texts)
+    teacher.tokenizer(["the light was good " * 20], truncation=True, max_length=8, padding="max_length")
+    assert EmbeddingCache(tmp_path).key(teacher, "document", texts) == key

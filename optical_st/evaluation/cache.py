@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,33 +71,37 @@ class EmbeddingCache:
         self.folder = Path(folder) if folder is not None else default_cache_dir() / "embeddings"
         self.hits = 0
         self.misses = 0
-        # (module id, parameter versions) -> digest: hashing ~100M weights takes a second, changes are rare
-        self._digests: dict[tuple, str] = {}
+        # id(module) -> (weak reference, tensor versions, digest): hashing ~100M weights takes a second
+        self._digests: dict[int, tuple[weakref.ref, tuple, str]] = {}
 
-    def _modules_digest(self, modules: Sequence[nn.Module]) -> str:
-        state = [(id(m), tuple((t.data_ptr(), t._version) for t in m.state_dict().values())) for m in modules]
-        memo_key = tuple(state)
-        if memo_key in self._digests:
-            return self._digests[memo_key]
+    def _module_digest(self, module: nn.Module) -> str:
+        state = module.state_dict()
+        # (data pointer, version counter) of every tensor: an optimizer step bumps the versions
+        signature = tuple((t.data_ptr(), t._version) for t in state.values())
+        memo = self._digests.get(id(module))
+        # the weak reference tells a live module from a new one that reuses a freed module's id (and memory)
+        if memo is not None and memo[0]() is module and memo[1] == signature:
+            return memo[2]
         h = hashlib.blake2b(digest_size=16)
-        for module in modules:
-            h.update(type(module).__qualname__.encode())
-            h.update(json.dumps(_module_config(module), sort_keys=True, default=str).encode())
-            for name, tensor in module.state_dict().items():
-                h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-                h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            tokenizer = getattr(module, "tokenizer", None)
-            backend = getattr(tokenizer, "backend_tokenizer", None)
-            if backend is not None:
-                h.update(backend.to_str().encode())
+        h.update(type(module).__qualname__.encode())
+        h.update(json.dumps(_module_config(module), sort_keys=True, default=str).encode())
+        for name, tensor in state.items():
+            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        backend = getattr(getattr(module, "tokenizer", None), "backend_tokenizer", None)
+        if backend is not None:
+            # what splits texts into ids; not the truncation/padding state, which every tokenizer call rewrites
+            spec = json.loads(backend.to_str())
+            h.update(json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")}).encode())
         digest = h.hexdigest()
-        self._digests[memo_key] = digest
+        self._digests[id(module)] = (weakref.ref(module), signature, digest)
         return digest
 
     def key(self, model: nn.Module, route: str | None, texts: Sequence[str], **encode_kwargs: Any) -> str:
         """The entry's name: a digest of the route's modules, the model's prompts, the encode arguments and texts."""
         h = hashlib.blake2b(digest_size=20)
-        h.update(self._modules_digest(route_modules_for(model, route)).encode())
+        for module in route_modules_for(model, route):
+            h.update(self._module_digest(module).encode())
         prompts = {"prompts": getattr(model, "prompts", None), "default": getattr(model, "default_prompt_name", None)}
         h.update(json.dumps({"route": route, **prompts, **encode_kwargs}, sort_keys=True, default=str).encode())
         for text in texts:

@@ -217,20 +217,38 @@ class CrossLingualRetrievalEvaluator(InformationRetrievalEvaluator):
         memo = (self._precomputed or {}).get(route)
         if memo is not None and prompt is None and prompt_name is None and all(s in memo for s in sentences):
             return torch.stack([memo[s] for s in sentences])
-        if self.embedding_cache is not None and encode_fn_name == "document":
-            return self.embedding_cache.encode(
-                model,
-                sentences,
-                route=route,
-                compute=lambda texts: super(CrossLingualRetrievalEvaluator, self).embed_inputs(
-                    model, texts, route, prompt_name=prompt_name, prompt=prompt, **kwargs
-                ),
-                prompt=prompt,
-                prompt_name=prompt_name,
-                truncate_dim=self.truncate_dim,
-                max_seq_length=getattr(model, "max_seq_length", None),
+        return self.cached_embed(model, sentences, route, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+    def cached_embed(
+        self,
+        model: Any,
+        sentences: Any,
+        route: Route,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """``embed_inputs`` of the plain route; the ``"document"`` route (the frozen teacher of an OPTICAL model)
+        through the embedding cache when there is one. The student's side changes with training: never cached."""
+
+        def encode(texts: Any) -> Tensor:
+            return InformationRetrievalEvaluator.embed_inputs(
+                self, model, texts, route, prompt_name=prompt_name, prompt=prompt, **kwargs
             )
-        return super().embed_inputs(model, sentences, route, prompt_name=prompt_name, prompt=prompt, **kwargs)
+
+        if self.embedding_cache is None or route != "document":
+            return encode(sentences)
+        return self.embedding_cache.encode(
+            model,
+            sentences,
+            route=route,
+            compute=encode,
+            prompt=prompt,
+            prompt_name=prompt_name,
+            truncate_dim=self.truncate_dim,
+            max_seq_length=getattr(model, "max_seq_length", None),
+        )
 
     def compute_all_metrics(self, model: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if not self.excluded_docs:
@@ -350,8 +368,8 @@ class BitextRetrievalEvaluator(BaseEvaluator):
         memo: dict[Route, dict[str, Tensor]] = {}
         for route, texts in (("query", self.lrl), ("document", self.english)):
             unique = list(dict.fromkeys(texts))
-            # BaseEvaluator.embed_inputs of the parent class: the plain route, no memo
-            embeddings = InformationRetrievalEvaluator.embed_inputs(any_evaluator, model, unique, route)
+            # the parent class's embed_inputs: the plain route, no memo (and, for documents, the cache if any)
+            embeddings = any_evaluator.cached_embed(model, unique, route)
             memo[route] = dict(zip(unique, embeddings, strict=True))
         return memo
 

@@ -27,6 +27,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         tol: float = 1e-4,
         cost: Literal["cosine", "sqeuclidean"] | Callable[[Tensor, Tensor], Tensor] = "cosine",
         exclude_special_tokens: bool = True,
+        center: bool = True,
         solver: Literal["sinkhorn", "emd"] = "sinkhorn",
         sentence_weight: float = 0.0,
         contrastive_weight: float = 0.0,
@@ -62,6 +63,14 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             max_iter: maximum Sinkhorn iterations per batch.
             tol: Sinkhorn stops early once every plan's row-marginal error (L2) is below ``tol``.
             cost: ``"cosine"`` (1 - cosine similarity), ``"sqeuclidean"``, or a callable ``(x, y) -> (B, n, m)``.
+            center: subtract the batch's mean teacher token (over the tokens that carry mass, without gradient) from
+                both sides before the cost. Contextual token embeddings share a large common direction (for
+                multilingual-e5-small every token has cosine ~0.84 with the mean token), which squeezes all cosine
+                costs into a narrow band where any useful ``reg`` gives a nearly uniform plan, and a uniform plan pulls
+                every student token toward the average teacher token. Centring removes the shared direction (one
+                translation for both sides, so a student token equal to its teacher token still costs 0) and the plan
+                aligns tokens again; see docs/ot_multilingual.md. ``False`` is the paper's cost exactly. No effect on
+                ``"sqeuclidean"`` (translation invariant).
             exclude_special_tokens: give zero mass to special tokens ([CLS], [SEP], <s>, ...) and prompt tokens, so
                 only content tokens are aligned.
             solver: ``"sinkhorn"`` (entropic, batched) or ``"emd"`` (exact network simplex through POT, CPU, slow;
@@ -138,6 +147,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self.tol = as_float("tol", tol, minimum=0.0)
         self.cost = cost
         self.exclude_special_tokens = exclude_special_tokens
+        self.center = bool(center)
         self.solver = solver
         self.sentence_weight = as_float("sentence_weight", sentence_weight, minimum=0.0)
         self.contrastive_weight = as_float("contrastive_weight", contrastive_weight, minimum=0.0)
@@ -241,7 +251,12 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 )
         a = ot.token_marginals(student_mask, student_exclude, name="lrl column (student)")
         b = ot.token_marginals(teacher_mask, teacher_exclude, name="english column (teacher)")
-        cost = ot.pairwise_cost(student_tokens, teacher_tokens.detach(), self.cost)
+        teacher_tokens = teacher_tokens.detach()
+        if self.center and student_tokens.shape[-1] == teacher_tokens.shape[-1]:  # else the cost names the fix
+            # the mass-weighted mean teacher token of the batch: a constant shift for both sides (fp32, no gradient)
+            mean = (teacher_tokens.float() * b.unsqueeze(-1)).sum((0, 1)) / b.sum()
+            student_tokens, teacher_tokens = student_tokens.float() - mean, teacher_tokens.float() - mean
+        cost = ot.pairwise_cost(student_tokens, teacher_tokens, self.cost)
         distances, plan, self.last_solver_log = ot.ot_distance(
             cost, a, b, reg=self.reg, solver=self.solver, max_iter=self.max_iter, tol=self.tol, return_log=True
         )
@@ -293,6 +308,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             "tol": self.tol,
             "cost": self.cost if isinstance(self.cost, str) else getattr(self.cost, "__name__", repr(self.cost)),
             "exclude_special_tokens": self.exclude_special_tokens,
+            "center": self.center,
             "solver": self.solver,
             "sentence_weight": self.sentence_weight,
             "contrastive_weight": self.contrastive_weight,

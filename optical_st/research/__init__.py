@@ -21,9 +21,11 @@ Example::
 from optical_st.research.cli import add_cli_arguments, config_from_args, run_and_report
 from optical_st.research.config import ExperimentConfig
 from optical_st.research.methods import (
+    ENGLISH_CEILING,
     Method,
     TrainSetup,
     contrastive_distillation,
+    english_ceiling,
     mse_distillation,
     ot_distillation,
     zero_shot,
@@ -41,10 +43,21 @@ from optical_st.research.report import (
     write_report,
     write_results,
 )
-from optical_st.research.runner import last_eval_metrics, load_train_pairs, run_experiment, run_one, timed_evaluation
+from optical_st.research.runner import (
+    evaluate_model,
+    last_eval_metrics,
+    load_benchmarks,
+    load_train_pairs,
+    run_experiment,
+    run_one,
+    summarize,
+    timed_evaluation,
+    train_one,
+)
 
 __all__ = [
     "DEMO_METRICS",
+    "ENGLISH_CEILING",
     "METRICS",
     "ExperimentConfig",
     "Method",
@@ -53,8 +66,11 @@ __all__ = [
     "aggregate",
     "config_from_args",
     "contrastive_distillation",
+    "english_ceiling",
+    "evaluate_model",
     "format_table",
     "last_eval_metrics",
+    "load_benchmarks",
     "load_train_pairs",
     "method_row",
     "mse_distillation",
@@ -66,7 +82,9 @@ __all__ = [
     "run_and_report",
     "run_experiment",
     "run_one",
+    "summarize",
     "timed_evaluation",
+    "train_one",
     "write_report",
     "write_results",
     "zero_shot",

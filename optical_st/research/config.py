@@ -52,6 +52,7 @@ class ExperimentConfig:
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
+    batch_sampler: Any = "batch_sampler"  # sentence-transformers' default random batches; or a sampler class
     max_seq_length: int = 96  # training, both routes
     eval_max_seq_length: int = 128
     eval_batch_size: int = 64

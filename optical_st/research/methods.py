@@ -50,14 +50,16 @@ class Method:
     name: str
     setup: Callable[[SentenceTransformer, Dataset, ExperimentConfig], TrainSetup] | None
     description: str = ""
+    model: str | None = None  # without training: the model to evaluate (None: the config's teacher)
 
 
 ENGLISH_CEILING = "English queries (ceiling)"
 
 
-def zero_shot() -> Method:
-    """The teacher used directly for LRL queries and English documents (no training)."""
-    return Method("zero-shot", None, "the teacher encodes both the LRL queries and the English documents; no training")
+def zero_shot(name: str = "zero-shot", model: str | None = None) -> Method:
+    """A model used directly for LRL queries and English documents, no training: the teacher, or ``model``."""
+    description = "encodes both the LRL queries and the English documents; no training"
+    return Method(name, None, f"{'the teacher' if model is None else model} {description}", model=model)
 
 
 def english_ceiling() -> Method:

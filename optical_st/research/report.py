@@ -48,7 +48,7 @@ METRICS = (
     "nDCG@10",
 )
 # a single run's table (the demo): evaluator metric name -> column title
-DEMO_METRICS = {"accuracy@1": "acc@1", "mrr@10": "MRR@10", "ndcg@10": "nDCG@10", "map@100": "MAP@100"}
+DEMO_METRICS = {"acc@1 LRL→En": "acc@1", "MRR@10": "MRR@10", "nDCG@10": "nDCG@10", "acc@1 En→LRL": "acc@1 En→LRL"}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from transformers import set_seed
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
 from optical_st.evaluation.cache import EmbeddingCache
 from optical_st.evaluation.flops import FlopsCallback
-from optical_st.losses import OTDiagnosticsCallback
+from optical_st.losses import OTDiagnosticsCallback, OTDistillationLoss
 from optical_st.modeling import build_optical_model, column_prompts
 from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_device
 from optical_st.research.methods import ENGLISH_CEILING, Method, english_ceiling
@@ -32,6 +32,7 @@ from optical_st.routes import find_router
 from optical_st.sampling import DynamicHardNegativeSampler
 
 __all__ = [
+    "evaluate_model",
     "last_eval_metrics",
     "load_benchmarks",
     "load_train_pairs",
@@ -40,6 +41,7 @@ __all__ = [
     "save_json",
     "summarize",
     "timed_evaluation",
+    "train_one",
 ]
 
 logger = logging.getLogger(__name__)
@@ -122,11 +124,11 @@ def _tracking(flops: FlopsCallback, track: Sequence[tuple[Any, str, str]]) -> It
 
 def summarize(raw: dict[str, float], bench: RetrievalBenchmark, fn: str) -> dict[str, float]:
     """The report's metric names from an evaluator's raw keys: translation benchmarks (bitext) give accuracy@1 in
-    both directions and MRR@10; relevance benchmarks give ``xref``-prefixed MAP@100, nDCG@10, R@100, MRR@10."""
+    both directions, MRR@10 and nDCG@10; relevance benchmarks give ``xref``-prefixed MAP@100, nDCG@10, R@100, MRR@10."""
     if bench.bitext is not None:
         forward, reverse = f"{bench.name}_lrl2en_{fn}_", f"{bench.name}_en2lrl_{fn}_"
         keys = {"acc@1 LRL→En": forward + "accuracy@1", "acc@1 En→LRL": reverse + "accuracy@1"}
-        keys["MRR@10"] = forward + "mrr@10"
+        keys.update({"MRR@10": forward + "mrr@10", "nDCG@10": forward + "ndcg@10"})
     else:
         prefix = "xref " if bench.name.startswith("bible-xref") else ""
         head = f"{bench.name}_{fn}_"
@@ -136,9 +138,15 @@ def summarize(raw: dict[str, float], bench: RetrievalBenchmark, fn: str) -> dict
     return {metric: float(raw[key]) for metric, key in keys.items() if key in raw}
 
 
-def _evaluate(
-    model: SentenceTransformer, benches: dict[str, RetrievalBenchmark], config: ExperimentConfig, cache: EmbeddingCache
+def evaluate_model(
+    model: SentenceTransformer,
+    benches: dict[str, RetrievalBenchmark],
+    config: ExperimentConfig,
+    cache: EmbeddingCache | None = None,
 ) -> dict[str, Any]:
+    """``{"metrics": report names -> value, "raw_metrics": evaluator keys -> value, "eval_seconds": s}`` of a model on
+    the benchmarks; the frozen teacher's corpus embeddings go through ``cache``."""
+    cache = cache if cache is not None else EmbeddingCache(config.cache_dir)
     _set_max_seq_length(model, config.eval_max_seq_length)
     metrics: dict[str, float] = {}
     raw_all: dict[str, float] = {}
@@ -161,6 +169,64 @@ def _evaluate(
     return {"metrics": metrics, "raw_metrics": raw_all, "eval_seconds": time.perf_counter() - start}
 
 
+def train_one(
+    method: Method, config: ExperimentConfig, seed: int, train: Dataset
+) -> tuple[SentenceTransformer, dict[str, Any]]:
+    """Train one method with one seed (or, for a method without training, load its model): ``(model, record)``, the
+    record holding what training cost (steps, seconds, measured FLOPs, the training logs)."""
+    device = resolve_device(config)
+    set_seed(seed)
+    record: dict[str, Any] = {"method": method.name, "seed": seed, "description": method.description}
+    if method.setup is None:
+        model = SentenceTransformer(method.model or config.resolved_teacher(), device=device)
+        record.update(train_seconds=0.0, steps=0, flops={"total": 0.0, "per_step": {}, "one_off": {}})
+        return model, record
+    model = build_optical_model(config.resolved_teacher(), config.student, device=device)
+    _set_max_seq_length(model, config.max_seq_length)
+    start = time.perf_counter()
+    plan = method.setup(model, train, config)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(config.output_dir) / "runs" / f"{method.name}-seed{seed}"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10,
+        use_cpu=device == "cpu",
+        bf16=resolve_bf16(config, device),
+        router_mapping=plan.router_mapping,
+        prompts=column_prompts(model, plan.router_mapping),
+        batch_sampler=plan.batch_sampler if plan.batch_sampler is not None else config.batch_sampler,
+    )
+    flops = FlopsCallback(model, plan.loss, every_n_steps=config.flops_every)
+    for phase, value in plan.one_off_flops.items():
+        flops.add_one_off(phase, value)
+    callbacks = [flops]
+    if isinstance(plan.loss, OTDistillationLoss):
+        callbacks.append(OTDiagnosticsCallback(plan.loss))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=callbacks
+    )
+    if plan.batch_sampler is not None:
+        DynamicHardNegativeSampler.attach(trainer)
+    with _tracking(flops, plan.track):
+        trainer.train()
+    record.update(
+        train_seconds=time.perf_counter() - start,
+        steps=trainer.state.global_step,
+        epochs=trainer.state.epoch or 0.0,
+        train_loss=[log["loss"] for log in trainer.state.log_history if "loss" in log],
+        train_logs=[log for log in trainer.state.log_history if "loss" in log],
+        flops=flops.report.to_dict(),
+    )
+    return model, record
+
+
 def run_one(
     method: Method,
     config: ExperimentConfig,
@@ -170,63 +236,12 @@ def run_one(
     cache: EmbeddingCache | None = None,
 ) -> dict[str, Any]:
     """Train (unless zero-shot) and evaluate one method with one seed; returns a JSON-able record."""
-    device = resolve_device(config)
-    teacher_name = config.resolved_teacher()
-    cache = cache if cache is not None else EmbeddingCache(config.cache_dir)
-    set_seed(seed)
     load_before = os.getloadavg()[0]
-    record: dict[str, Any] = {"method": method.name, "seed": seed, "description": method.description}
-    if method.setup is None:
-        model = SentenceTransformer(teacher_name, device=device)
-        record.update(train_seconds=0.0, steps=0, flops={"total": 0.0, "per_step": {}, "one_off": {}})
-    else:
-        model = build_optical_model(teacher_name, config.student, device=device)
-        _set_max_seq_length(model, config.max_seq_length)
-        start = time.perf_counter()
-        plan = method.setup(model, train, config)
-        run_dir = Path(config.output_dir) / "runs" / f"{method.name}-seed{seed}"
-        args = SentenceTransformerTrainingArguments(
-            output_dir=str(run_dir),
-            num_train_epochs=config.epochs,
-            max_steps=config.max_steps,
-            per_device_train_batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            warmup_steps=config.warmup_ratio,
-            seed=seed,
-            data_seed=seed,
-            report_to=[],
-            save_strategy="no",
-            logging_steps=10,
-            use_cpu=device == "cpu",
-            bf16=resolve_bf16(config, device),
-            router_mapping=plan.router_mapping,
-            prompts=column_prompts(model, plan.router_mapping),
-            **({"batch_sampler": plan.batch_sampler} if plan.batch_sampler is not None else {}),
-        )
-        flops = FlopsCallback(model, plan.loss, every_n_steps=config.flops_every)
-        for phase, value in plan.one_off_flops.items():
-            flops.add_one_off(phase, value)
-        callbacks = [flops]
-        if hasattr(plan.loss, "monitor"):
-            callbacks.append(OTDiagnosticsCallback(plan.loss))
-        trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=callbacks
-        )
-        if plan.batch_sampler is not None:
-            DynamicHardNegativeSampler.attach(trainer)
-        with _tracking(flops, plan.track):
-            trainer.train()
-        record.update(
-            train_seconds=time.perf_counter() - start,
-            steps=trainer.state.global_step,
-            train_loss=[log["loss"] for log in trainer.state.log_history if "loss" in log],
-            train_logs=[log for log in trainer.state.log_history if "loss" in log],
-            flops=flops.report.to_dict(),
-        )
+    model, record = train_one(method, config, seed, train)
     # the English ceiling reads the English version of the queries; every other method the low-resource one
     ceiling = method.name == ENGLISH_CEILING
     wanted = {k: b for k, b in benches.items() if k.endswith(":english") == ceiling}
-    record.update(_evaluate(model, wanted, config, cache))
+    record.update(evaluate_model(model, wanted, config, cache))
     record["load_average"] = [load_before, os.getloadavg()[0]]
     return record
 
