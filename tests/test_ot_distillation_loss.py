@@ -24,7 +24,7 @@ def batch_loss(loss: OTDistillationLoss, model: SentenceTransformer, dataset: Da
 # maths
 # ------------------------------------------------------------------------------------------------
 def test_gradient_wrt_cost_is_the_plan(teacher):
-    loss = OTDistillationLoss(teacher, teacher=teacher, reg=0.05, max_iter=500, tol=1e-9)
+    loss = OTDistillationLoss(teacher, teacher=teacher, reg=0.05, max_iter=500, tol=1e-9, cost_scale=None)
     captured = {}
 
     def cost_fn(x, y):
@@ -58,7 +58,7 @@ def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
     s = (torch.randn(2, 4, 8, generator=g) + shared).requires_grad_()
     t = torch.randn(2, 5, 8, generator=g) + shared
     s_mask, t_mask = torch.ones(2, 4), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    kwargs = dict(reg=0.05, max_iter=2000, tol=1e-9)
+    kwargs = dict(reg=0.05, max_iter=2000, tol=1e-9, cost_scale=None)
     centered = OTDistillationLoss(teacher, teacher=teacher, center=True, **kwargs)
     plain = OTDistillationLoss(teacher, teacher=teacher, center=False, **kwargs)
     # oracle: the mean of each sentence's mean teacher token (uniform mass over its real tokens), by hand
@@ -95,6 +95,40 @@ def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
         s, s_mask, t, t_mask
     )
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-6)
+
+
+def test_cost_scale_max_makes_reg_relative_to_the_largest_cost(teacher):
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(2, 4, 8, generator=g)
+    t = torch.randn(2, 6, 8, generator=g)
+    s_mask, t_mask = torch.ones(2, 4), torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    t_junk = t.clone()
+    t_junk[1, 4:] = 100.0  # padding: must not set the scale
+    kwargs = dict(reg=0.05, max_iter=5000, tol=1e-9, center=False)
+    for cost in ("cosine", "sqeuclidean"):
+        scaled = OTDistillationLoss(teacher, teacher=teacher, cost=cost, cost_scale="max", **kwargs)
+        value = scaled.compute_loss_from_embeddings(s, s_mask, t_junk, t_mask)
+        # oracle: each problem's cost over its real tokens divided by its own largest entry, solved unscaled
+        expected = []
+        for i, m in enumerate((6, 4)):
+            raw = pairwise(cost, s[i : i + 1], t[i : i + 1, :m])
+            plan = sinkhorn_log(raw / raw.max(), reg=0.05, max_iter=5000, tol=1e-9)
+            expected.append(float((plan * raw / raw.max()).sum()))
+        assert float(value) == pytest.approx(sum(expected) / 2, abs=1e-5), cost
+    # one reg, one sharpness: squared-Euclidean costs of norm-5 embeddings converge in the default iterations
+    big_s, big_t = 5 * s, 5 * t
+    default = OTDistillationLoss(teacher, teacher=teacher, cost="sqeuclidean")
+    default.compute_loss_from_embeddings(big_s, s_mask, big_t, t_mask)
+    assert default.last_solver_log.converged
+    raw = OTDistillationLoss(teacher, teacher=teacher, cost="sqeuclidean", cost_scale=None)
+    with pytest.warns(UserWarning, match="did not converge"):
+        raw.compute_loss_from_embeddings(big_s, s_mask, big_t, t_mask)
+
+
+def pairwise(cost: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    from optical_st.ot import pairwise_cost
+
+    return pairwise_cost(x, y, cost)[0]
 
 
 def test_padding_changes_nothing(teacher):
