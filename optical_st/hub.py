@@ -25,7 +25,8 @@ from huggingface_hub import EvalResult, ModelCard
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import get_rank
 
-from optical_st.model_card import HUB_ID, MODEL_ID_PLACEHOLDER, merge_eval_results
+from optical_st.model_card import HUB_ID, MODEL_ID_PLACEHOLDER
+from optical_st.model_index import merge_eval_results
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import importlib.resources
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -25,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, ModelCard
-from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 from huggingface_hub.utils import yaml_dump
 from sentence_transformers import SentenceTransformerModelCardData
 from torch import nn
 from transformers.modelcard import make_markdown_table
 
+from optical_st.model_index import eval_results_table, finite_eval_results, merge_eval_results, merged_model_index
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 from optical_st.utils import as_float
 
@@ -43,9 +42,7 @@ __all__ = [
     "MODEL_CARD_TEMPLATE",
     "OPTICAL_CITATION",
     "OpticalModelCardData",
-    "finite_eval_results",
     "hub_model_id",
-    "merge_eval_results",
     "model_card_template_path",
 ]
 
@@ -109,31 +106,6 @@ def hub_model_id(model: Any) -> str | None:
     return hub_model_id(name) if name else None
 
 
-def merge_eval_results(existing: Iterable[EvalResult], new: Iterable[EvalResult]) -> list[EvalResult]:
-    """``existing`` with ``new`` added; a new result replaces one that differs from it only by value. Results with a
-    NaN or infinite value are dropped with a warning (YAML would store ``.nan``, which the Hub shows as a score)."""
-    merged = finite_eval_results(existing)
-    for result in finite_eval_results(new):
-        merged = [old for old in merged if not old.is_equal_except_value(result)]
-        merged.append(result)
-    return merged
-
-
-def finite_eval_results(results: Iterable[EvalResult]) -> list[EvalResult]:
-    """``results`` without those whose value is a NaN or infinite number (each dropped one is logged)."""
-    kept = []
-    for result in results:
-        value = result.metric_value
-        if isinstance(value, (int, float)) and not math.isfinite(value):
-            logger.warning(
-                f"Dropping evaluation result {result.metric_type!r} on {result.dataset_name!r} = {value}: a "
-                "non-finite score is no result (did the evaluator see an empty split?)."
-            )
-            continue
-        kept.append(result)
-    return kept
-
-
 def _flat_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
     # router_mapping may be per dataset ({dataset: {column: route}}); OPTICAL trains on one dataset
     return next(iter(mapping.values())) if isinstance(next(iter(mapping.values()), None), dict) else mapping
@@ -186,6 +158,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         eval_results: evaluation results (``huggingface_hub.EvalResult``, see
             :func:`optical_st.hub.eval_results_from_metrics`), shown in the card and in its ``model-index`` metadata.
         training_flops: total training FLOPs, to override the measured value (e.g. a run spanning several sessions).
+        weights_note: where the starting weights came from when that is not just the Hub id (e.g. a conversion).
         language, license, model_name, model_id, train_datasets, eval_datasets, task_name, tags, local_files_only,
             generate_widget_examples: as in ``SentenceTransformerModelCardData``. ``language`` defaults to
             ``[target_language, source_language]``.
@@ -213,6 +186,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     negatives: str | None = None
     eval_results: list[EvalResult] = field(default_factory=list)
     training_flops: float | None = None
+    weights_note: str | None = None
 
     # filled from the loss (set_losses) and during training
     ot_config: dict[str, Any] = field(default_factory=dict, init=False)
@@ -300,15 +274,10 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             if self.training_flops is None:
                 data["training_flops"] = sum(self.measured_flops.values())
         self.eval_results = finite_eval_results(self.eval_results)  # no `.nan` in the card, whoever set them
-        data["optical_eval_table"] = self._eval_table()
-        model_index = data.get("model-index")
-        existing = model_index_to_eval_results(model_index)[1] if model_index else []
-        finite = finite_eval_results(existing)  # the evaluators' results too
-        if self.eval_results or len(finite) != len(existing):
-            merged = merge_eval_results(finite, self.eval_results)
-            data["model-index"] = (
-                eval_results_to_model_index(self.model_name or "OPTICAL model", merged) if merged else None
-            )
+        data["optical_eval_table"] = eval_results_table(self.eval_results)
+        data["model-index"] = merged_model_index(
+            data.get("model-index"), self.eval_results, self.model_name or "OPTICAL model"
+        )
         if self.eval_results:
             data["metrics"] = list(
                 dict.fromkeys([*(data.get("metrics") or []), *(r.metric_type for r in self.eval_results)])
@@ -424,20 +393,3 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         if sum(route == TEACHER_ROUTE for route in _flat_mapping(self._train_router_mapping).values()) > 1:
             return "static"
         return "none"
-
-    def _eval_table(self) -> str:
-        if not self.eval_results:
-            return ""
-        rows = [
-            {
-                "Task": result.task_name or result.task_type,
-                "Dataset": result.dataset_name,
-                "Split": result.dataset_split or "-",
-                "Metric": result.metric_name or result.metric_type,
-                "Value": round(result.metric_value, 4)
-                if isinstance(result.metric_value, float)
-                else result.metric_value,
-            }
-            for result in self.eval_results
-        ]
-        return make_markdown_table(rows).replace("-:|", "--|")
