@@ -226,7 +226,7 @@ def test_cli_round_trips_the_config():
 
 def test_single_run_report_has_a_row_per_method(tmp_path):
     """The demo's report takes any number of methods: one table line and one bar group each."""
-    metrics = {"accuracy@1": 0.1, "mrr@10": 0.2, "ndcg@10": 0.3, "map@100": 0.25}
+    metrics = {"acc@1 LRL→En": 0.1, "MRR@10": 0.2, "nDCG@10": 0.3, "acc@1 En→LRL": 0.25}
     rows = [
         method_row("zero-shot teacher", {k: v / 10 for k, v in metrics.items()}, wall_time_s=30.0),
         method_row("OT", metrics, train_pairs=20000, epochs=1.0, wall_time_s=600.0),
@@ -244,4 +244,4 @@ def test_single_run_report_has_a_row_per_method(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["method"] for r in saved["results"]] == ["zero-shot teacher", "OT", "OT + InfoNCE"] and saved["note"] == 1
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
-    assert ratios(rows[2], rows[0], ["accuracy@1"]) == {"accuracy@1": pytest.approx(20.0)}
+    assert ratios(rows[2], rows[0], ["acc@1 LRL→En"]) == {"acc@1 LRL→En": pytest.approx(20.0)}
