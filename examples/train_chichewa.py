@@ -32,7 +32,8 @@ def main() -> None:
 
     bitext = load_bible_bitext(max_pairs={"train": args.train_pairs})  # columns (english, chichewa), split by books
     train, test = bitext["train"], bitext["test"]
-    model = build_optical_model(args.teacher or str(multilingual_e5_path()))  # student = trainable copy
+    # student = a trainable copy of the teacher; its 96M-parameter word-embedding matrix stays frozen (faster on CPU)
+    model = build_optical_model(args.teacher or str(multilingual_e5_path()), train_word_embeddings=False)
     loss = OTDistillationLoss(model, contrastive_weight=1.0)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir,

@@ -96,6 +96,7 @@ def build_optical_model(
     student: SentenceTransformer | str | None = None,
     *,
     freeze_teacher: bool = True,
+    train_word_embeddings: bool = True,
     model_card_data: Any | None = None,
     **load_kwargs: Any,
 ) -> SentenceTransformer:
@@ -110,6 +111,10 @@ def build_optical_model(
         freeze_teacher: set ``requires_grad=False`` on the teacher route (OPTICAL never updates the teacher). A
             saved model reloaded with ``SentenceTransformer(path)`` comes back with a trainable teacher route (no
             load hook in sentence-transformers); :func:`load_optical_model` freezes it again, and so do the losses.
+        train_word_embeddings: ``False`` freezes the student's word-embedding matrix. For a multilingual student
+            it is most of the model (multilingual-e5-small: 96M of 118M parameters), and its AdamW update dominates
+            a CPU step's optimizer cost and memory (two fp32 moments: 0.7 GB); distillation mostly needs the layers
+            above it (measured in docs/demo_tuning.md).
         model_card_data: card data for the saved model's README; ``None`` attaches an
             :class:`optical_st.OpticalModelCardData` (the OPTICAL card) with the teacher and student Hub ids filled in.
         **load_kwargs: forwarded when ``teacher``/``student`` are names (``device``, ``cache_folder``, ...).
@@ -148,6 +153,8 @@ def build_optical_model(
         student_modules = body + copy.deepcopy(teacher_modules[t_idx + 1 :])
     for p in (p for m in teacher_modules for p in m.parameters()):
         p.requires_grad_(not freeze_teacher)
+    if not train_word_embeddings:
+        student_modules[_transformer_index(student_modules)].auto_model.get_input_embeddings().requires_grad_(False)
     router = Router.for_query_document(
         query_modules=student_modules, document_modules=teacher_modules, default_route=TEACHER_ROUTE
     )

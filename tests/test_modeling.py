@@ -62,3 +62,20 @@ def test_prompt_tokens_carry_no_transport_mass(tiny_dirs, bitext):
     assert torch.equal(
         mask, special_tokens_mask(features["input_ids"], loss._student.special_ids, features["prompt_length"])
     )
+
+
+def test_word_embeddings_can_be_frozen_in_the_student_only(teacher, student):
+    model = build_optical_model(teacher, student, train_word_embeddings=False)
+    router = model[0]
+    student_bert = router.sub_modules["query"][0].auto_model
+    assert not student_bert.get_input_embeddings().weight.requires_grad
+    # everything else in the student still trains; the teacher stays frozen
+    trainable = {n for n, p in router.sub_modules["query"].named_parameters() if p.requires_grad}
+    assert any("encoder.layer.0" in n for n in trainable) and not any("word_embeddings" in n for n in trainable)
+    assert not any(p.requires_grad for p in router.sub_modules["document"].parameters())
+    assert (
+        build_optical_model(teacher, student)[0]
+        .sub_modules["query"][0]
+        .auto_model.get_input_embeddings()
+        .weight.requires_grad
+    )

@@ -38,6 +38,7 @@ class ExperimentConfig:
     output_dir: str = "results/experiment"
     teacher: str | None = None  # None: multilingual-e5-small (its English side is the teacher)
     student: str | None = None  # None: a trainable copy of the teacher
+    train_word_embeddings: bool = False  # the student's 96M-parameter embedding matrix: frozen (same quality, faster)
     languages: tuple[str, ...] = ("nya",)  # optical_st.data.LANGUAGES codes: nya, swh, tgl
     train_data: str = "bible"  # "bible" (offline, books 1-44) or "hub:<dataset id>[:<config>]"
     english_column: str = "english"

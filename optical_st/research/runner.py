@@ -181,7 +181,9 @@ def train_one(
         model = SentenceTransformer(method.model or config.resolved_teacher(), device=device)
         record.update(train_seconds=0.0, steps=0, flops={"total": 0.0, "per_step": {}, "one_off": {}})
         return model, record
-    model = build_optical_model(config.resolved_teacher(), config.student, device=device)
+    model = build_optical_model(
+        config.resolved_teacher(), config.student, train_word_embeddings=config.train_word_embeddings, device=device
+    )
     _set_max_seq_length(model, config.max_seq_length)
     start = time.perf_counter()
     plan = method.setup(model, train, config)
