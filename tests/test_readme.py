@@ -24,8 +24,8 @@ def test_readme_quickstart_runs(tiny_dirs, tmp_path, monkeypatch):
     code = quickstart()
     lines = [line for line in code.splitlines() if line.strip() and not line.startswith("#")]
     assert len(lines) <= 16, "the quickstart should stay about 15 lines"
-    assert '"sentence-transformers/all-MiniLM-L6-v2"' in code and 'output_dir="out"' in code
-    code = code.replace('"sentence-transformers/all-MiniLM-L6-v2"', repr(str(tiny_dirs["teacher"])))
+    assert '"intfloat/multilingual-e5-small"' in code and 'output_dir="out"' in code
+    code = code.replace('"intfloat/multilingual-e5-small"', repr(str(tiny_dirs["teacher"])))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     with mock.patch.object(SentenceTransformer, "push_to_hub", autospec=True) as push:
