@@ -46,7 +46,7 @@ def test_demo_runs_end_to_end(tiny_dirs, tmp_path):
         "multilingual-e5-small zero-shot (the teacher)",
         "OT alone",
         "contrastive KD alone",
-        "OPTICAL (OT + InfoNCE)",
+        "OPTICAL (OT + InfoNCE + cosine)",
     ]
     for row in rows.values():
         for metric in ("acc@1 LRL→En", "acc@1 En→LRL", "MRR@10", "nDCG@10"):
@@ -59,7 +59,7 @@ def test_demo_runs_end_to_end(tiny_dirs, tmp_path):
     )
     assert results["peak_memory_gb"] > 0 and results["embedding_cache"]["hits"] >= 3  # teacher corpus encoded once
     table = (out / "results.md").read_text()
-    assert "| OPTICAL (OT + InfoNCE) |" in table and "peak memory" in table
+    assert "| OPTICAL (OT + InfoNCE + cosine) |" in table and "peak memory" in table
     assert "| OT alone |" in proc.stdout  # the table is printed too
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -68,7 +68,7 @@ def test_demo_runs_end_to_end(tiny_dirs, tmp_path):
     assert model.encode_query(["Mulungu ndi chikondi"]).shape == model.encode_document(["God is love"]).shape
     card = (out / "model" / "README.md").read_text()
     assert "OTDistillationLoss" in card and "contrastive_weight" in card
-    default = rows["OPTICAL (OT + InfoNCE)"]
+    default = rows["OPTICAL (OT + InfoNCE + cosine)"]
     assert "model-index" in card and f"value: {default['MRR@10']}" in card
     assert "FlopCounterMode" in card
     entry = json.loads((out / "eval_results.json").read_text())
