@@ -76,3 +76,59 @@ def test_demo_runs_end_to_end(tiny_dirs, tmp_path):
     # offline push: a clear error, nothing lost
     assert "push_error" in results and "Push failed" in proc.stdout
     assert (out / "hub" / "modules.json").is_file()
+
+
+@pytest.mark.slow
+def test_only_default_with_bible_corpus_scores_the_right_models(tiny_dirs, tmp_path, monkeypatch):
+    """--only-default --bible-corpus: the whole-Bible row named zero-shot is an untrained model and the default row is
+    the trained student (an earlier version indexed the shortened method list and scored the trained student twice)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("optical_demo", EXAMPLES / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+
+    trained: dict[int, tuple[str, int]] = {}  # id(model) -> (method, steps)
+    scored_on_bible: list[int] = []
+    real_train_one, real_evaluate = demo.train_one, demo.evaluate_model
+    real_load_bible = demo.load_bible_benchmark
+
+    def train_one(method, *args, **kwargs):
+        model, record = real_train_one(method, *args, **kwargs)
+        trained[id(model)] = (method.name, record["steps"])
+        return model, record
+
+    def evaluate_model(model, benches, *args, **kwargs):
+        if "bible-corpus" in benches:
+            scored_on_bible.append(id(model))
+        return real_evaluate(model, benches, *args, **kwargs)
+
+    def small_bible(*args, **kwargs):  # the tiny models need not encode 31,095 verses: the first 300 are enough
+        bench = real_load_bible(*args, **kwargs)
+        keep = set(list(bench.corpus)[:300]) | {d for docs in bench.relevant_docs.values() for d in docs}
+        bench.corpus = {k: v for k, v in bench.corpus.items() if k in keep}
+        return bench
+
+    monkeypatch.setattr(demo, "train_one", train_one)
+    monkeypatch.setattr(demo, "evaluate_model", evaluate_model)
+    monkeypatch.setattr(demo, "load_bible_benchmark", small_bible)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = demo.main(
+        [
+            "--output-dir", str(tmp_path / "demo"),
+            "--teacher", str(tiny_dirs["teacher"]),
+            "--english-model", str(tiny_dirs["student"]),
+            "--train-pairs", "16", "--test-pairs", "12", "--max-steps", "2", "--batch-size", "4",
+            "--max-seq-length", "48", "--cache-dir", str(tmp_path / "cache"),
+            "--only-default", "--bible-corpus",
+        ]
+    )  # fmt: skip
+    assert [row["method"] for row in result["results"]] == [
+        "multilingual-e5-small zero-shot (the teacher)",
+        demo.DEFAULT,
+    ]
+    assert [trained[i] for i in scored_on_bible] == [
+        ("multilingual-e5-small zero-shot (the teacher)", 0),
+        (demo.DEFAULT, 2),
+    ]
+    assert set(result["whole_bible_corpus"]) == {"multilingual-e5-small zero-shot", demo.DEFAULT}

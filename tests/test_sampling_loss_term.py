@@ -74,3 +74,10 @@ def test_symmetric_term_adds_the_reverse_direction(teacher):
         assert loss.get_config_dict()["symmetric"] is symmetric
     assert out[True] == pytest.approx(info_nce(s_sent, t_sent, None, 0.05, symmetric=True).item(), rel=1e-6)
     assert out[True] != pytest.approx(out[False], rel=1e-3)
+
+
+def test_symmetric_without_the_infonce_term_is_refused(teacher):
+    """symmetric=True only changes the InfoNCE term; with contrastive_weight=0 it would silently do nothing."""
+    with pytest.raises(ValueError, match="contrastive_weight > 0"):
+        OTDistillationLoss(teacher, teacher=teacher, symmetric=True)
+    OTDistillationLoss(teacher, teacher=teacher, symmetric=True, contrastive_weight=0.5)  # the term is on: fine

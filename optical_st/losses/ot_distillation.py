@@ -168,6 +168,11 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self.contrastive_weight = as_float("contrastive_weight", contrastive_weight, minimum=0.0)
         self.temperature = check_temperature(temperature)
         self.symmetric = bool(symmetric)
+        if self.symmetric and self.contrastive_weight == 0:  # the reverse direction belongs to the InfoNCE term
+            raise ValueError(
+                "symmetric=True adds the reverse direction to the InfoNCE term, which contrastive_weight=0 switches "
+                "off; set contrastive_weight > 0 (e.g. 1.0) or drop symmetric=True."
+            )
         self.last_solver_log: ot.SinkhornLog | None = None
         self.monitor = OTMonitor()
 
