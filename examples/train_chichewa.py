@@ -2,8 +2,9 @@
 
 The teacher is multilingual-e5-small reading English (frozen); the student, a trainable copy of it, reads Chichewa
 and learns the teacher's token space through optimal transport plus an InfoNCE term on the pooled embeddings
-(``OTDistillationLoss(contrastive_weight=1.0, sentence_weight=1.0)``). The result is one sentence-transformers model: ``encode_query``
-runs the student (Chichewa), ``encode_document`` the teacher (English). Offline by default (models and bitext from
+(``OTDistillationLoss(contrastive_weight=1.0, temperature=0.01)``: multilingual-e5's own temperature), with one hard
+negative per pair mined once by sentence-transformers' ``mine_hard_negatives``. The result is one
+sentence-transformers model: ``encode_query`` runs the student (Chichewa), ``encode_document`` the teacher (English). Offline by default (models and bitext from
 PyPI packages); with Hub access pass ``--teacher intfloat/multilingual-e5-small`` (or LaBSE, XLM-R, ...) and your own
 bitext. ``make demo`` (examples/demo.py) runs this recipe next to its ablations and the zero-shot baselines.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.util import mine_hard_negatives
 
 from optical_st import OTDistillationLoss, build_optical_model, column_prompts, router_mapping
 from optical_st.data import load_bible_bitext, multilingual_e5_path
@@ -34,14 +36,19 @@ def main() -> None:
     train, test = bitext["train"], bitext["test"]
     # student = a trainable copy of the teacher; its 96M-parameter word-embedding matrix stays frozen (faster on CPU)
     model = build_optical_model(args.teacher or str(multilingual_e5_path()), train_word_embeddings=False)
-    loss = OTDistillationLoss(model, contrastive_weight=1.0, sentence_weight=1.0)
+    # one English hard negative per pair: the English verse the starting model ranks closest to the Chichewa verse
+    train = mine_hard_negatives(
+        train, model, anchor_column_name="chichewa", positive_column_name="english", num_negatives=1,
+        output_format="n-tuple", batch_size=64,
+    ).select_columns(["english", "chichewa", "negative_1"])  # fmt: skip
+    loss = OTDistillationLoss(model, contrastive_weight=1.0, temperature=0.01)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir,
         num_train_epochs=1,
         per_device_train_batch_size=32,
         learning_rate=5e-5,
         warmup_steps=0.1,
-        router_mapping=router_mapping(train),  # english -> teacher, chichewa -> student
+        router_mapping=router_mapping(train),  # english, negative_1 -> teacher; chichewa -> student
         prompts=column_prompts(model, train),  # "passage: " / "query: ", as the model reads them at search time
         save_strategy="no",
         report_to="none",

@@ -245,3 +245,37 @@ def test_single_run_report_has_a_row_per_method(tmp_path):
     assert [r["method"] for r in saved["results"]] == ["zero-shot teacher", "OT", "OT + InfoNCE"] and saved["note"] == 1
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
     assert ratios(rows[2], rows[0], ["acc@1 LRL→En"]) == {"acc@1 LRL→En": pytest.approx(20.0)}
+
+
+def test_add_hard_negatives_matches_brute_force(tiny_dirs):
+    """Static negatives through sentence-transformers' miner: each row's negative is the English text the model ranks
+    highest for its LRL text (student route) among the other rows' English texts (teacher route), brute force."""
+    import torch
+    from sentence_transformers.util import cos_sim
+
+    from optical_st import build_optical_model
+    from optical_st.research import ExperimentConfig, add_hard_negatives, contrastive_distillation, ot_distillation
+    from tests.conftest import toy_bitext
+
+    model = build_optical_model(str(tiny_dirs["teacher"]), str(tiny_dirs["student"]), device="cpu")
+    train = toy_bitext(24)
+    mined = add_hard_negatives(train, model, num_negatives=1, batch_size=8)
+    assert mined.column_names == ["english", "lrl", "negative_1"] and len(mined) == len(train)
+
+    english = list(train["english"])
+    scores = cos_sim(model.encode_query(list(train["lrl"]), convert_to_tensor=True),
+                     model.encode_document(english, convert_to_tensor=True))  # fmt: skip
+    expected = {}
+    for i, (lrl, positive) in enumerate(zip(train["lrl"], english, strict=True)):
+        ranked = [english[j] for j in torch.argsort(scores[i], descending=True).tolist() if english[j] != positive]
+        expected[(lrl, positive)] = ranked[0]
+    for row in mined:
+        assert row["negative_1"] == expected[(row["lrl"], row["english"])]
+
+    # a loss with an InfoNCE term trains on the negatives; the OT-only loss gets (english, lrl)
+    config = ExperimentConfig()
+    with_term = ot_distillation("x", contrastive_weight=1.0).setup(model, mined, config)
+    assert with_term.train_dataset.column_names == ["english", "lrl", "negative_1"]
+    assert with_term.router_mapping["negative_1"] == "document"
+    assert ot_distillation("y").setup(model, mined, config).train_dataset.column_names == ["english", "lrl"]
+    assert contrastive_distillation().setup(model, mined, config).train_dataset.column_names[-1] == "negative_1"

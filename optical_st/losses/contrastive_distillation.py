@@ -63,7 +63,8 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
             model: the student, or an OPTICAL Router model (``query`` route = student, ``document`` route = teacher).
             teacher: the frozen English teacher when ``model`` is a plain student; ``None`` for a Router model.
             temperature: softmax temperature ``T`` (> 0); ``0.05`` equals ST's ``MultipleNegativesRankingLoss``
-                default ``scale=20``.
+                default ``scale=20``. Match the teacher's training temperature (multilingual-e5: ``0.01``): a softer
+                one pulls the student's similarities apart, out of the teacher's space (docs/demo_tuning.md).
             similarity_fct: similarity between student and teacher embeddings, ``(B, d), (N, d) -> (B, N)``;
                 cosine by default.
             symmetric: also add the reverse direction (each teacher embedding must pick its own student embedding

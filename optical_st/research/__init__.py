@@ -44,6 +44,7 @@ from optical_st.research.report import (
     write_results,
 )
 from optical_st.research.runner import (
+    add_hard_negatives,
     evaluate_model,
     last_eval_metrics,
     load_benchmarks,
@@ -63,6 +64,7 @@ __all__ = [
     "Method",
     "TrainSetup",
     "add_cli_arguments",
+    "add_hard_negatives",
     "aggregate",
     "config_from_args",
     "contrastive_distillation",

@@ -68,9 +68,12 @@ def english_ceiling() -> Method:
     return Method(ENGLISH_CEILING, None, "the teacher encodes the English queries and documents; no training")
 
 
-def _pairs(train: Dataset) -> tuple[Dataset, dict[str, str]]:
-    data = train.select_columns(["english", "lrl"])
-    return data, {"english": "document", "lrl": "query"}
+def _pairs(train: Dataset, negatives: bool = False) -> tuple[Dataset, dict[str, str]]:
+    """``(english, lrl)``, plus the ``negative_*`` columns (English, teacher route) when the loss takes them and the
+    data has them (:func:`~optical_st.research.add_hard_negatives`)."""
+    extra = [c for c in train.column_names if c.startswith("negative")] if negatives else []
+    data = train.select_columns(["english", "lrl", *extra])
+    return data, {"english": "document", "lrl": "query", **dict.fromkeys(extra, "document")}
 
 
 def ot_distillation(name: str = "OT-KD", sampler: dict[str, Any] | None = None, **loss_kwargs: Any) -> Method:
@@ -78,7 +81,8 @@ def ot_distillation(name: str = "OT-KD", sampler: dict[str, Any] | None = None, 
     ``DynamicHardNegativeSampler.configure`` (hard negatives for the loss's ``contrastive_weight`` term)."""
 
     def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
-        data, mapping = _pairs(train)
+        # mined negatives in the data feed the InfoNCE term; the sampler brings its own
+        data, mapping = _pairs(train, negatives=sampler is None and loss_kwargs.get("contrastive_weight", 0) > 0)
         plan = TrainSetup(OTDistillationLoss(model, **loss_kwargs), data, mapping)
         if sampler is not None:
             _attach_sampler(plan, sampler)
@@ -91,7 +95,7 @@ def contrastive_distillation(name: str = "Contrastive-KD", **loss_kwargs: Any) -
     """:class:`~optical_st.ContrastiveDistillationLoss` (in-batch InfoNCE against the frozen teacher)."""
 
     def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
-        data, mapping = _pairs(train)
+        data, mapping = _pairs(train, negatives=True)
         return TrainSetup(ContrastiveDistillationLoss(model, **loss_kwargs), data, mapping)
 
     return Method(name, setup, f"ContrastiveDistillationLoss({_kwargs_text(loss_kwargs)})")

@@ -19,6 +19,7 @@ from sentence_transformers import (
     SentenceTransformerTrainer,
     SentenceTransformerTrainingArguments,
 )
+from sentence_transformers.util import mine_hard_negatives
 from transformers import set_seed
 
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
@@ -74,6 +75,37 @@ def load_train_pairs(config: ExperimentConfig, language: str = "nya", seed: int 
     data = data.select_columns([config.english_column, lrl_column])
     data = data.rename_columns({config.english_column: "english", lrl_column: "lrl"})
     return data.filter(lambda row: bool(row["english"].strip()) and bool(row["lrl"].strip()))
+
+
+def add_hard_negatives(
+    train: Dataset, model: SentenceTransformer, num_negatives: int = 1, batch_size: int = 64, **kwargs: Any
+) -> Dataset:
+    """Static hard negatives, mined once: for each row, the English texts of the other rows that ``model`` ranks
+    closest to its LRL text (``encode_query``, the student) among all English texts (``encode_document``, the
+    teacher), through sentence-transformers' :func:`~sentence_transformers.util.mine_hard_negatives` (the positive
+    is never its own negative; ``kwargs`` go to it: ``range_min``, ``relative_margin``, ...).
+
+    Mine with the model training starts from (its query route is then still the teacher's copy), once, and give the
+    result to every method: they then share the data and the negatives, and a method whose loss takes no negatives
+    uses only ``(english, lrl)``. Rows the miner cannot give ``num_negatives`` negatives are dropped (none on the
+    Bible).
+
+    Returns:
+        A ``Dataset`` with columns ``english``, ``lrl``, ``negative_1`` ... ``negative_<num_negatives>``.
+    """
+    mined = mine_hard_negatives(
+        train.select_columns(["lrl", "english"]),
+        model,
+        anchor_column_name="lrl",
+        positive_column_name="english",
+        num_negatives=num_negatives,
+        output_format="n-tuple",
+        batch_size=batch_size,
+        verbose=False,
+        **kwargs,
+    )
+    negatives = [f"negative_{i}" for i in range(1, num_negatives + 1)]
+    return mined.select_columns(["english", "lrl", *negatives])
 
 
 def load_benchmarks(config: ExperimentConfig, language: str) -> dict[str, RetrievalBenchmark]:
