@@ -40,6 +40,9 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         dataset: the training ``datasets.Dataset`` (passed by the trainer).
         batch_size, drop_last, valid_label_columns, generator, seed: as in ``DefaultBatchSampler``.
         megabatch_factor: mega-batch size in batches. Larger = less padding, less randomness in batch composition.
+            8 (transformers uses up to 50): on the demo's 1,593 Bible rows 50 is one mega-batch, so every batch holds
+            verses of one length and in-batch negatives are alike; 8 pads 1.24x the real tokens (50: 1.18x, random
+            batches 1.88x) and trained a better InfoNCE student (accuracy@1 0.909 vs 0.898).
         length_column: optional numeric column holding each row's length.
 
     Example::
@@ -58,7 +61,7 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         valid_label_columns: list[str] | None = None,
         generator: torch.Generator | None = None,
         seed: int = 0,
-        megabatch_factor: int = 50,
+        megabatch_factor: int = 8,
         length_column: str | None = None,
     ) -> None:
         super().__init__(
