@@ -11,16 +11,24 @@ export TOKENIZERS_PARALLELISM = false
 
 .PHONY: install demo test test-fast lint bench clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+
+# the demo needs only its models and data; the tests (and lint, benchmarks) everything
+$(VENV)/.installed-demo: setup.cfg pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[demo]"
+	touch $@
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@ $(VENV)/.installed-demo
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed-demo
 	$(PY) examples/demo.py --output-dir runs/demo
 
 # CI runs this (.ci/run): the whole suite, with the ten slowest tests listed
