@@ -1,7 +1,7 @@
 """`make demo`: a multilingual Chichewa student with OPTICAL, next to what a user gets without it.
 
 Four rows on the same held-out Bible books (Romans–Philemon, 2,030 Chichewa verses against their 2,026 English
-verses), the three trained ones with the same data (1,440 pairs, one hard negative each), steps and seed:
+verses), the three trained ones with the same data (1,600 pairs, one hard negative each), steps and seed:
 
 1. multilingual-e5-small zero-shot: the free multilingual model, and OPTICAL's teacher (its English side);
 2. OT alone: the student (a trainable copy of multilingual-e5-small) learns the teacher's token space with
@@ -72,11 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="add an English-only model's zero-shot row (e.g. the offline all-MiniLM-L6-v2: "
         "optical_st.data.default_teacher(); it scored 0.003 accuracy@1 on Chichewa)",
     )
-    p.add_argument("--train-pairs", type=int, default=1440, help="training verses, books 1-44 (0 = all 27,927)")
+    p.add_argument("--train-pairs", type=int, default=1600, help="training verses, books 1-44 (0 = all 27,927)")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: one epoch)")
     p.add_argument("--test-pairs", type=int, default=0, help="test verses, books 45-57 (0 = all 2,030)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-seq-length", type=int, default=80, help="training; evaluation reads up to 128 tokens")
+    p.add_argument("--max-seq-length", type=int, default=96, help="training; evaluation reads up to 128 tokens")
     p.add_argument("--temperature", type=float, default=0.01, help="InfoNCE (multilingual-e5 was trained with 0.01)")
     p.add_argument("--num-negatives", type=int, default=1, help="hard negatives per row, mined once (0 = none)")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: ~/.cache/optical_st/embeddings)")
