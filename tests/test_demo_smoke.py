@@ -70,6 +70,7 @@ def test_demo_runs_end_to_end(tiny_dirs, tmp_path):
     assert model.encode_query(["Mulungu ndi chikondi"]).shape == model.encode_document(["God is love"]).shape
     card = (out / "model" / "README.md").read_text()
     assert "OTDistillationLoss" in card and "contrastive_weight" in card and "hard negative(s) per pair" in card
+    assert "**InfoNCE term:** 1.0 × InfoNCE" in card and "temperature 0.01" in card
     default = rows["OPTICAL (OT + InfoNCE)"]
     assert "model-index" in card and f"value: {default['MRR@10']}" in card
     assert "FlopCounterMode" in card
