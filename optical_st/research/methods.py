@@ -15,6 +15,7 @@ from torch import nn
 
 from optical_st.evaluation.flops import PhaseFlopCounter
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
+from optical_st.modeling import router_mapping
 from optical_st.research.config import ExperimentConfig
 from optical_st.sampling import DynamicHardNegativeSampler, HardNegativeMiningCallback
 
@@ -73,7 +74,7 @@ def _pairs(train: Dataset, negatives: bool = False) -> tuple[Dataset, dict[str, 
     data has them (:func:`~optical_st.research.add_hard_negatives`)."""
     extra = [c for c in train.column_names if c.startswith("negative")] if negatives else []
     data = train.select_columns(["english", "lrl", *extra])
-    return data, {"english": "document", "lrl": "query", **dict.fromkeys(extra, "document")}
+    return data, router_mapping(data)  # english and negatives -> teacher route, lrl -> student route
 
 
 def ot_distillation(name: str = "OT-KD", sampler: dict[str, Any] | None = None, **loss_kwargs: Any) -> Method:
