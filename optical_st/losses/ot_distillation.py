@@ -95,11 +95,13 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 ``scale=20``). Match the teacher's training temperature: its similarities live in that range, and a
                 softer one pushes the student out of the teacher's space. multilingual-e5 was trained with ``0.01``;
                 with it as teacher, ``0.05`` dropped English -> Chichewa accuracy@1 from 0.88 (zero-shot) to 0.07 on
-                the demo, while ``0.01`` kept it at 0.92 and raised Chichewa -> English accuracy@1 (docs/demo_tuning.md).
+                the demo, while ``0.01`` kept it at 0.90 (0.92 with ``sentence_weight=1``) and raised Chichewa ->
+                English accuracy@1 (docs/demo_tuning.md).
             symmetric: also the reverse InfoNCE direction (each teacher embedding must pick its own student embedding
                 among the batch's). The forward term alone ranks English documents for a Chichewa query but leaves
-                free how student embeddings rank for an English query (on the demo, English -> Chichewa accuracy@1
-                fell from 0.88 zero-shot to 0.07; 0.27 with ``symmetric``, 0.53 with ``sentence_weight=1`` instead).
+                free how student embeddings rank for an English query (on the demo at ``temperature=0.05``, English
+                -> Chichewa accuracy@1 fell from 0.88 zero-shot to 0.07; 0.27 with ``symmetric``, 0.53 with
+                ``sentence_weight=1`` instead; the teacher's temperature is the real fix, see ``temperature``).
 
         References:
             - Huang, Yu, Allan. Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal
