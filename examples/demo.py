@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from optical_st import column_prompts
+from optical_st import TeacherCache, column_prompts
 from optical_st.data.multilingual_e5 import HUB_ID as E5_HUB_ID
 from optical_st.evaluation import EmbeddingCache, load_bible_benchmark
 from optical_st.hub import HubPushError, eval_results_from_metrics, push_to_hub
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_sampler=LengthGroupedBatchSampler,  # similar lengths together: less padding, faster CPU steps
     )
     cache = EmbeddingCache(config.cache_dir)  # the frozen teacher's English verses are encoded once for all rows
+    teacher_cache = TeacherCache()  # ... and so are its outputs on the training verses (read by the 2nd and 3rd row)
     benches = load_benchmarks(config, "nya")
     train = load_train_pairs(config, "nya")
     infonce = {"temperature": args.temperature}
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, records, student, student_record, mined = [], [], None, None, None
     for method in methods:
         logging.info("%s", method.name)
-        model, record = train_one(method, config, 0, train)
+        model, record = train_one(method, config, 0, train, teacher_cache)
         record.update(evaluate_model(model, benches, config, cache))
         records.append(record)
         rows.append(

@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 
 from optical_st import hub, ot
 from optical_st.hub import HubPushError
-from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss, check_bitext
+from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss, TeacherCache, check_bitext
 from optical_st.model_card import OpticalModelCardData
 from optical_st.modeling import (
     add_projection,
@@ -24,6 +24,7 @@ __all__ = [
     "HubPushError",
     "OTDistillationLoss",
     "OpticalModelCardData",
+    "TeacherCache",
     "__version__",
     "add_projection",
     "build_optical_model",

@@ -258,7 +258,8 @@ class FlopsCallback(TrainerCallback):
     teacher forward, loss (OT cost + Sinkhorn matvecs / similarity matrix) and backward, summed over the step's
     gradient-accumulation micro-batches. :attr:`report` extrapolates the mean measured step to every step of the run.
     Work outside the steps (re-mining hard negatives, precomputing teacher embeddings) is added exactly with
-    :meth:`track` or :meth:`add_one_off`.
+    :meth:`track` or :meth:`add_one_off`. A loss's :class:`~optical_st.TeacherCache` is bypassed on measured steps,
+    so the teacher's forward counts as the method's cost even when later steps read it from the cache.
 
     Args:
         model: the model being trained (an OPTICAL Router model or a plain student).
@@ -281,6 +282,7 @@ class FlopsCallback(TrainerCallback):
         self.every_n_steps = every_n_steps
         self.phases = encoder_phases(model, loss)
         self._counter: PhaseFlopCounter | None = None
+        self._bypass = contextlib.ExitStack()
         self._sums: dict[str, int] = defaultdict(int)
         self._analytic: dict[str, float] = defaultdict(float)
         self._measured = 0
@@ -317,6 +319,9 @@ class FlopsCallback(TrainerCallback):
         if state.global_step % self.every_n_steps == 0 and self._counter is None:
             self._counter = PhaseFlopCounter(self.phases)
             self._counter.__enter__()
+            cache = getattr(self.loss, "teacher_cache", None)
+            if cache is not None:  # count the teacher's forward as the method's own cost, cached or not
+                self._bypass.enter_context(cache.bypassed())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._total_steps = state.global_step
@@ -324,6 +329,7 @@ class FlopsCallback(TrainerCallback):
             return
         counter, self._counter = self._counter, None
         counter.__exit__(None, None, None)
+        self._bypass.close()
         for phase, flops in counter.phase_flops.items():
             if phase in self.phases or phase in ("backward", "loss"):
                 self._sums[phase] += flops
@@ -345,6 +351,7 @@ class FlopsCallback(TrainerCallback):
         if self._counter is not None:  # training stopped inside a measured step
             self._counter.__exit__(None, None, None)
             self._counter = None
+            self._bypass.close()
         self._total_steps = state.global_step
         # the model card shows the measured FLOPs instead of its token-count estimate
         card = getattr(kwargs.get("model"), "model_card_data", None)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from optical_st import ot
 from optical_st.losses import checks
+from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.modeling import same_tokenizer
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
@@ -72,8 +73,17 @@ class TeacherStudentMixin:
     # LRL side (see optical_st.DynamicHardNegativeSampler)
     retrieval_columns = (1, 0)
 
-    def _init_teacher(self, model: SentenceTransformer, teacher: SentenceTransformer | None) -> None:
+    def _init_teacher(
+        self,
+        model: SentenceTransformer,
+        teacher: SentenceTransformer | None,
+        teacher_cache: TeacherCache | None = None,
+    ) -> None:
         name = type(self).__name__
+        if teacher_cache is not None and not isinstance(teacher_cache, TeacherCache):
+            raise ValueError(f"teacher_cache must be an optical_st.TeacherCache or None, got {type(teacher_cache)}.")
+        # a plain attribute (not a submodule, not in the config): a speed-up that changes no result
+        self.teacher_cache = teacher_cache
         router = find_router(model)
         if router is not None:
             if teacher is not None:
@@ -129,10 +139,17 @@ class TeacherStudentMixin:
         return self.teacher(batch_to_device(dict(features), device))
 
     def _run_teacher_frozen(self, features: dict[str, Any]) -> dict[str, Tensor]:
-        """The teacher side in eval mode without a graph (the teacher is never trained)."""
+        """The teacher side in eval mode without a graph (the teacher is never trained); through
+        ``self.teacher_cache`` when there is one."""
         self._set_teacher_eval()
+        cache = self.__dict__.get("teacher_cache")
         with torch.no_grad():
-            return self._teacher.run(features)
+            if cache is None:
+                return self._teacher.run(features)
+            if self.__dict__.get("_cache_bound") is not cache:  # checked once per cache: same teacher weights
+                cache.bind(self._teacher_modules)
+                self._cache_bound = cache
+            return cache.run(features, self._teacher.run)
 
     def _check_labels_and_routes(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
         """The input checks both losses share: no label column, and in Router mode (english, lrl, *negatives)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from optical_st.losses._teacher import TeacherStudentMixin
 from optical_st.losses.info_nce import check_temperature, info_nce
+from optical_st.losses.teacher_cache import TeacherCache
 
 CONTRASTIVE_KD_CITATION = """
 @article{oord2018representation,
@@ -39,6 +40,7 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
         symmetric: bool = False,
         mask_duplicates: bool = True,
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         """
         Contrastive knowledge distillation (InfoNCE) from a frozen English teacher into a low-resource-language
@@ -73,6 +75,9 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
             mask_duplicates: treat candidates whose teacher embedding equals the positive's (the same English text
                 twice in a batch, e.g. repeated Bible verses, or a mined negative identical to the positive) as
                 neither positive nor negative. Without it, such a row asks the impossible and adds noise.
+            teacher_cache: a :class:`optical_st.TeacherCache` to read the frozen teacher's outputs from instead of
+                running it again for texts it has already encoded (later epochs, or other losses with the same
+                teacher given the same cache). Changes no result beyond float rounding; ``None``: no cache.
 
         References:
             - van den Oord, Li, Vinyals. Representation Learning with Contrastive Predictive Coding. 2018.
@@ -131,7 +136,8 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
         self.similarity_fct = similarity_fct
         self.symmetric = symmetric
         self.mask_duplicates = mask_duplicates
-        self._init_teacher(model, teacher)  # optical_st/losses/_teacher.py, shared with OTDistillationLoss
+        # optical_st/losses/_teacher.py, shared with OTDistillationLoss
+        self._init_teacher(model, teacher, teacher_cache)
 
     # ----------------------------------------------------------------------------------------------
     def _check_inputs(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:

@@ -13,6 +13,7 @@ from optical_st import ot
 from optical_st.losses._teacher import TeacherStudentMixin, _Encoder
 from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
+from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.model_card import OPTICAL_CITATION
 from optical_st.utils import as_float, as_int
 
@@ -34,6 +35,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         contrastive_weight: float = 0.0,
         temperature: float = 0.05,
         symmetric: bool = False,
+        teacher_cache: TeacherCache | None = None,
     ) -> None:
         """
         OPTICAL's optimal-transport knowledge distillation (Huang, Yu & Allan, WSDM 2023).
@@ -102,6 +104,9 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 free how student embeddings rank for an English query (on the demo at ``temperature=0.05``, English
                 -> Chichewa accuracy@1 fell from 0.88 zero-shot to 0.07; 0.27 with ``symmetric``, 0.53 with
                 ``sentence_weight=1`` instead; the teacher's temperature is the real fix, see ``temperature``).
+            teacher_cache: a :class:`optical_st.TeacherCache` to read the frozen teacher's outputs from instead of
+                running it again for texts it has already encoded (later epochs, or other losses with the same
+                teacher given the same cache). Changes no result beyond float rounding; ``None``: no cache.
 
         References:
             - Huang, Yu, Allan. Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal
@@ -181,7 +186,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self.last_solver_log: ot.SinkhornLog | None = None
         self.monitor = OTMonitor()
 
-        self._init_teacher(model, teacher)  # optical_st/losses/_teacher.py, shared with ContrastiveDistillationLoss
+        # optical_st/losses/_teacher.py, shared with ContrastiveDistillationLoss
+        self._init_teacher(model, teacher, teacher_cache)
 
     # ----------------------------------------------------------------------------------------------
     def _check_inputs(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:

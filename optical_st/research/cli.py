@@ -65,6 +65,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
         help="bf16 autocast for training (default: where fast, i.e. AVX512-BF16/AMX CPUs and bf16 GPUs)",
     )
     parser.add_argument("--flops-every", type=int, default=d.flops_every)
+    parser.add_argument(
+        "--teacher-cache",
+        action=argparse.BooleanOptionalAction,
+        default=d.teacher_cache,
+        help="reuse the frozen teacher's outputs on the training texts across runs (optical_st.TeacherCache)",
+    )
     parser.add_argument("--threads", type=int, default=d.threads)
 
 

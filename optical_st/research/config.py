@@ -63,6 +63,7 @@ class ExperimentConfig:
     flops_every: int = 10  # measure FLOPs on every n-th step (the counter slows a step by ~25% on CPU)
     threads: int | None = None  # torch CPU threads; None: torch's default
     cache_dir: str | None = None  # frozen-teacher corpus embeddings; None: <optical_st cache>/embeddings
+    teacher_cache: bool = True  # share the frozen teacher's training outputs across runs (optical_st.TeacherCache)
 
     def resolved_teacher(self) -> str:
         return self.teacher or default_multilingual_model()

@@ -25,7 +25,7 @@ from transformers import set_seed
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
 from optical_st.evaluation.cache import EmbeddingCache
 from optical_st.evaluation.flops import FlopsCallback
-from optical_st.losses import OTDiagnosticsCallback, OTDistillationLoss
+from optical_st.losses import OTDiagnosticsCallback, OTDistillationLoss, TeacherCache
 from optical_st.modeling import build_optical_model, column_prompts
 from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_device
 from optical_st.research.methods import ENGLISH_CEILING, Method, english_ceiling
@@ -203,10 +203,16 @@ def evaluate_model(
 
 
 def train_one(
-    method: Method, config: ExperimentConfig, seed: int, train: Dataset
+    method: Method,
+    config: ExperimentConfig,
+    seed: int,
+    train: Dataset,
+    teacher_cache: TeacherCache | None = None,
 ) -> tuple[SentenceTransformer, dict[str, Any]]:
     """Train one method with one seed (or, for a method without training, load its model): ``(model, record)``, the
-    record holding what training cost (steps, seconds, measured FLOPs, the training logs)."""
+    record holding what training cost (steps, seconds, measured FLOPs, the training logs). ``teacher_cache`` is given
+    to the method's loss when it takes one (the distillation losses): runs of the same teacher then share the frozen
+    teacher's outputs; the FLOPs stay each method's own (measured steps bypass the cache)."""
     device = resolve_device(config)
     set_seed(seed)
     record: dict[str, Any] = {"method": method.name, "seed": seed, "description": method.description}
@@ -220,6 +226,10 @@ def train_one(
     _set_max_seq_length(model, config.max_seq_length)
     start = time.perf_counter()
     plan = method.setup(model, train, config)
+    cached = teacher_cache is not None and hasattr(plan.loss, "teacher_cache")
+    if cached:
+        plan.loss.teacher_cache = teacher_cache
+        hits, misses = teacher_cache.hits, teacher_cache.misses
     args = SentenceTransformerTrainingArguments(
         output_dir=str(Path(config.output_dir) / "runs" / f"{method.name}-seed{seed}"),
         num_train_epochs=config.epochs,
@@ -259,6 +269,8 @@ def train_one(
         train_logs=[log for log in trainer.state.log_history if "loss" in log],
         flops=flops.report.to_dict(),
     )
+    if cached:
+        record["teacher_cache"] = {"hits": teacher_cache.hits - hits, "misses": teacher_cache.misses - misses}
     return model, record
 
 
@@ -269,10 +281,11 @@ def run_one(
     train: Dataset,
     benches: dict[str, RetrievalBenchmark],
     cache: EmbeddingCache | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> dict[str, Any]:
     """Train (unless zero-shot) and evaluate one method with one seed; returns a JSON-able record."""
     load_before = os.getloadavg()[0]
-    model, record = train_one(method, config, seed, train)
+    model, record = train_one(method, config, seed, train, teacher_cache)
     # the English ceiling reads the English version of the queries; every other method the low-resource one
     ceiling = method.name == ENGLISH_CEILING
     wanted = {k: b for k, b in benches.items() if k.endswith(":english") == ceiling}
@@ -287,6 +300,9 @@ def run_experiment(methods: Sequence[Method], config: ExperimentConfig) -> list[
     if config.threads:
         torch.set_num_threads(config.threads)
     cache = EmbeddingCache(config.cache_dir)
+    # one teacher for every run: its outputs on the English training texts are computed by the first trained run and
+    # read by the others (the first run's wall time includes them; FLOPs are each method's own)
+    teacher_cache = TeacherCache() if config.teacher_cache else None
     records = []
     for language in config.languages:
         benches = load_benchmarks(config, language)
@@ -298,7 +314,7 @@ def run_experiment(methods: Sequence[Method], config: ExperimentConfig) -> list[
         for method in runs:
             for seed in config.seeds[:1] if method.setup is None else config.seeds:
                 logger.info("Running %s on %s, seed %d", method.name, language, seed)
-                record = run_one(method, config, seed, train, benches, cache)
+                record = run_one(method, config, seed, train, benches, cache, teacher_cache)
                 record["language"] = language
                 records.append(record)
                 save_json(Path(config.output_dir) / "runs.partial.json", {"config": config.to_dict(), "runs": records})
