@@ -134,6 +134,14 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
             "elementwise work.",
             f"- Evaluation: {sum(eval_seconds) / 60:.1f} min in all; the frozen teacher's English corpora come from the "
             "on-disk embedding cache after their first encoding (optical_st.evaluation.EmbeddingCache).",
+            "- Train wall s: "
+            + (
+                "the runs share the frozen teacher's outputs on the training texts (optical_st.TeacherCache): the "
+                "first trained run of the command computes them, the others read them, so its time is not comparable "
+                "with theirs (FLOPs are: every run's measured steps run the teacher)."
+                if config.teacher_cache
+                else "every run computes the frozen teacher's outputs itself (no teacher cache)."
+            ),
             f"- Total wall time of the experiment: {wall / 60:.1f} min.",
         ]
     )
