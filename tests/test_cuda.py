@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optical_st import OTDistillationLoss
+from optical_st import OTDistillationLoss, TeacherCache
 from optical_st.ot import cosine_cost, sinkhorn_log, token_marginals
 
 pytestmark = [
@@ -38,3 +38,16 @@ def test_loss_backward_on_cuda(teacher, student, bitext):
     value.backward()
     assert value.is_cuda and torch.isfinite(value)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
+
+
+def test_teacher_cache_on_cuda_matches_uncached(teacher, student, bitext):
+    teacher, student = teacher.to("cuda"), student.to("cuda")
+    feats = [student.preprocess(bitext["english"]), student.preprocess(bitext["lrl"])]
+    feats = [{k: v.to("cuda") if torch.is_tensor(v) else v for k, v in f.items()} for f in feats]
+    expected = OTDistillationLoss(student, teacher=teacher)(feats)
+    cache = TeacherCache()
+    loss = OTDistillationLoss(student, teacher=teacher, teacher_cache=cache)
+    first, second = loss(feats), loss(feats)  # fills the cache, then reads it
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(second, expected, atol=1e-5, rtol=1e-5)
+    assert cache.hits == len(bitext) and second.is_cuda

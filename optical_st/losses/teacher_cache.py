@@ -111,7 +111,8 @@ class TeacherCache:
         ``attention_mask``, ``input_ids`` and, when the teacher pools, ``sentence_embedding``."""
         ids, mask = features["input_ids"], features["attention_mask"]
         keep = mask.bool()
-        keys = [ids[i][keep[i]].cpu().numpy().tobytes() for i in range(ids.shape[0])]
+        ids_host, keep_host = ids.cpu(), keep.cpu()  # one device-to-host copy, not one per row
+        keys = [ids_host[i][keep_host[i]].numpy().tobytes() for i in range(ids.shape[0])]
         missing = list(range(len(keys))) if self.bypass else [i for i, k in enumerate(keys) if k not in self._entries]
         fresh: dict[bytes, tuple[Tensor, Tensor | None]] = {}
         if missing:
