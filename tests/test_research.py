@@ -116,9 +116,10 @@ def test_rq2_script_end_to_end(tiny_dirs, tmp_path, monkeypatch, capsys):
     assert "| OT-KD | 2 |" in capsys.readouterr().out
     # one TeacherCache for the command: the first trained run fills it, later runs read it, and their FLOPs still
     # count the teacher's forward (measured steps bypass the cache); MSE-KD's loss takes no cache
-    first, later = runs[("OT-KD", 0)], runs[("OT-KD", 1)]
-    assert first["teacher_cache"]["misses"] > 0 and later["teacher_cache"]["hits"] > 0
-    assert later["flops"]["per_step"]["teacher_forward"] > 0
+    cached = [r for r in results["runs"] if "teacher_cache" in r]
+    assert cached[0]["teacher_cache"] == {"hits": 0, "misses": cached[0]["teacher_cache"]["misses"]}
+    assert sum(r["teacher_cache"]["hits"] for r in cached[1:]) > 0
+    assert all(r["flops"]["per_step"]["teacher_forward"] > 0 for r in cached)
     assert "teacher_cache" not in runs[("MSE-KD", 0)]
     # every trained or zero-shot run has both tasks; the ceiling only the relevance task, on English queries
     for run in results["runs"]:

@@ -12,8 +12,12 @@ from optical_st.research.config import ExperimentConfig
 from optical_st.research.methods import Method
 from optical_st.research.report import write_report
 from optical_st.research.runner import run_experiment
+from optical_st.sampling import LengthGroupedBatchSampler
 
 __all__ = ["add_cli_arguments", "config_from_args", "run_and_report"]
+
+# --batch-sampler: the name on the command line -> ExperimentConfig.batch_sampler
+BATCH_SAMPLERS = {"length-grouped": LengthGroupedBatchSampler, "random": "batch_sampler"}
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfig) -> None:
@@ -64,6 +68,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
         default=d.bf16,
         help="bf16 autocast for training (default: where fast, i.e. AVX512-BF16/AMX CPUs and bf16 GPUs)",
     )
+    parser.add_argument(
+        "--batch-sampler",
+        choices=sorted(BATCH_SAMPLERS),
+        default=next((k for k, v in BATCH_SAMPLERS.items() if v == d.batch_sampler), "length-grouped"),
+        help="length-grouped: verses of similar length together (less padding, faster on CPU); random: "
+        "sentence-transformers' default. Methods that mine hard negatives use their own sampler",
+    )
     parser.add_argument("--flops-every", type=int, default=d.flops_every)
     parser.add_argument(
         "--teacher-cache",
@@ -80,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     # on the command line 0 means "all"; the config says None
     values.update(train_pairs=args.train_pairs or None, eval_pairs=args.eval_pairs or None, seeds=tuple(args.seeds))
     values.update(languages=tuple(args.languages), benchmarks=tuple(args.benchmarks))
+    values["batch_sampler"] = BATCH_SAMPLERS[args.batch_sampler]
     return ExperimentConfig(**values)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from optical_st.sampling import LengthGroupedBatchSampler
 from optical_st.utils import fast_bf16_available
 
 __all__ = ["ExperimentConfig", "default_multilingual_model", "resolve_bf16", "resolve_device"]
@@ -53,7 +54,10 @@ class ExperimentConfig:
     batch_size: int = 32
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
-    batch_sampler: Any = "batch_sampler"  # sentence-transformers' default random batches; or a sampler class
+    # verses of similar length batched together: 1.24x padding instead of random batches' 1.88x, ~1.5x faster CPU steps
+    # ("batch_sampler": sentence-transformers' random batches; or any sampler class). Methods with hard-negative
+    # mining bring their own sampler (DynamicHardNegativeSampler, random batches)
+    batch_sampler: Any = LengthGroupedBatchSampler
     max_seq_length: int = 96  # training, both routes
     eval_max_seq_length: int = 128
     eval_batch_size: int = 64
@@ -74,6 +78,7 @@ class ExperimentConfig:
         config["seeds"] = list(self.seeds)
         config["languages"] = list(self.languages)
         config["benchmarks"] = list(self.benchmarks)
+        config["batch_sampler"] = getattr(self.batch_sampler, "__name__", str(self.batch_sampler))
         return config
 
 

@@ -99,6 +99,12 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _batches(config: ExperimentConfig) -> str:
+    sampler = getattr(config.batch_sampler, "__name__", str(config.batch_sampler))
+    kind = "random batches" if sampler == "batch_sampler" else f"{sampler}"
+    return f"{kind}; methods that mine hard negatives: DynamicHardNegativeSampler's random batches"
+
+
 def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:
     loads = [x for r in records for x in r.get("load_average", [])]
     device = resolve_device(config)
@@ -116,7 +122,8 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
             + (f"`{config.student}`." if config.student else "a trainable copy of the teacher (reads the LRL side)."),
             f"- Languages: {', '.join(_language_name(code) for code in config.languages)}.",
             f"- Training data: {config.train_data}, {config.train_pairs or 'all'} pairs per language, "
-            f"{config.epochs:g} epoch(s), batch {config.batch_size}, lr {config.learning_rate:g}, max_seq_length "
+            f"{config.epochs:g} epoch(s), batch {config.batch_size} ({_batches(config)}), lr "
+            f"{config.learning_rate:g}, max_seq_length "
             f"{config.max_seq_length}, {'bf16 autocast' if resolve_bf16(config, device) else 'fp32'}; seeds "
             f"{list(config.seeds)}.",
             f"- Benchmarks: {', '.join(config.benchmarks)}; translation task on {config.eval_pairs or 'all'} sampled "
