@@ -100,8 +100,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _batches(config: ExperimentConfig) -> str:
-    sampler = getattr(config.batch_sampler, "__name__", str(config.batch_sampler))
-    kind = "random batches" if sampler == "batch_sampler" else f"{sampler}"
+    sampler = config.to_dict()["batch_sampler"]  # the sampler's name, as the results' config records it
+    kind = "random batches" if sampler == "batch_sampler" else sampler
     return f"{kind}; methods that mine hard negatives: DynamicHardNegativeSampler's random batches"
 
 
