@@ -286,3 +286,17 @@ def test_add_hard_negatives_matches_brute_force(tiny_dirs):
     assert with_term.router_mapping["negative_1"] == "document"
     assert ot_distillation("y").setup(model, mined, config).train_dataset.column_names == ["english", "lrl"]
     assert contrastive_distillation().setup(model, mined, config).train_dataset.column_names[-1] == "negative_1"
+
+
+@pytest.mark.parametrize(("batch_sampler", "grouped"), [("length-grouped", True), ("random", False)])
+def test_mined_arms_batch_like_the_rest_of_the_command(tiny_dirs, bitext, batch_sampler, grouped):
+    from optical_st import build_optical_model
+    from optical_st.research.cli import BATCH_SAMPLERS
+    from optical_st.research.config import ExperimentConfig
+    from optical_st.research.methods import ot_distillation
+
+    model = build_optical_model(str(tiny_dirs["teacher"]))
+    config = ExperimentConfig(batch_sampler=BATCH_SAMPLERS[batch_sampler])
+    method = ot_distillation(sampler={"num_negatives": 1, "refresh_steps": None}, contrastive_weight=1.0)
+    plan = method.setup(model, bitext, config)
+    assert plan.batch_sampler.config.group_by_length is grouped

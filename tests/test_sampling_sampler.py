@@ -157,6 +157,44 @@ def test_refreshed_negatives_reach_the_loss(tiny_dirs, tmp_path, fetches):
 
 
 @pytest.mark.slow  # a full training run
+def test_group_by_length_batches_similar_rows_and_still_mines_ahead(tiny_dirs, tmp_path, fetches):
+    model = tiny_sentence_transformer(tiny_dirs["student"])
+    dataset = pairs(96)
+    sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=2, group_by_length=True)
+    trainer = make_trainer(
+        model=model,
+        args=make_args(tmp_path, batch_sampler=sampler, num_train_epochs=2),
+        train_dataset=dataset,
+        loss=RecordingMNRL(model),
+    )
+    trainer.train()
+    assert len(fetches) == 24
+    words = {a: len(a.split()) + len(p.split()) for a, p in zip(dataset["lrl"], dataset["english"], strict=True)}
+    # every row once per epoch
+    for epoch in (0, 1):
+        served = sorted(row[0] for f in fetches[epoch * 12 : (epoch + 1) * 12] for row in f["rows"])
+        assert served == sorted(dataset["lrl"])
+    # the padding the collator adds (longest row of each batch x rows): well below the plain shuffle's
+    grouped = sum(max(words[r[0]] for r in f["rows"]) * len(f["rows"]) for f in fetches)
+    plain_sampler = DynamicHardNegativeSampler(
+        dataset, batch_size=8, drop_last=False, seed=42, config=sampler.config, trainer=trainer
+    )
+    plain_sampler.lengths = None  # the same sampler without grouping: shuffled batches
+    anchors = dataset["lrl"]
+    plain = sum(
+        max(words[anchors[i]] for i in batch) * len(batch)
+        for epoch in (0, 1)
+        for batch in plain_sampler.batches_for_epoch(epoch)
+    )
+    assert grouped < 0.9 * plain
+    # the lookahead mined exactly the rows of the grouped batches: every row served was mined for its step
+    for fetch in fetches:
+        assert fetch["refresh"] >= fetch["latest"] - 1, fetch
+        assert min(fetch["mined_step"]) >= fetch["latest_step"] - 2, fetch
+    assert callback_of(trainer).history[-1]["random_filled"] == 0
+
+
+@pytest.mark.slow  # a full training run
 def test_static_mode_mines_every_anchor_once_with_the_initial_model(tiny_dirs, tmp_path, fetches):
     model = tiny_sentence_transformer(tiny_dirs["student"])
     dataset = pairs(48)
@@ -377,6 +415,7 @@ def test_resume_continues_with_the_same_negatives(tiny_dirs, tmp_path, fetches, 
         ({"range_min": 3, "range_max": 4, "num_negatives": 2}, "rank window"),
         ({"relative_margin": float("nan")}, "relative_margin"),
         ({"hard_batches": True, "strategy": "random"}, "hard_batches"),
+        ({"hard_batches": True, "group_by_length": True}, "choose one"),
         ({"nonsense": 1}, "nonsense"),
     ],
 )

@@ -73,7 +73,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
         choices=sorted(BATCH_SAMPLERS),
         default=next((k for k, v in BATCH_SAMPLERS.items() if v == d.batch_sampler), "length-grouped"),
         help="length-grouped: verses of similar length together (less padding, faster on CPU); random: "
-        "sentence-transformers' default. Methods that mine hard negatives use their own sampler",
+        "sentence-transformers' default. Methods that mine hard negatives use DynamicHardNegativeSampler "
+        "(length-grouped: with group_by_length=True)",
     )
     parser.add_argument("--flops-every", type=int, default=d.flops_every)
     parser.add_argument(

@@ -56,7 +56,7 @@ class ExperimentConfig:
     warmup_ratio: float = 0.1
     # verses of similar length batched together: 1.24x padding instead of random batches' 1.88x, ~1.5x faster CPU steps
     # ("batch_sampler": sentence-transformers' random batches; or any sampler class). Methods with hard-negative
-    # mining bring their own sampler (DynamicHardNegativeSampler, random batches)
+    # mining bring their own sampler (DynamicHardNegativeSampler, group_by_length=True with this default)
     batch_sampler: Any = LengthGroupedBatchSampler
     max_seq_length: int = 96  # training, both routes
     eval_max_seq_length: int = 128

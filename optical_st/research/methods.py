@@ -17,7 +17,7 @@ from optical_st.evaluation.flops import PhaseFlopCounter
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
 from optical_st.modeling import router_mapping
 from optical_st.research.config import ExperimentConfig
-from optical_st.sampling import DynamicHardNegativeSampler, HardNegativeMiningCallback
+from optical_st.sampling import DynamicHardNegativeSampler, HardNegativeMiningCallback, LengthGroupedBatchSampler
 
 __all__ = [
     "ENGLISH_CEILING",
@@ -86,7 +86,7 @@ def ot_distillation(name: str = "OT-KD", sampler: dict[str, Any] | None = None, 
         data, mapping = _pairs(train, negatives=sampler is None and loss_kwargs.get("contrastive_weight", 0) > 0)
         plan = TrainSetup(OTDistillationLoss(model, **loss_kwargs), data, mapping)
         if sampler is not None:
-            _attach_sampler(plan, sampler)
+            _attach_sampler(plan, sampler, config)
         return plan
 
     return Method(name, setup, f"OTDistillationLoss({_kwargs_text(loss_kwargs)})" + _sampler_text(sampler))
@@ -119,8 +119,10 @@ def mse_distillation(name: str = "MSE-KD") -> Method:
     return Method(name, setup, "sentence_transformers MSELoss on precomputed teacher embeddings of the English side")
 
 
-def _attach_sampler(plan: TrainSetup, settings: dict[str, Any]) -> None:
-    plan.batch_sampler = DynamicHardNegativeSampler.configure(**settings)
+def _attach_sampler(plan: TrainSetup, settings: dict[str, Any], config: ExperimentConfig) -> None:
+    # the mined arms batch like the other methods: grouped by length when the command's batches are
+    grouped = isinstance(config.batch_sampler, type) and issubclass(config.batch_sampler, LengthGroupedBatchSampler)
+    plan.batch_sampler = DynamicHardNegativeSampler.configure(**{"group_by_length": grouped, **settings})
     # every (re-)mining: encoding anchors and candidates with the current model, and the search
     plan.track.append((HardNegativeMiningCallback, "refresh", "mining"))
 

@@ -101,8 +101,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def _batches(config: ExperimentConfig) -> str:
     sampler = config.to_dict()["batch_sampler"]  # the sampler's name, as the results' config records it
-    kind = "random batches" if sampler == "batch_sampler" else sampler
-    return f"{kind}; methods that mine hard negatives: DynamicHardNegativeSampler's random batches"
+    if sampler == "batch_sampler":
+        return "random batches (methods that mine hard negatives too)"
+    grouped = sampler == "LengthGroupedBatchSampler"
+    mined = "group_by_length=True, the same grouping" if grouped else "random batches"
+    return f"{sampler}; methods that mine hard negatives: DynamicHardNegativeSampler({mined})"
 
 
 def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:

@@ -16,7 +16,49 @@ import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-__all__ = ["LengthGroupedBatchSampler", "compose_hard_batches"]
+__all__ = ["LengthGroupedBatchSampler", "compose_hard_batches", "length_grouped_batches", "text_lengths"]
+
+# mega-batch size in batches: see LengthGroupedBatchSampler's ``megabatch_factor``
+MEGABATCH_FACTOR = 8
+
+
+def text_lengths(dataset: Any, length_column: str | None = None, label_columns: Sequence[str] = ()) -> list[int]:
+    """Each row's length: the characters summed over the text columns (a tokenizer-free proxy for token count), or
+    the values of ``length_column`` when given."""
+    if hasattr(dataset, "with_format"):  # read the stored columns, not what a set_transform would add
+        dataset = dataset.with_format(None)
+    if length_column is not None:
+        return [int(x) for x in dataset[length_column]]
+    text_columns = [
+        name
+        for name, feature in dataset.features.items()
+        if name not in label_columns and getattr(feature, "dtype", None) in ("string", "large_string")
+    ]
+    if not text_columns:
+        raise ValueError("Grouping rows by length found no text column; pass `length_column=`.")
+    lengths = [0] * len(dataset)
+    for name in text_columns:
+        for i, text in enumerate(dataset[name]):
+            lengths[i] += len(text)
+    return lengths
+
+
+def length_grouped_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    generator: torch.Generator,
+    megabatch_factor: int = MEGABATCH_FACTOR,
+    drop_last: bool = False,
+) -> list[list[int]]:
+    """Batches of row ids whose rows have similar ``lengths``, in random batch order (deterministic given
+    ``generator``): transformers' ``get_length_grouped_indices`` (shuffle, cut into mega-batches of
+    ``megabatch_factor * batch_size`` rows, sort each by length), cut into batches, batch order shuffled."""
+    # mega-batches hold whole batches, so consecutive slices of batch_size never straddle two of them
+    order = get_length_grouped_indices(list(lengths), batch_size, megabatch_factor, generator)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last:
+        batches = [batch for batch in batches if len(batch) == batch_size]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 class LengthGroupedBatchSampler(DefaultBatchSampler):
@@ -61,7 +103,7 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         valid_label_columns: list[str] | None = None,
         generator: torch.Generator | None = None,
         seed: int = 0,
-        megabatch_factor: int = 8,
+        megabatch_factor: int = MEGABATCH_FACTOR,
         length_column: str | None = None,
     ) -> None:
         super().__init__(
@@ -75,36 +117,14 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         if megabatch_factor < 1:
             raise ValueError(f"megabatch_factor must be >= 1, got {megabatch_factor}.")
         self.megabatch_factor = megabatch_factor
-        self.lengths = self._lengths(dataset, length_column, valid_label_columns or [])
-
-    @staticmethod
-    def _lengths(dataset: Any, length_column: str | None, label_columns: Sequence[str]) -> list[int]:
-        if length_column is not None:
-            return [int(x) for x in dataset[length_column]]
-        text_columns = [
-            name
-            for name, feature in dataset.features.items()
-            if name not in label_columns and getattr(feature, "dtype", None) in ("string", "large_string")
-        ]
-        if not text_columns:
-            raise ValueError("LengthGroupedBatchSampler found no text column; pass `length_column=`.")
-        lengths = [0] * len(dataset)
-        for name in text_columns:
-            for i, text in enumerate(dataset[name]):
-                lengths[i] += len(text)
-        return lengths
+        self.lengths = text_lengths(dataset, length_column, valid_label_columns or [])
 
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        # transformers' grouping (shuffle, mega-batches sorted by length); mega-batches hold whole batches, so
-        # consecutive slices of batch_size never straddle two of them
-        order = get_length_grouped_indices(self.lengths, self.batch_size, self.megabatch_factor, generator)
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last:
-            batches = [batch for batch in batches if len(batch) == self.batch_size]
-        for i in torch.randperm(len(batches), generator=generator).tolist():
-            yield batches[i]
+        yield from length_grouped_batches(
+            self.lengths, self.batch_size, generator, self.megabatch_factor, drop_last=self.drop_last
+        )
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.lengths), self.batch_size * self.megabatch_factor)

@@ -30,6 +30,7 @@ class HardNegativeConfig:
     max_positive_similarity: float | None = None
     sampling_strategy: Literal["top", "random"] = "top"
     hard_batches: bool = False
+    group_by_length: bool = False
     anchor_column: str | None = None
     positive_column: str | None = None
     corpus: list[str] | None = field(default=None, repr=False)
@@ -64,6 +65,11 @@ class HardNegativeConfig:
             raise ValueError(
                 "hard_batches groups anchors that are hard negatives of each other; with strategy='random' there is "
                 "no such relation. Use strategy='hard' or hard_batches=False."
+            )
+        if self.hard_batches and self.group_by_length:
+            raise ValueError(
+                "hard_batches and group_by_length both decide which rows share a batch; choose one (hard_batches: "
+                "in-batch negatives are hard; group_by_length: less padding, faster steps)."
             )
         if not self.negative_column_prefix or not isinstance(self.negative_column_prefix, str):
             raise ValueError("negative_column_prefix must be a non-empty string.")

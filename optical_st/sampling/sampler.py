@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from optical_st.sampling.batches import compose_hard_batches
+from optical_st.sampling.batches import compose_hard_batches, length_grouped_batches, text_lengths
 from optical_st.sampling.callback import HardNegativeMiningCallback
 from optical_st.sampling.config import HardNegativeConfig
 from optical_st.sampling.table import HardNegativeState
@@ -104,8 +104,8 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
            anchors with ``model.encode_query`` (with an OPTICAL model: the current student) and the pool with
            ``model.encode_document`` (the teacher; cached while that route is frozen), and applies the
            false-negative filters of sentence-transformers' ``mine_hard_negatives``;
-        3. the sampler yields shuffled batches of row indices (or, with ``hard_batches``, batches of mutually hard
-           anchors).
+        3. the sampler yields shuffled batches of row indices (with ``group_by_length``, rows of similar length
+           together; with ``hard_batches``, batches of mutually hard anchors).
 
         A refresh mines exactly the anchors that the next ``refresh_steps`` steps will read (their order is known),
         so every row's negatives come from a model at most ``refresh_steps`` steps old, and one refresh costs about
@@ -146,6 +146,10 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
                   OPTICAL model (e.g. 0.9: the Bible repeats verses nearly word for word).
                 - ``hard_batches`` (False): also compose batches from mutually hard anchors, so in-batch negatives
                   are hard too (needs every anchor mined before training, so the first mining covers all anchors).
+                - ``group_by_length`` (False): rows of similar text length share a batch, as in
+                  :class:`~optical_st.sampling.LengthGroupedBatchSampler` (mined negatives still pad their own
+                  columns): about half the padded tokens of random batches, so faster steps on CPU; in-batch negatives
+                  are then of similar length. Not with ``hard_batches``.
                 - ``anchor_column`` / ``positive_column``: default: the columns that ``router_mapping`` routes to
                   ``"query"`` / ``"document"``, else those the loss declares in ``retrieval_columns`` (OPTICAL
                   losses: the LRL column is the anchor, the English one the positive), else the first / second.
@@ -219,6 +223,11 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         self.config = config
         # set by the callback on the sampler of the training dataloader; eval/test samplers keep None (plain order)
         self.state: HardNegativeState | None = None
+        # measured now, before the callback's dataset transform appends the negative columns
+        self.lengths = (
+            text_lengths(dataset, label_columns=valid_label_columns or []) if config.group_by_length else None
+        )
+        self._grouped: tuple[int, list[np.ndarray]] = (-1, [])
         HardNegativeMiningCallback.register(trainer)
 
     # ------------------------------------------------------------------------------------------------
@@ -268,6 +277,13 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         """The (deterministic) batches of row ids of ``epoch``: a function of (seed, epoch) and, with
         ``hard_batches``, of the table active when the epoch's order was first needed (kept in the state and in
         checkpoints)."""
+        if self.lengths is not None:
+            if self._grouped[0] != epoch:  # asked for at every fetch and refresh: keep the current epoch's
+                batches = length_grouped_batches(
+                    self.lengths, self.batch_size, self._generator(epoch), drop_last=self.drop_last
+                )
+                self._grouped = (epoch, [np.asarray(batch, dtype=np.int64) for batch in batches])
+            return self._grouped[1]
         if self.state is None or not self.config.hard_batches:  # not the training sampler: plain shuffle
             perm = torch.randperm(len(self.dataset), generator=self._generator(epoch)).numpy()
             return [perm[i : i + self.batch_size] for i in range(0, len(perm), self.batch_size)]
