@@ -22,7 +22,13 @@ from optical_st import (
     build_optical_model,
     router_mapping,
 )
-from optical_st.sampling import CHECKPOINT_FILE, HardNegativeMiningCallback, NegativesTransform, mine_negatives
+from optical_st.sampling import (
+    CHECKPOINT_FILE,
+    HardNegativeMiningCallback,
+    LengthGroupedBatchSampler,
+    NegativesTransform,
+    mine_negatives,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,6 +193,13 @@ def test_group_by_length_batches_similar_rows_and_still_mines_ahead(tiny_dirs, t
         for batch in plain_sampler.batches_for_epoch(epoch)
     )
     assert grouped < 0.9 * plain
+    # the batches of LengthGroupedBatchSampler with the same seed: a mined arm and an unmined one see the same batches
+    seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
+    reference = LengthGroupedBatchSampler(dataset, batch_size=8, drop_last=False, seed=seed)
+    for epoch in (0, 1):
+        reference.set_epoch(epoch)
+        expected = [[anchors[i] for i in batch] for batch in reference]
+        assert [[row[0] for row in f["rows"]] for f in fetches[epoch * 12 : (epoch + 1) * 12]] == expected
     # the lookahead mined exactly the rows of the grouped batches: every row served was mined for its step
     for fetch in fetches:
         assert fetch["refresh"] >= fetch["latest"] - 1, fetch
