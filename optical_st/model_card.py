@@ -268,6 +268,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         data["negatives"] = self.negatives or self._infer_negatives()
         data["student_snippet"] = None if self.is_asymmetric else self._student_snippet()
         data["training_flops"] = self.training_flops
+        data["adapter"] = self._adapter_description()
         if self.measured_flops:
             rows = [{"Phase": phase, "FLOPs": f"{flops:.3g}"} for phase, flops in self.measured_flops.items()]
             data["training_compute_table"] = make_markdown_table(rows).replace("-:|", "--|")
@@ -385,6 +386,14 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         if not isinstance(query, str) or not all(isinstance(doc, str) for doc in documents):
             return None
         return [query, *documents]
+
+    def _adapter_description(self) -> str | None:
+        """The adapter student's one-line description (optical_st.adapters.AdapterTransformer.describe), if any;
+        duck-typed so the card layer imports no adapter code."""
+        router = find_router(self.model) if self.model is not None else None
+        modules = router.sub_modules[STUDENT_ROUTE] if router is not None else (self.model or [])
+        describe = next((getattr(m, "describe", None) for m in modules if hasattr(m, "adapter_name")), None)
+        return describe() if callable(describe) else None
 
     def _infer_negatives(self) -> str:
         sampler = str(self.all_hyperparameters.get("batch_sampler", ""))

@@ -19,8 +19,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Router, Transformer
 from torch import nn
 
+from optical_st.adapters import AdapterOff, AdapterTransformer, find_adapter_transformer, sharing_base
 from optical_st.model_card import OpticalModelCardData, hub_model_id
-from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router, route_modules
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router, module_state, route_modules
 
 __all__ = [
     "STUDENT_ROUTE",
@@ -97,6 +98,8 @@ def build_optical_model(
     *,
     freeze_teacher: bool = True,
     train_word_embeddings: bool = True,
+    adapter: bool | Any = False,
+    adapter_name: str = "default",
     model_card_data: Any | None = None,
     **load_kwargs: Any,
 ) -> SentenceTransformer:
@@ -115,6 +118,15 @@ def build_optical_model(
             it is most of the model (multilingual-e5-small: 96M of 118M parameters), and its AdamW update dominates
             a CPU step's optimizer cost and memory (two fp32 moments: 0.7 GB); distillation mostly needs the layers
             above it (measured in docs/demo_tuning.md).
+        adapter: train the student as a PEFT adapter on the teacher's own weights instead of a full copy: ``True``
+            for :func:`optical_st.adapters.default_adapter_config` (LoRA), or any ``peft`` config (``LoraConfig``,
+            ...). The ``query`` route then runs the base with the adapter, the ``document`` route the same base
+            weights with the adapter off, so the model holds one copy of the base, and saving writes the adapter and
+            small configs only (the base is referred to by its Hub id). Needs ``student=None`` and ``peft``
+            (``pip install 'optical-st[peft]'``); ``freeze_teacher`` and ``train_word_embeddings`` do not apply (the
+            base is frozen; the config's target modules say what the adapter changes). ``False``: full fine-tuning.
+        adapter_name: the adapter's name on the base (several languages' adapters can share one base, see
+            :func:`load_optical_model`'s ``base``).
         model_card_data: card data for the saved model's README; ``None`` attaches an
             :class:`optical_st.OpticalModelCardData` (the OPTICAL card) with the teacher and student Hub ids filled in.
         **load_kwargs: forwarded when ``teacher``/``student`` are names (``device``, ``cache_folder``, ...).
@@ -139,7 +151,24 @@ def build_optical_model(
     teacher_modules = list(copy.deepcopy(teacher)._modules.values())
     t_idx = _transformer_index(teacher_modules)
     t_dim = _token_dim(teacher_modules)
-    if student is None:
+    if adapter is not False and adapter is not None:
+        if student is not None:
+            raise ValueError(
+                "An adapter student is an adapter on the teacher's own weights (student=None); a separate student "
+                "model is fine-tuned fully (adapter=False)."
+            )
+        if t_idx != 0:
+            raise ValueError("An adapter student needs the teacher's Transformer as its first module.")
+        base = AdapterTransformer.from_transformer(
+            teacher_modules[0], None if adapter is True else adapter, adapter_name=adapter_name
+        )
+        head = teacher_modules[1:]
+        student_modules = [base, *copy.deepcopy(head)]
+        teacher_modules = [AdapterOff(base), *head]
+        # the adapter is all that trains: the heads (pooling, normalisation, a Dense layer) stay the base's
+        for p in (p for m in student_modules[1:] + teacher_modules[1:] for p in m.parameters()):
+            p.requires_grad_(False)
+    elif student is None:
         student_modules = copy.deepcopy(teacher_modules)
     else:
         student = _load(student, **load_kwargs)
@@ -151,14 +180,18 @@ def build_optical_model(
         if _token_dim(body) != t_dim:
             body.append(_token_projection(_token_dim(body), t_dim))
         student_modules = body + copy.deepcopy(teacher_modules[t_idx + 1 :])
-    for p in (p for m in teacher_modules for p in m.parameters()):
-        p.requires_grad_(not freeze_teacher)
-    if not train_word_embeddings:
-        student_modules[_transformer_index(student_modules)].auto_model.get_input_embeddings().requires_grad_(False)
+    if not isinstance(student_modules[0], AdapterTransformer):
+        for p in (p for m in teacher_modules for p in m.parameters()):
+            p.requires_grad_(not freeze_teacher)
+        if not train_word_embeddings:
+            embeddings = student_modules[_transformer_index(student_modules)].auto_model.get_input_embeddings()
+            embeddings.requires_grad_(False)
     router = Router.for_query_document(
         query_modules=student_modules, document_modules=teacher_modules, default_route=TEACHER_ROUTE
     )
     model_card_data = _optical_card_data(model_card_data, teacher_arg, student_arg)
+    if isinstance(student_modules[0], AdapterTransformer) and hasattr(model_card_data, "add_tags"):
+        model_card_data.add_tags(["peft", "adapter"])
     prompts = {
         STUDENT_ROUTE: _prompt_for(student if student is not None else teacher, STUDENT_ROUTE),
         TEACHER_ROUTE: _prompt_for(teacher, TEACHER_ROUTE),
@@ -233,7 +266,8 @@ def document_route_frozen(model: nn.Module) -> bool:
     route = next((r for (task, _), r in router.route_mappings.items() if task == "document"), router.default_route)
     if route not in router.sub_modules:
         return False
-    document = {id(p) for p in router.sub_modules[route].parameters()}
+    # the tensors each module runs: an adapter model's document route runs the (frozen) base, not the adapter
+    document = {id(t) for module in router.sub_modules[route] for t in module_state(module)[2].values()}
     outside = {id(p) for p in model.parameters()} - {id(p) for p in router.parameters()}
     return not (trainable & (document | outside))
 
@@ -271,7 +305,23 @@ def same_tokenizer(a: Any, b: Any) -> bool:
     return a is b or _tokenizer_signature(a) == _tokenizer_signature(b)
 
 
-def load_optical_model(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
+# optical_st's own module classes, which sentence-transformers imports only with trust_remote_code=True
+_MODULE_CLASSES = {f"{cls.__module__}.{cls.__name__}": cls for cls in (AdapterTransformer, AdapterOff)}
+
+
+def _load_sentence_transformer(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
+    """``SentenceTransformer(path)``, resolving optical_st's adapter modules to the installed classes (what the
+    sentence-transformers trainer does to reload its checkpoints) instead of asking for ``trust_remote_code``, which
+    would also run modeling code from the repository."""
+    load = getattr(SentenceTransformer, "_load_with_module_classes", None)
+    if load is None or kwargs.get("trust_remote_code"):
+        return SentenceTransformer(model_name_or_path, **kwargs)
+    return load(model_name_or_path, _MODULE_CLASSES, **kwargs)
+
+
+def load_optical_model(
+    model_name_or_path: str, *, base: SentenceTransformer | None = None, **kwargs: Any
+) -> SentenceTransformer:
     """Load a saved OPTICAL model (a folder or a Hub id) as it was trained: teacher route frozen, card data back.
 
     ``SentenceTransformer(path)`` loads the weights, but sentence-transformers 6 has no hook to freeze a module on
@@ -288,8 +338,15 @@ def load_optical_model(model_name_or_path: str, **kwargs: Any) -> SentenceTransf
     matter (and ``model_id`` when loaded from the Hub), so the dataset checks and the OPTICAL card work when
     training goes on.
 
+    An adapter model (``build_optical_model(..., adapter=...)``) loads its base (from the Hub id it names, or the
+    offline multilingual-e5-small conversion, made on first use) and attaches its adapter.
+
     Args:
         model_name_or_path: a folder written by ``save_pretrained`` / the trainer, or a Hub id.
+        base: an adapter model already loaded (e.g. another language's): attach this model's adapter to its base
+            instead of loading the base again, so both models share one copy of the base weights in memory (and,
+            their teachers being that base, answer ``encode_document`` identically: one English index serves
+            both). Both adapters must have been trained on the same base.
         **kwargs: forwarded to ``SentenceTransformer`` (``device``, ``cache_folder``, ``revision``, ...).
 
     Example::
@@ -301,7 +358,18 @@ def load_optical_model(model_name_or_path: str, **kwargs: Any) -> SentenceTransf
         'my-org/optical-chichewa'
         >>> mteb.evaluate(model, mteb.get_tasks(tasks=["..."]))  # doctest: +SKIP
     """
-    model = SentenceTransformer(model_name_or_path, **kwargs)
+    if base is None:
+        model = _load_sentence_transformer(model_name_or_path, **kwargs)
+    else:
+        shared = find_adapter_transformer(base)
+        if shared is None:
+            raise ValueError("`base` must be an adapter model (build_optical_model(..., adapter=...)) to share.")
+        kwargs.setdefault("device", str(base.device))
+        with sharing_base(shared):
+            model = _load_sentence_transformer(model_name_or_path, **kwargs)
+        mine = find_adapter_transformer(model)
+        if mine is None or mine.auto_model is not shared.auto_model:
+            raise ValueError(f"{model_name_or_path} is not an adapter model; it cannot share a base.")
     router = find_router(model)
     if router is not None and TEACHER_ROUTE in router.sub_modules:
         router.sub_modules[TEACHER_ROUTE].requires_grad_(False)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from optical_st.routes import find_router
+from optical_st.routes import find_router, module_state
 from optical_st.utils import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ def route_modules_for(model: nn.Module, route: str | None) -> list[nn.Module]:
     sub = router.sub_modules[route] if route in router.sub_modules else router.sub_modules[router.default_route]
     after = [m for m in model.children() if m is not router]  # modules after the Router apply to every route
     return [*sub, *after]
-
-
-def _module_config(module: nn.Module) -> Any:
-    getter = getattr(module, "get_config_dict", None)
-    try:
-        return getter() if getter else None
-    except Exception:  # a config we cannot read is not a reason to refuse caching; the weights still key it
-        return None
 
 
 class EmbeddingCache:
@@ -75,7 +67,8 @@ class EmbeddingCache:
         self._digests: dict[int, tuple[weakref.ref, tuple, str]] = {}
 
     def _module_digest(self, module: nn.Module) -> str:
-        state = module.state_dict()
+        # an adapter model's document route reports its base: it shares the base model's entries
+        name, config, state = module_state(module)
         # (data pointer, version counter) of every tensor: an optimizer step bumps the versions
         signature = tuple((t.data_ptr(), t._version) for t in state.values())
         memo = self._digests.get(id(module))
@@ -83,10 +76,10 @@ class EmbeddingCache:
         if memo is not None and memo[0]() is module and memo[1] == signature:
             return memo[2]
         h = hashlib.blake2b(digest_size=16)
-        h.update(type(module).__qualname__.encode())
-        h.update(json.dumps(_module_config(module), sort_keys=True, default=str).encode())
-        for name, tensor in state.items():
-            h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(name.encode())
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+        for key, tensor in state.items():
+            h.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         backend = getattr(getattr(module, "tokenizer", None), "backend_tokenizer", None)
         if backend is not None:

@@ -97,8 +97,9 @@ class TeacherStudentMixin:
             teacher_route = router.sub_modules[TEACHER_ROUTE]
             teacher_route.requires_grad_(False)  # also after reloading a saved model, whose params come back trainable
             self.teacher = None
-            # a plain list, not a submodule: the teacher is already part of `model`
-            self._teacher_modules = [teacher_route]
+            # a plain list, not a submodule: the teacher is already part of `model`. Module by module, so the
+            # teacher cache's fingerprint reads each one's weights (an adapter model's document route: its base)
+            self._teacher_modules = list(teacher_route)
             # the unwrapped Router, called directly: under DDP only the student pass goes through the wrapper
             self._router = [router]
             self._student = _Encoder(

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from optical_st.routes import module_state
+
 __all__ = ["TeacherCache"]
 
 
@@ -20,7 +22,7 @@ def teacher_fingerprint(modules: Iterable[nn.Module], sample: int = 4096) -> str
     digest = hashlib.sha256()
     with torch.no_grad():
         for module in modules:
-            for name, tensor in sorted(module.state_dict().items()):
+            for name, tensor in sorted(module_state(module)[2].items()):  # an adapter model's teacher: its base
                 if not torch.is_tensor(tensor):
                     continue
                 digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
