@@ -148,7 +148,9 @@ def build_optical_model(
     teacher = _load(teacher, **load_kwargs)
     if find_router(teacher) is not None:
         raise ValueError("The teacher is already a Router model; pass a plain English encoder as teacher.")
-    teacher_modules = list(copy.deepcopy(teacher)._modules.values())
+    # a teacher loaded here from a name is ours: use its modules rather than hold a second copy while building
+    owned = teacher if isinstance(teacher_arg, str) else copy.deepcopy(teacher)
+    teacher_modules = list(owned._modules.values())
     t_idx = _transformer_index(teacher_modules)
     t_dim = _token_dim(teacher_modules)
     if adapter is not False and adapter is not None:
