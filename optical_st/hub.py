@@ -26,6 +26,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import get_rank
 
 from optical_st.model_card import HUB_ID, MODEL_ID_PLACEHOLDER
+from optical_st.modeling import load_optical_model
 from optical_st.model_index import merge_eval_results
 
 logger = logging.getLogger(__name__)
@@ -283,8 +284,9 @@ def push_folder_to_hub(
             add_eval_results_to_card(readme, eval_results)
     elif eval_results:
         raise FileNotFoundError(f"{folder} has no README.md to write the evaluation results into.")
-    # sentence-transformers' push_to_hub is a model method: load the folder (on CPU) to call it on the same files
-    model = SentenceTransformer(str(folder), device="cpu")
+    # sentence-transformers' push_to_hub is a model method: load the folder (on CPU) to call it on the same files;
+    # through load_optical_model, which also loads adapter models (their modules are optical_st's)
+    model = load_optical_model(str(folder), device="cpu")
     return _upload(
         model,
         folder,

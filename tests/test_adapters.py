@@ -230,3 +230,24 @@ def test_adapter_errors(teacher, student, tmp_path):
     other.save_pretrained(str(tmp_path / "other_model"))
     with pytest.raises(ValueError, match="only works on the base it was trained on"):
         load_optical_model(str(tmp_path / "other_model"), base=base)
+
+
+def test_push_uploads_the_adapter_and_the_folder_push_reloads_it(teacher, tmp_path):
+    """optical_st.hub.push_to_hub saves the adapter model and uploads that folder; push_folder_to_hub loads the
+    folder (adapter modules included) to upload it as it is on disk."""
+    from unittest import mock
+
+    from test_hub import FakeHub
+
+    from optical_st.hub import push_folder_to_hub, push_to_hub
+
+    hub = FakeHub()
+    model = adapter_model(teacher)
+    with mock.patch("sentence_transformers.base.model.HfApi", hub.cls):
+        push_to_hub(model, "my-org/optical-adapter", local_dir=tmp_path / "ship")
+        push_folder_to_hub(tmp_path / "ship", "my-org/optical-adapter")
+    assert len(hub.uploads) == 2
+    for upload in hub.uploads:
+        assert "query_0_AdapterTransformer/adapter_model.safetensors" in upload["files"]
+        assert not any(f.endswith("model.safetensors") and "adapter" not in f for f in upload["files"])
+        assert 'optical_st.load_optical_model("my-org/optical-adapter")' in upload["readme"]
