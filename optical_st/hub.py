@@ -17,17 +17,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import get_rank
 
 from optical_st.model_card import HUB_ID, MODEL_ID_PLACEHOLDER
-from optical_st.modeling import load_optical_model
 from optical_st.model_index import merge_eval_results
+from optical_st.modeling import load_optical_model
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +158,33 @@ class HubPushError(RuntimeError):
 
 
 def _check_repo_id(repo_id: str) -> None:
-    if not HUB_ID.match(repo_id):
+    """The Hub's own rules (huggingface_hub's validator), checked before anything is saved or uploaded."""
+    if not isinstance(repo_id, str) or not HUB_ID.match(repo_id):
         raise ValueError(
             f"repo_id must be 'namespace/name' (your user or organization, then the model name), got {repo_id!r}; "
             "the model card's usage snippet loads the model by this id."
         )
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        namespace, name = repo_id.split("/")
+        suggestion = "/".join(re.sub(r"([-.])[-.]+", r"\1", part).strip("-.") for part in (namespace, name))
+        raise ValueError(
+            f"The Hub does not accept the repo_id {repo_id!r}: {err} Choose another one (e.g. {suggestion!r}); "
+            "nothing was saved or uploaded."
+        ) from None
+
+
+def _set_card_repo_id(folder: Path, old: str, new: str) -> None:
+    """Replace the model id the saved card's usage snippets load (``...("old")``) by ``new``: the id goes into the
+    card when the upload starts, and back to the placeholder when it fails, so a retry to another repo id publishes
+    a card that names that repo."""
+    readme = folder / "README.md"
+    if old == new or not readme.is_file():
+        return
+    text = readme.read_text(encoding="utf8")
+    if f'("{old}")' in text:
+        readme.write_text(text.replace(f'("{old}")', f'("{new}")'), encoding="utf8")
 
 
 def push_to_hub(
@@ -225,6 +249,11 @@ def push_to_hub(
     if eval_results and hasattr(card, "add_eval_results"):  # OpticalModelCardData
         card.add_eval_results(eval_results)
     model.save_pretrained(str(local_dir), safe_serialization=safe_serialization)
+    # sentence-transformers writes the card the model was loaded with again when no trainer has touched it (a
+    # reloaded model), and stock card data keeps no results: then the results go into the saved README here
+    reused = bool(getattr(model, "_model_card_text", None)) and "generated_from_trainer" not in (card.tags or [])
+    if eval_results and (reused or not hasattr(card, "add_eval_results")) and (local_dir / "README.md").is_file():
+        add_eval_results_to_card(local_dir, eval_results)
     logger.info(f"Saved {repo_id} to {local_dir}; uploading.")
     return _upload(
         model,
@@ -251,9 +280,10 @@ def push_folder_to_hub(
 ) -> str | None:
     """Upload a saved sentence-transformers model folder, with its card, to the Hub.
 
-    The card's usage snippet gets the repository id, and ``eval_results`` are merged into its ``model-index``
-    metadata, before the upload. On failure raises :class:`HubPushError`; the folder is left as it was (apart
-    from those card edits). Only the main process of a distributed run pushes; the others return ``None``.
+    ``eval_results`` are merged into the card's ``model-index`` metadata, and its usage snippet names the repository
+    id while the upload runs. On failure raises :class:`HubPushError`; the folder is left as it was (apart from the
+    merged results: the snippet names no repository again, so a retry to another id publishes that id). Only the
+    main process of a distributed run pushes; the others return ``None``.
 
     Args:
         folder: a folder written by ``model.save_pretrained`` (it has ``modules.json``).
@@ -277,9 +307,6 @@ def push_folder_to_hub(
         raise FileNotFoundError(f"{folder} is not a saved sentence-transformers model (no modules.json).")
     readme = folder / "README.md"
     if readme.is_file():
-        text = readme.read_text(encoding="utf8")
-        if MODEL_ID_PLACEHOLDER in text:
-            readme.write_text(text.replace(MODEL_ID_PLACEHOLDER, repo_id), encoding="utf8")
         if eval_results:
             add_eval_results_to_card(readme, eval_results)
     elif eval_results:
@@ -310,7 +337,9 @@ def _upload(
     commit_message: str,
     revision: str | None,
 ) -> str:
-    """Upload ``folder`` as it is on disk, through sentence-transformers; any failure becomes :class:`HubPushError`."""
+    """Upload ``folder`` as it is on disk, through sentence-transformers; any failure becomes :class:`HubPushError`.
+    The card names ``repo_id`` during the upload; after a failure it names no repository again."""
+    _set_card_repo_id(folder, MODEL_ID_PLACEHOLDER, repo_id)
     try:
         url = model.push_to_hub(
             repo_id,
@@ -323,6 +352,7 @@ def _upload(
             create_pr=create_pr,
         )
     except Exception as exc:
+        _set_card_repo_id(folder, repo_id, MODEL_ID_PLACEHOLDER)
         raise HubPushError(
             f"Pushing to https://huggingface.co/{repo_id} failed ({type(exc).__name__}: {exc}). The model is saved "
             f"locally in {folder.resolve()}; fix the cause (network, HF_HUB_OFFLINE, token: `hf auth login` or "

@@ -134,28 +134,6 @@ def _flat_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
     return next(iter(mapping.values())) if isinstance(next(iter(mapping.values()), None), dict) else mapping
 
 
-def _check_datasets(
-    dataset: Any, loss: nn.Module | dict[str, nn.Module], dataset_type: str, router_mapping: dict[str, Any] | None
-) -> None:
-    """Run the loss's dataset check (``optical_st.check_bitext``) on the dataset the trainer was given.
-
-    Why here: sentence-transformers shows the model's card data the training and evaluation datasets, the loss and
-    ``router_mapping`` when the trainer is built (its model card callback's ``on_init_end``), the one moment before
-    training where all three are at hand without the user registering anything; a bad row or a route against the
-    column order then stops ``SentenceTransformerTrainer(...)`` instead of a step hours in. Duck-typed: the card
-    layer imports no loss.
-    """
-    name = f"{dataset_type}_dataset"
-    if isinstance(loss, Mapping):  # one loss per dataset of a DatasetDict
-        for key, part_loss in loss.items():
-            if isinstance(dataset, Mapping) and key in dataset and hasattr(part_loss, "check_dataset"):
-                nested = (router_mapping or {}).get(key)
-                mapping = nested if isinstance(nested, dict) else router_mapping
-                part_loss.check_dataset(dataset[key], router_mapping=mapping, name=f"{name}[{key!r}]")
-    elif hasattr(loss, "check_dataset"):
-        loss.check_dataset(dataset, router_mapping=router_mapping, name=name)
-
-
 @dataclass
 class OpticalModelCardData(SentenceTransformerModelCardData):
     """Model card data for OPTICAL models: sentence-transformers' card data plus the OPTICAL fields.
@@ -259,7 +237,6 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     ) -> list[dict[str, Any]]:
         if dataset_type == "train":
             self._train_router_mapping = dict(router_mapping or {})
-        _check_datasets(dataset, loss, dataset_type, router_mapping)
         metadata = super().extract_dataset_metadata(dataset, dataset_metadata, loss, dataset_type, router_mapping)
         if dataset_type == "train":
             self._bitext_from_training(metadata)
@@ -400,6 +377,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             new.model_name = None
         new.model, new.model_id, new.ir_model, new.widget = None, None, None, []
         new.first_save, new._cached_dict = True, None
+        for name in ("extract_dataset_metadata", "set_losses"):  # the losses' trainer hooks belong to this card
+            new.__dict__.pop(name, None)
         return new
 
     def get_default_model_name(self) -> str:
@@ -432,7 +411,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         columns = getattr(dataset, "column_names", None) or []
         query_cols = [c for c in columns if mapping.get(c) == STUDENT_ROUTE]
         doc_cols = [c for c in columns if mapping.get(c) == TEACHER_ROUTE]
-        if not query_cols or not doc_cols or len(dataset) == 0:
+        # a stream (IterableDataset) has no length and would be read again: the card then keeps placeholders
+        if not query_cols or not doc_cols or not hasattr(dataset, "__len__") or len(dataset) == 0:
             return None
         rows = dataset.select(range(min(len(dataset), 100)))
         rows = sorted(rows, key=lambda row: len(str(row[query_cols[0]])))  # short texts read best in a card

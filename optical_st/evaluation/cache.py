@@ -5,10 +5,15 @@ seed and run that uses that teacher and that corpus. :class:`EmbeddingCache` sto
 route, prompts, texts) and hands them back afterwards, so evaluating a trained student costs only its queries.
 
 The key is a digest of everything that decides the embeddings: the modules the route runs (their types, configs and
-every tensor of their state), the model's prompts and the texts. A changed weight therefore gives a new key, never a
-stale hit, and two models with the same weights (the zero-shot model and the teacher route built from it) share
-entries. Entries are written to a temporary file and renamed into place, so concurrent runs never read a
-half-written file (two writers of one entry write the same bytes; the last rename wins).
+every byte of every tensor of their state), the model's prompts and the texts, and two models with the same weights
+(the zero-shot model and the teacher route built from it) share entries. Hashing every byte takes about a second per
+100M weights, so a module's digest is kept while its tensors look unchanged: same storage, same version counters
+(which see optimizer steps, ``load_state_dict`` and the other in-place changes PyTorch tracks) and same
+position-weighted float32 sum of each tensor's values (which sees writes through ``.data``, which no version counter
+does: scaling, an EMA step, overwriting or swapping rows). The one change that could go unseen is a ``.data`` write
+too small to move that sum in float32; call :meth:`EmbeddingCache.forget_weights` after such surgery. Entries are
+written to a temporary file and renamed into place, so concurrent runs never read a half-written file (two writers of
+one entry write the same bytes; the last rename wins).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import os
 import tempfile
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +49,26 @@ def route_modules_for(model: nn.Module, route: str | None) -> list[nn.Module]:
     return [*sub, *after]
 
 
+def _weighted_sums(tensors: Iterable[Tensor]) -> bytes:
+    """Each tensor's values summed with weights that grow along its rows and along its columns, in float32, as
+    bytes: scaling, shifting, overwriting or permuting rows or columns moves it. One pass over the weights, a host
+    copy of one number per tensor."""
+    sums = []
+    with torch.no_grad():
+        for tensor in tensors:
+            if not torch.is_tensor(tensor) or tensor.numel() == 0:
+                continue
+            x = tensor.detach()
+            x = (x.reshape(-1, x.shape[-1]) if x.dim() >= 2 else x.reshape(-1, 1)).float()
+            rows = torch.linspace(1.0, 2.0, x.shape[0], device=x.device)
+            cols = torch.linspace(1.0, 2.0, x.shape[1], device=x.device)
+            sums.append(rows @ (x @ cols))
+    return torch.stack(sums).cpu().numpy().tobytes() if sums else b""
+
+
 class EmbeddingCache:
-    """Embeddings of (model route, prompts, texts) on disk, keyed by content.
+    """Embeddings of (model route, prompts, texts) on disk, keyed by content. Changed weights give a new key (see the
+    module docstring for the one ``.data`` write that needs :meth:`forget_weights`).
 
     Args:
         folder: where entries live; default ``<optical_st cache>/embeddings`` (``$OPTICAL_ST_CACHE``, else
@@ -63,14 +86,19 @@ class EmbeddingCache:
         self.folder = Path(folder) if folder is not None else default_cache_dir() / "embeddings"
         self.hits = 0
         self.misses = 0
-        # id(module) -> (weak reference, tensor versions, digest): hashing ~100M weights takes a second
+        # id(module) -> (weak reference, tensor signature, digest): hashing every byte of ~100M weights is slow
         self._digests: dict[int, tuple[weakref.ref, tuple, str]] = {}
+
+    def forget_weights(self) -> None:
+        """Hash every module's weights anew at the next call (see the module docstring for when that is needed)."""
+        self._digests.clear()
 
     def _module_digest(self, module: nn.Module) -> str:
         # an adapter model's document route reports its base: it shares the base model's entries
         name, config, state = module_state(module)
-        # (data pointer, version counter) of every tensor: an optimizer step bumps the versions
-        signature = tuple((t.data_ptr(), t._version) for t in state.values())
+        # (data pointer, version counter) of every tensor: an optimizer step bumps the versions; the weighted sums
+        # see writes through .data, which bump none
+        signature = (tuple((t.data_ptr(), t._version) for t in state.values()), _weighted_sums(state.values()))
         memo = self._digests.get(id(module))
         # the weak reference tells a live module from a new one that reuses a freed module's id (and memory)
         if memo is not None and memo[0]() is module and memo[1] == signature:

@@ -153,6 +153,19 @@ class CrossLingualRetrievalEvaluator(InformationRetrievalEvaluator):
         if excluded_docs:
             kwargs["corpus_chunk_size"] = max(len(corpus), 1)
         super().__init__(queries, corpus, relevant_docs, **kwargs)
+        # refused now: an empty side would divide by zero at the first evaluation, hours into training and before
+        # the checkpoint of that step is written
+        if not self.queries:
+            raise ValueError(
+                f"{type(self).__name__}({kwargs.get('name', '')!r}) got no query with a relevant document "
+                f"({len(queries)} queries, {len(relevant_docs)} with relevance judgements): an evaluation set needs "
+                "at least one. Check that the evaluation split is not empty and that relevant_docs uses the query ids."
+            )
+        if not self.corpus:
+            raise ValueError(
+                f"{type(self).__name__}({kwargs.get('name', '')!r}) got an empty corpus: there is nothing to retrieve. "
+                "Check that the evaluation split's documents were passed."
+            )
         for route in (query_route, corpus_route):
             if route not in ("query", "document", None):
                 raise ValueError(f"Routes are 'query', 'document' or None; got {route!r}.")

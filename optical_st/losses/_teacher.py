@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from optical_st import ot
 from optical_st.losses import checks
-from optical_st.losses.teacher_cache import TeacherCache
+from optical_st.losses.teacher_cache import TeacherCache, weights_versions
 from optical_st.modeling import column_prompts, same_tokenizer
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
@@ -125,6 +125,8 @@ class TeacherStudentMixin:
             # capture tokenizers now: under DDP `self.model` is the wrapper, which has no `.tokenizer`
             self._student = _Encoder(self._run_student, model.tokenizer, None)
             self._teacher = _Encoder(self._run_separate_teacher, teacher.tokenizer, None)
+        # bad rows, columns and routes stop SentenceTransformerTrainer(...), for every kind of model (checks.py)
+        checks.check_when_trainer_is_built(model)
 
     def _run_student(self, features: dict[str, Any]) -> dict[str, Tensor]:
         return self.model(features)
@@ -149,9 +151,13 @@ class TeacherStudentMixin:
         with torch.no_grad():
             if cache is None:
                 return self._teacher.run(features)
-            if self.__dict__.get("_cache_bound") is not cache:  # checked once per cache: same teacher weights
+            # the weights' fingerprint is compared with the cache's whenever PyTorch saw them change (or the cache
+            # is new to this loss): load_state_dict, optimizer steps, in-place ops bump the version counters
+            versions = weights_versions(self._teacher_modules)
+            bound = self.__dict__.get("_cache_bound")
+            if bound is None or bound[0] is not cache or bound[1] != versions:
                 cache.bind(self._teacher_modules)
-                self._cache_bound = cache
+                self._cache_bound = (cache, versions)
             return cache.run(features, self._teacher.run)
 
     def _check_labels_and_routes(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
@@ -206,19 +212,24 @@ class TeacherStudentMixin:
                 )
                 self.check_dataset(part, nested if nested is not None else router_mapping, f"{name}[{split!r}]")
             return
-        if not isinstance(dataset, Dataset):  # IterableDataset: one pass would consume it
-            return
         mapping = dict(router_mapping or {})
         if mapping and isinstance(next(iter(mapping.values())), dict):
             mapping = {}  # a per-dataset mapping routes nothing of a single Dataset (as in the trainer's collator)
+        if not isinstance(dataset, Dataset):
+            # IterableDataset: one pass would consume it, so only what its features tell (types, columns, routes)
+            if getattr(dataset, "column_names", None):
+                self._check_columns(dataset, mapping, name)
+            return
+        if len(dataset) == 0:  # torch would stop with "num_samples=0" when training starts
+            raise ValueError(f"{name} is empty (0 rows): nothing to train on. Check the filters that built it.")
+        error = checks.transform_error(dataset, name)  # before the memo: a transform does not change the fingerprint
+        if error is not None:
+            raise error
         key = (getattr(dataset, "_fingerprint", None) or id(dataset), tuple(sorted(mapping.items())))
         checked = self.__dict__.setdefault("_checked_datasets", set())
         if key in checked:
             return
-        columns = checks.text_columns(dataset.column_names)
-        labels = [c for c in dataset.column_names if c in checks.LABEL_COLUMNS and c != "dataset_name"]
-        # the checks of the first batch, now: same messages, before any training step
-        self._check_inputs([{"task": mapping.get(c)} for c in columns], torch.zeros(0) if labels else None)
+        columns = self._check_columns(dataset, mapping, name)
         # (english, lrl, *negatives): the student reads the second column, the teacher the others
         sides = [self._student if i == 1 else self._teacher for i in range(len(columns))]
         text_columns = [
@@ -232,6 +243,18 @@ class TeacherStudentMixin:
         sample = dataset.with_format(None).select(rows)
         self._warn_if_swapped(list(sample[columns[0]]), list(sample[columns[1]]), f"{name} columns {columns[:2]!r}")
         checked.add(key)
+
+    def _check_columns(self, dataset: Any, mapping: dict[str, Any], name: str) -> list[str]:
+        """The column checks (types, count, labels, routes) from the column names and features alone; returns the
+        text columns."""
+        columns = checks.text_columns(dataset.column_names)
+        error = checks.non_text_columns_error(dataset, columns, name)  # before the count: it names the column
+        if error is not None:
+            raise error
+        labels = [c for c in dataset.column_names if c in checks.LABEL_COLUMNS and c != "dataset_name"]
+        # the checks of the first batch, now: same messages, before any training step
+        self._check_inputs([{"task": mapping.get(c)} for c in columns], torch.zeros(0) if labels else None)
+        return columns
 
     def _warn_if_swapped(self, english: list[str], lrl: list[str], where: str) -> None:
         # once per loss: a heuristic, so a warning, and not one per batch
@@ -269,8 +292,8 @@ class TeacherStudentMixin:
             )
 
     def _first_batch_check(self, features: list[dict[str, Any]]) -> None:
-        """The direction check on the first batch, for datasets that :meth:`check_dataset` never saw (a plain
-        student with a separate teacher, or a model without the OPTICAL card): decodes one batch, once. Also the
+        """The direction check on the first batch, for datasets that :meth:`check_dataset` never saw (a stream, a
+        trainer built for another model object than the loss's): decodes one batch, once. Also the
         prompts check (:meth:`_check_prompts`)."""
         self._check_prompts(features)
         if self.__dict__.get("_direction_checked") or len(features) < 2:

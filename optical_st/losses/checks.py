@@ -1,20 +1,32 @@
 """Checks of a training dataset against the loss that will read it, run once before training: rows that would fail
 hours in (:func:`find_bad_rows`) and bitext read in the wrong direction (:func:`direction_evidence`).
 
-The losses call these from ``check_dataset`` (see :func:`check_bitext`); sentence-transformers hands the training
-dataset, the loss and ``router_mapping`` to an OPTICAL model's card data when the trainer is built, which is where
-the check runs without being asked (:class:`optical_st.OpticalModelCardData`). Pure Python and tokenizers: no
-model is run.
+The losses call these from ``check_dataset`` (see :func:`check_bitext`). Every OPTICAL loss has them run when a
+``SentenceTransformerTrainer`` is built with it, whatever the model and its card data
+(:func:`check_when_trainer_is_built`). Pure Python and tokenizers: no model is run.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import sys
+import types
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LABEL_COLUMNS", "TextColumn", "check_bitext", "direction_evidence", "find_bad_rows", "text_columns"]
+__all__ = [
+    "LABEL_COLUMNS",
+    "TextColumn",
+    "check_bitext",
+    "check_when_trainer_is_built",
+    "direction_evidence",
+    "find_bad_rows",
+    "non_text_columns_error",
+    "run_dataset_checks",
+    "text_columns",
+    "transform_error",
+]
 
 # the columns sentence-transformers' collator does not tokenize (labels) or drops (dataset_name)
 LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
@@ -105,8 +117,10 @@ def check_bitext(dataset: Any, loss: Any, *, router_mapping: dict[str, Any] | No
     first, to the teacher; ``lrl`` second, to the student). Logs one warning when the columns look swapped (the
     student side reads like English to the teacher's tokenizer; see :func:`direction_evidence`).
 
-    An OPTICAL model (from :func:`optical_st.build_optical_model`) runs this by itself when the trainer is built;
-    call it yourself for a plain student with a separate ``teacher=``, or to check a dataset before any trainer.
+    Runs by itself when a ``SentenceTransformerTrainer`` is built with an OPTICAL loss, for every kind of model (a
+    Router model, a plain student with ``teacher=``, a reloaded model, any card data); call it yourself to check a
+    dataset before any trainer. Also raises for an empty dataset, a column that is not text (e.g. an integer ``id``)
+    and a ``set_transform`` that changes the columns the trainer will read.
 
     Args:
         dataset: a ``datasets.Dataset`` or ``DatasetDict`` (every split is checked); an ``IterableDataset`` is
@@ -118,6 +132,122 @@ def check_bitext(dataset: Any, loss: Any, *, router_mapping: dict[str, Any] | No
     if check is None:
         raise TypeError(f"{type(loss).__name__} has no check_dataset(); pass an optical_st loss.")
     check(dataset, router_mapping=router_mapping)
+
+
+def run_dataset_checks(
+    dataset: Any, loss: Any, dataset_type: str = "train", router_mapping: dict[str, Any] | None = None
+) -> None:
+    """``loss.check_dataset`` on the dataset a trainer was given (each split of a ``DatasetDict``, with its own loss
+    when ``loss`` is a dict); a loss without ``check_dataset`` (a stock sentence-transformers loss) is skipped."""
+    name = f"{dataset_type}_dataset"
+    if isinstance(loss, Mapping):  # one loss per dataset of a DatasetDict
+        for key, part_loss in loss.items():
+            if isinstance(dataset, Mapping) and key in dataset and hasattr(part_loss, "check_dataset"):
+                nested = (router_mapping or {}).get(key)
+                mapping = nested if isinstance(nested, dict) else router_mapping
+                part_loss.check_dataset(dataset[key], router_mapping=mapping, name=f"{name}[{key!r}]")
+    elif hasattr(loss, "check_dataset"):
+        loss.check_dataset(dataset, router_mapping=router_mapping, name=name)
+
+
+def _extract_with_checks(
+    card: Any,
+    dataset: Any,
+    dataset_metadata: list[dict[str, Any]],
+    loss: Any,
+    dataset_type: str,
+    router_mapping: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    run_dataset_checks(dataset, loss, dataset_type, router_mapping)
+    return type(card).extract_dataset_metadata(card, dataset, dataset_metadata, loss, dataset_type, router_mapping)
+
+
+def _set_losses_with_checks(card: Any, losses: list[Any]) -> None:
+    # sentence-transformers shows the card no empty training set (`if trainer.train_dataset:`), and torch would then
+    # stop train() with "num_samples=0". The trainer is an argument of the caller, the card callback's on_init_end
+    # (the one place it is at hand); if a later sentence-transformers calls this elsewhere, nothing is checked here.
+    trainer = sys._getframe(1).f_locals.get("trainer")
+    dataset = getattr(trainer, "train_dataset", None)
+    if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
+        run_dataset_checks(dataset, trainer.loss, "train", getattr(trainer.args, "router_mapping", None))
+    return type(card).set_losses(card, losses)
+
+
+# the card data methods check_when_trainer_is_built routes through the checks (instance attributes of the card data)
+TRAINER_HOOKS = {"extract_dataset_metadata": _extract_with_checks, "set_losses": _set_losses_with_checks}
+
+
+def check_when_trainer_is_built(model: Any) -> None:
+    """Have the dataset checks run when a ``SentenceTransformerTrainer`` is built for ``model``.
+
+    sentence-transformers hands the training and evaluation datasets, the trainer's loss and ``router_mapping``
+    together to one call only, when the trainer is built: ``model.model_card_data.extract_dataset_metadata``
+    (its model card callback's ``on_init_end``), for every kind of model and card data, except for an empty
+    dataset, which the callback skips (``set_losses``, called next, covers that one). The losses call this at
+    construction, which routes those calls through :func:`run_dataset_checks` first, on this model's card data
+    object only; the card data classes themselves check nothing. Idempotent.
+    """
+    card = getattr(model, "model_card_data", None)
+    if card is None or not hasattr(type(card), "extract_dataset_metadata"):
+        return
+    for name, hook in TRAINER_HOOKS.items():
+        current = getattr(card, "__dict__", {}).get(name)
+        installed = getattr(current, "__func__", None) is hook and getattr(current, "__self__", None) is card
+        if not installed and hasattr(type(card), name):
+            # a bound method, not a closure: the card data stays picklable and deep-copyable with the model (a
+            # shallow copy shares it, bound to the original: the check above binds it anew)
+            setattr(card, name, types.MethodType(hook, card))
+
+
+def _feature_dtype(feature: Any) -> str:
+    dtype = getattr(feature, "dtype", None)
+    return dtype if isinstance(dtype, str) else type(feature).__name__
+
+
+def non_text_columns_error(dataset: Any, columns: Sequence[str], dataset_name: str) -> ValueError | None:
+    """A ``ValueError`` naming the columns among ``columns`` whose feature type is not text (e.g. an integer ``id``,
+    a list column), with ``remove_columns([...])``; ``None`` when they are all text or the types are unknown."""
+    features = getattr(dataset, "features", None)
+    if not features:
+        return None
+    # "null": a column of None only, which the row check names row by row
+    wrong = [
+        (c, _feature_dtype(features[c]))
+        for c in columns
+        if c in features and _feature_dtype(features[c]) not in ("string", "large_string", "null")
+    ]
+    if not wrong:
+        return None
+    described = ", ".join(f"column {c!r} is not text ({dtype})" for c, dtype in wrong)
+    names = [c for c, _ in wrong]
+    return ValueError(
+        f"{dataset_name}: {described}. The loss reads every column except label/score columns as a text column "
+        f"(english, lrl, then English negatives), so it would try to train on it. Drop it before training: "
+        f"`{dataset_name} = {dataset_name}.remove_columns({names!r})`."
+    )
+
+
+def transform_error(dataset: Any, dataset_name: str) -> ValueError | None:
+    """A ``ValueError`` when ``dataset`` carries a ``set_transform`` whose rows have other columns than
+    ``dataset.column_names`` (the trainer reads the transform's rows; the checks read the columns), naming the
+    transform and where it came from; ``None`` otherwise. Reads one row."""
+    fmt = getattr(dataset, "format", None) or {}
+    if fmt.get("type") != "custom" or len(dataset) == 0:
+        return None
+    transform = (fmt.get("format_kwargs") or {}).get("transform")
+    row_columns = list(dataset[0])
+    listed = list(dataset.column_names)
+    if sorted(row_columns) == sorted(listed):
+        return None
+    added = [c for c in row_columns if c not in listed]
+    removed = [c for c in listed if c not in row_columns]
+    change = " and ".join([f"adds {added}"] * bool(added) + [f"drops {removed}"] * bool(removed))
+    who = getattr(transform, "origin", None) or f"{getattr(transform, '__qualname__', type(transform).__name__)}"
+    return ValueError(
+        f"{dataset_name} carries a transform ({who}) that {change}: its column_names say {listed}, but the trainer "
+        f"would read rows with {row_columns}. Remove it with `{dataset_name}.reset_format()` (or apply it for good "
+        "with `.map(...)` and check the result)."
+    )
 
 
 def _special_pattern(tokenizer: Any) -> re.Pattern[str] | None:

@@ -33,6 +33,19 @@ def teacher_fingerprint(modules: Iterable[nn.Module], sample: int = 4096) -> str
     return digest.hexdigest()[:16]
 
 
+def weights_versions(modules: Iterable[nn.Module]) -> tuple[tuple[int, int], ...]:
+    """``(storage address, version counter)`` of every tensor :func:`teacher_fingerprint` reads. PyTorch bumps a
+    tensor's version on every in-place change it tracks (``load_state_dict``, optimizer steps, ``p.mul_(...)``), so
+    an equal tuple means unchanged weights, except for writes through ``.data`` or to the raw storage, which no version
+    counter sees. Cheap enough for every batch: no tensor is read."""
+    return tuple(
+        (tensor.data_ptr(), tensor._version)
+        for module in modules
+        for _, tensor in sorted(module_state(module)[2].items())
+        if torch.is_tensor(tensor)
+    )
+
+
 class TeacherCache:
     """The frozen teacher's outputs (token embeddings and pooled embedding) for every distinct token sequence it has
     encoded, so that later steps, epochs and losses read them instead of running the teacher again.
@@ -45,8 +58,12 @@ class TeacherCache:
 
     Entries are keyed by the token ids inside the attention mask, so a text is found whatever it is padded to in a
     batch; outputs agree with an uncached run up to float rounding (the teacher then sees other padding). The cache
-    records the teacher's weights at first use and raises a ``ValueError`` if a loss with a different teacher uses
-    it. Memory: ``tokens x hidden x 4`` bytes per text (about 70 kB for a 45-token verse at width 384; the demo's 1,593
+    records the teacher's weights (a fingerprint) at first use and raises a ``ValueError`` if a loss with a different
+    teacher uses it, or if the teacher of a loss that used it changed since. The contract, exactly: before every batch
+    each loss compares its teacher's version counters with those of its last check, and when they moved it compares
+    the fingerprint (``load_state_dict``, optimizer steps and other in-place changes PyTorch tracks are seen at the
+    next batch). A write through ``.data`` (or to the storage from outside) moves no version counter: call
+    ``cache.clear()`` after changing a teacher that way. Memory: ``tokens x hidden x 4`` bytes per text (about 70 kB for a 45-token verse at width 384; the demo's 1,593
     English verses take ~110 MB); ``max_entries`` caps it (texts beyond it are encoded every time).
 
     Training FLOPs measured by :class:`optical_st.evaluation.FlopsCallback` stay the method's own: its measured
@@ -103,8 +120,9 @@ class TeacherCache:
             self._fingerprint = fingerprint
         elif fingerprint != self._fingerprint:
             raise ValueError(
-                "This TeacherCache holds the outputs of another teacher (its weights differ). Give each teacher its "
-                "own TeacherCache, or call cache.clear() before reusing it."
+                "This TeacherCache holds the outputs of another teacher (its weights differ: another teacher model, "
+                "or this teacher's weights changed since, e.g. by load_state_dict). Give each teacher its own "
+                "TeacherCache, or call cache.clear() before reusing it."
             )
 
     def run(self, features: dict[str, Any], encode: Any) -> dict[str, Tensor]:

@@ -83,6 +83,26 @@ class HardNegativeMiningCallback(TrainerCallback):
         trainer.add_callback(callback)
         return callback
 
+    @staticmethod
+    def check_dataset_kind(dataset: Any) -> None:
+        """A ``ValueError`` unless ``dataset`` is a single ``datasets.Dataset``: the sampler indexes every row and
+        chooses their order, which a stream cannot give (sentence-transformers builds no batch sampler for an
+        ``IterableDataset``) and a ``DatasetDict`` splits across samplers."""
+        from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+
+        if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
+            raise ValueError(
+                "DynamicHardNegativeSampler cannot sample an IterableDataset (a stream): it indexes every row and "
+                "chooses their order. Train on a datasets.Dataset (e.g. `Dataset.from_generator(...)`, or "
+                "`load_dataset(..., streaming=False)`), or train the stream without the sampler (drop "
+                "batch_sampler=... from the training arguments)."
+            )
+        if isinstance(dataset, DatasetDict) or not isinstance(dataset, Dataset):
+            raise ValueError(
+                "DynamicHardNegativeSampler needs a single datasets.Dataset as train_dataset (not a DatasetDict "
+                f"or a {type(dataset).__name__}); concatenate the splits first."
+            )
+
     @property
     def config(self) -> HardNegativeConfig:
         return self.sampler.config
@@ -92,14 +112,12 @@ class HardNegativeMiningCallback(TrainerCallback):
     # ------------------------------------------------------------------------------------------------
     def _wire(self, sampler: Any, args: Any) -> None:
         """Index the training dataset, attach the negatives transform and route the negative columns."""
-        from datasets import Dataset, DatasetDict
+        from datasets import Dataset
 
         trainer, config, dataset = self._trainer(), sampler.config, sampler.dataset
-        if isinstance(trainer.train_dataset, DatasetDict) or not isinstance(dataset, Dataset):
-            raise ValueError(
-                "DynamicHardNegativeSampler needs a single datasets.Dataset as train_dataset (not a DatasetDict "
-                "or an IterableDataset); concatenate the splits first."
-            )
+        self.check_dataset_kind(trainer.train_dataset)
+        if not isinstance(dataset, Dataset):
+            self.check_dataset_kind(dataset)
         if config.refresh_steps is not None and args.dataloader_num_workers > 0:
             raise ValueError(
                 "DynamicHardNegativeSampler refreshes its negatives in the main process, which DataLoader workers "
@@ -184,6 +202,9 @@ class HardNegativeMiningCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs) -> None:
         sampler = _training_sampler(train_dataloader)
         if sampler is None:
+            trainer = self._trainer()
+            if trainer is not None:  # a stream gets no batch sampler at all: say that, not "set batch_sampler="
+                self.check_dataset_kind(trainer.train_dataset)
             raise ValueError(
                 "HardNegativeMiningCallback found no DynamicHardNegativeSampler in the training dataloader: set "
                 "`batch_sampler=DynamicHardNegativeSampler.configure(...)` in the training arguments."

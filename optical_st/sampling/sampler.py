@@ -5,6 +5,7 @@ checkpoints the negatives."""
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from collections.abc import Iterator
@@ -259,6 +260,16 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
             factory = trainer.args.batch_sampler = factory.configure()  # the class itself: default settings
         if not isinstance(factory, _ConfiguredSampler):
             raise ValueError(f"The trainer's batch_sampler is {factory!r}, not a DynamicHardNegativeSampler. {_SETUP}")
+        HardNegativeMiningCallback.check_dataset_kind(trainer.train_dataset)
+        from datasets import Dataset
+
+        if isinstance(trainer.train_dataset, Dataset):
+            # The negatives transform goes on the trainer's own view of the rows (same Arrow table, no copy of the
+            # data), never on the user's Dataset object: a run that stops for any reason leaves nothing on it.
+            users = trainer.train_dataset
+            trainer.train_dataset = copy.deepcopy(users)
+            if trainer.eval_dataset is users:  # evaluated on the training rows: with their negatives, as before
+                trainer.eval_dataset = trainer.train_dataset
         factory._trainer = weakref.ref(trainer)
         return HardNegativeMiningCallback.register(trainer)
 

@@ -236,6 +236,12 @@ class NegativesTransform:
     index column is needed and the dataset length never changes. A user transform that was already set runs first.
     """
 
+    # how the dataset checks name this transform when they find it on a dataset (optical_st.losses.checks)
+    origin = (
+        "optical_st's DynamicHardNegativeSampler transform, left by a run that stopped before its end; the sampler "
+        "puts it on the trainer's own copy of the dataset when attached with DynamicHardNegativeSampler.attach"
+    )
+
     def __init__(self, state: HardNegativeState, inner: Callable[[dict], dict] | None = None) -> None:
         self.state = state
         self.inner = inner
@@ -274,7 +280,14 @@ def load_checkpoint(folders: Iterable[str | os.PathLike | None], global_step: in
     for folder in filter(None, folders):
         path = os.path.join(folder, CHECKPOINT_FILE)
         if os.path.isfile(path):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # torch's message names neither the file nor the way out
+                raise ValueError(
+                    f"{path} is unreadable (truncated or damaged: {type(err).__name__}: {err}). Resume from an "
+                    f"earlier checkpoint, or delete {CHECKPOINT_FILE} from this one to re-mine every anchor with the "
+                    "resumed model (the negatives then differ from an uninterrupted run)."
+                ) from err
             if saved.get("global_step") == global_step:
                 return saved
     return None
