@@ -38,7 +38,7 @@ class HardNegativeConfig:
     mining_batch_size: int = 64
     use_faiss: bool | None = None
     cache_documents: bool | None = None
-    show_progress_bar: bool = False
+    show_progress_bar: bool = True  # mining encodes the whole pool and many anchors: show that it moves
 
     def __post_init__(self) -> None:
         self.num_negatives = as_int("num_negatives", self.num_negatives)

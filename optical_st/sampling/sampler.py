@@ -158,7 +158,7 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
                 - ``negative_column_prefix`` (``"negative"``): the columns are ``{prefix}_1 .. {prefix}_k``.
                 - ``mining_batch_size`` (64), ``use_faiss`` (None = when installed), ``cache_documents`` (None =
                   cache pool embeddings when ``encode_document`` has no trainable parameter),
-                  ``show_progress_bar`` (False).
+                  ``show_progress_bar`` (True: encoding progress bars).
             trainer: the trainer that trains with this sampler, given explicitly when you build the sampler yourself
                 (e.g. in an override of the trainer's ``get_batch_sampler``); :meth:`attach` passes it otherwise.
 
