@@ -22,6 +22,7 @@ import dataclasses
 import gc
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -361,8 +362,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         teacher = None
     gc.collect()
     loss = recipe.loss(model)
-    # the loss's own checks (special-token-only texts, the direction heuristic), before mining and training
-    check_bitext(train_data, loss, router_mapping=_routes(train_data))
+    # the loss's own checks with the model's tokenizers (texts of special tokens only, swapped-looking columns), on
+    # every pair read, before mining and training
+    try:
+        check_bitext(bitext.dataset, loss, router_mapping=_routes(bitext.dataset))
+    except ValueError as error:
+        raise BitextError(_with_lines(str(error), bitext)) from None
 
     # 3. zero-shot: the starting model on the held-out pairs
     evaluator = _evaluator(eval_data, args) if eval_data is not None else None
@@ -424,6 +429,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     _report(result, out)
     return result
+
+
+def _with_lines(message: str, bitext: Bitext) -> str:
+    """A dataset check's message, with the file lines of the dataset rows it names."""
+    rows = sorted({int(row) for row in re.findall(r"\brow (\d+)", message)})[:MAX_ROWS_SHOWN]
+    if bitext.lines is None or not rows:
+        return message
+    lines = ", ".join(f"row {row} is line {bitext.lines[row]}" for row in rows if row < len(bitext.lines))
+    return f"{message} (Rows count the pairs read from {bitext.name} from 0: {lines}.)"
 
 
 def _default_teacher() -> str:

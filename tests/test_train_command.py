@@ -110,7 +110,7 @@ def test_train_command_on_a_local_datasets_folder_with_a_failed_push(e5_like, tm
     assert "not named in the card data (the training column `kiswahili`)" in card  # no --language: says so
 
 
-def test_bad_rows_are_named_before_anything_is_loaded(tmp_path, capsys):
+def test_bad_rows_are_named_before_training(e5_like, tmp_path, capsys):
     rows = _pairs(6)
     rows[2] = ("", rows[2][1])  # file line 4 (header = line 1): an empty Swahili text
     tsv = _tsv(tmp_path / "pairs.tsv", rows)
@@ -119,6 +119,16 @@ def test_bad_rows_are_named_before_anything_is_loaded(tmp_path, capsys):
     assert main(args) == 2  # a data error, not a failure to load the (missing) teacher: nothing slow ran
     error = capsys.readouterr().err
     assert "line 4, column 'swahili': empty" in error and "--skip-bad-rows" in error
+    assert not (tmp_path / "run").exists()
+    # a text of special tokens only passes the reading but not the loss's check, still named by its line
+    rows = _pairs(6)
+    rows[3] = ("[SEP]", rows[3][1])
+    tsv = _tsv(tmp_path / "special.tsv", rows)
+    args = _args(e5_like, tmp_path / "run", "--train-file", str(tsv), "--english-column", "english", "--lrl-column",
+                 "swahili")  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "special tokens only" in error and "row 3 is line 5" in error
     assert not (tmp_path / "run").exists()
     # jsonl: a missing key is named by its line; --skip-bad-rows leaves the pair out
     jsonl = tmp_path / "pairs.jsonl"
