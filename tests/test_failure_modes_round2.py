@@ -7,6 +7,9 @@ smaller items (Sinkhorn warning by size, a truncated hard_negatives.pt, an empty
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -271,6 +274,12 @@ def tiny_e5(tmp_path, monkeypatch):
     return multilingual_e5
 
 
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 @pytest.mark.parametrize("damage", ["no_modules_json", "truncated_weights"])
 def test_a_damaged_e5_cache_entry_is_rebuilt(tiny_e5, tmp_path, damage):
     cache = tmp_path / "cache"
@@ -294,8 +303,13 @@ def test_stale_staging_folders_of_killed_conversions_are_cleaned(tiny_e5, tmp_pa
     (stale / "model" / "model.safetensors").write_bytes(b"\0" * 1024)
     old = time.time() - 2 * 86400
     os.utime(stale, (old, old))
+    host = socket.gethostname()
+    killed = cache / f".{folder_name}.tmp{_dead_pid()}@{host}@x1"  # a fresh one whose process is gone
+    live = cache / f".{folder_name}.tmp{os.getpid()}@{host}@x2"  # a conversion running now: kept
+    killed.mkdir()
+    live.mkdir()
     tiny_e5.multilingual_e5_path(cache)
-    assert not stale.exists()
+    assert not stale.exists() and not killed.exists() and live.exists()
 
 
 # ------------------------------------------------------------------------------------------------
