@@ -124,7 +124,7 @@ def check_bitext(dataset: Any, loss: Any, *, router_mapping: dict[str, Any] | No
 
     Args:
         dataset: a ``datasets.Dataset`` or ``DatasetDict`` (every split is checked); an ``IterableDataset`` is
-            skipped (it cannot be read twice cheaply).
+            checked from its features only (reading it ahead would consume it): column types, count and routes.
         loss: an :class:`~optical_st.OTDistillationLoss` or :class:`~optical_st.ContrastiveDistillationLoss`.
         router_mapping: the ``router_mapping`` of the training arguments (Router models).
     """

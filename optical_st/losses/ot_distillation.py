@@ -72,7 +72,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 (else in cost units). Smaller gives sharper plans (closer to exact OT) but needs more iterations: at
                 ``0.05`` ~60 iterations converge on real token costs (``max_iter=200`` leaves room); ``0.01`` needs ~300.
             max_iter: maximum Sinkhorn iterations per batch.
-            tol: Sinkhorn stops early once every plan's row-marginal error (L2) is below ``tol``.
+            tol: Sinkhorn stops early once every plan's row-marginal error (L2) is below ``tol``; a batch that
+                stops at ``max_iter`` more than 10 times above it gets a ``SinkhornConvergenceWarning``.
             cost: ``"cosine"`` (1 - cosine similarity), ``"sqeuclidean"``, or a callable ``(x, y) -> (B, n, m)``.
             center: subtract the batch's mean teacher token (over the tokens that carry mass, without gradient) from
                 both sides before the cost. Contextual token embeddings share a large common direction (for
