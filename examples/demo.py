@@ -117,6 +117,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         eval_max_seq_length=max(args.max_seq_length, 128),
         cache_dir=args.cache_dir,
         batch_sampler=RECOMMENDED.batch_sampler,  # similar lengths together: less padding, faster CPU steps
+        save_steps=0,  # one short run: no checkpoints to resume from
     )
 
 

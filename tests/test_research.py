@@ -227,8 +227,13 @@ def test_cli_round_trips_the_config():
     add_cli_arguments(parser, defaults)
     parser.add_argument("--reg", type=float, default=0.05)  # a script's own flag is not a config field
     assert config_from_args(parser.parse_args([])) == defaults
+    assert defaults.train_pairs == (6400,)  # one size is a curve of one
     config = config_from_args(parser.parse_args(["--train-pairs", "0", "--eval-pairs", "0", "--seeds", "1", "--bf16"]))
-    assert (config.train_pairs, config.eval_pairs, config.seeds, config.bf16) == (None, None, (1,), True)
+    assert (config.train_pairs, config.eval_pairs, config.seeds, config.bf16) == ((None,), None, (1,), True)
+    curve = config_from_args(parser.parse_args(["--train-pairs", "800", "3200", "0", "--save-steps", "20"]))
+    assert (curve.train_pairs, curve.save_steps) == ((800, 3200, None), 20)
+    with pytest.raises(ValueError, match="multiple of logging_steps"):
+        config_from_args(parser.parse_args(["--save-steps", "15"]))
 
 
 def test_single_run_report_has_a_row_per_method(tmp_path):

@@ -359,6 +359,25 @@ class FlopsCallback(TrainerCallback):
             world_size = max(int(getattr(args, "world_size", 1) or 1), 1)  # each process counts its own work
             card.measured_flops = {phase: flops * world_size for phase, flops in self.report.phase_totals().items()}
 
+    # -- resuming a run ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What was counted so far (JSON-able): saved beside a checkpoint so a resumed run's FLOPs are the whole run's."""
+        return {
+            "sums": dict(self._sums),
+            "analytic": dict(self._analytic),
+            "measured": self._measured,
+            "total_steps": self._total_steps,
+            "one_off": dict(self._one_off),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue counting from :meth:`state_dict` (replaces everything counted so far, one-off costs included)."""
+        self._sums = defaultdict(int, {k: int(v) for k, v in state["sums"].items()})
+        self._analytic = defaultdict(float, {k: float(v) for k, v in state["analytic"].items()})
+        self._measured = int(state["measured"])
+        self._total_steps = int(state["total_steps"])
+        self._one_off = defaultdict(int, {k: int(v) for k, v in state["one_off"].items()})
+
     @property
     def report(self) -> FlopReport:
         measured = max(self._measured, 1)

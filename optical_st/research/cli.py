@@ -34,7 +34,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
     parser.add_argument("--train-data", default=d.train_data, help="'bible' or 'hub:<dataset id>[:<config>]'")
     parser.add_argument("--english-column", default=d.english_column)
     parser.add_argument("--lrl-column", default=d.lrl_column, help="default: the Bible language's column")
-    parser.add_argument("--train-pairs", type=int, default=d.train_pairs, help="0 = all")
+    parser.add_argument(
+        "--train-pairs",
+        type=int,
+        nargs="+",
+        default=[p or 0 for p in d.train_pairs],
+        help="training pairs per language; several sizes give a learning curve (0 = all)",
+    )
     parser.add_argument(
         "--benchmarks",
         nargs="+",
@@ -84,13 +90,21 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
         help="reuse the frozen teacher's outputs on the training texts across runs (optical_st.TeacherCache)",
     )
     parser.add_argument("--threads", type=int, default=d.threads)
+    parser.add_argument(
+        "--save-steps",
+        type=int,
+        default=d.save_steps,
+        help="checkpoint every n steps (a multiple of --logging-steps; 0: never). Re-running the same command with "
+        "the same --output-dir skips finished runs (records/) and resumes an interrupted one from its checkpoint",
+    )
+    parser.add_argument("--logging-steps", type=int, default=d.logging_steps)
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The :class:`ExperimentConfig` of parsed :func:`add_cli_arguments` flags (each flag's dest is a field name)."""
     values = {f.name: getattr(args, f.name) for f in fields(ExperimentConfig) if hasattr(args, f.name)}
     # on the command line 0 means "all"; the config says None
-    values.update(train_pairs=args.train_pairs or None, eval_pairs=args.eval_pairs or None, seeds=tuple(args.seeds))
+    values.update(train_pairs=tuple(args.train_pairs), eval_pairs=args.eval_pairs or None, seeds=tuple(args.seeds))
     values.update(languages=tuple(args.languages), benchmarks=tuple(args.benchmarks))
     values["batch_sampler"] = BATCH_SAMPLERS[args.batch_sampler]
     return ExperimentConfig(**values)

@@ -44,7 +44,8 @@ class ExperimentConfig:
     train_data: str = "bible"  # "bible" (offline, books 1-44) or "hub:<dataset id>[:<config>]"
     english_column: str = "english"
     lrl_column: str | None = None  # None: the Bible language's column (chichewa, swahili, tagalog)
-    train_pairs: int | None = 800  # 25 steps of 32: 3 seeds x 4 methods fit 45 min on 2 cores; None: all 27,927
+    # training pairs per language; several sizes make a learning curve (each size trains every method and seed)
+    train_pairs: tuple[int | None, ...] = (800,)  # None or 0: all of them
     benchmarks: tuple[str, ...] = ("bible.{lang}", "bible-xref.{lang}")  # see optical_st.evaluation.load_benchmark
     eval_pairs: int | None = 500  # translation task: a seeded sample of the 2,030 test verses; None: all
     xref_corpus: str = "bible"  # relevance task corpus: "bible" (31,095 English verses) or "split"
@@ -68,6 +69,29 @@ class ExperimentConfig:
     threads: int | None = None  # torch CPU threads; None: torch's default
     cache_dir: str | None = None  # frozen-teacher corpus embeddings; None: <optical_st cache>/embeddings
     teacher_cache: bool = True  # share the frozen teacher's training outputs across runs (optical_st.TeacherCache)
+    # an interrupted run resumes from its last checkpoint (every save_steps steps; 0: no checkpoints) and a finished
+    # run's record (output_dir/records/) is never redone
+    save_steps: int = 50
+    logging_steps: int = 10
+
+    def __post_init__(self) -> None:
+        pairs = self.train_pairs if isinstance(self.train_pairs, (tuple, list)) else (self.train_pairs,)
+        self.train_pairs = tuple(int(p) if p else None for p in pairs)
+        if not self.train_pairs:
+            raise ValueError("train_pairs needs at least one size (None or 0: all pairs).")
+        # the trainer's logged loss averages the steps since the last log line or resume: checkpoints on log
+        # boundaries keep a resumed run's logs equal to an uninterrupted run's
+        if self.save_steps < 0 or self.logging_steps < 1 or (self.save_steps and self.save_steps % self.logging_steps):
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be 0 or a multiple of logging_steps ({self.logging_steps})."
+            )
+
+    @property
+    def single_train_pairs(self) -> int | None:
+        """The one training size of a config that has one (the demo, scripts that train once)."""
+        if len(self.train_pairs) != 1:
+            raise ValueError(f"This needs one training size; the config has {list(self.train_pairs)}.")
+        return self.train_pairs[0]
 
     def resolved_teacher(self) -> str:
         return self.teacher or default_multilingual_model()
@@ -78,8 +102,22 @@ class ExperimentConfig:
         config["seeds"] = list(self.seeds)
         config["languages"] = list(self.languages)
         config["benchmarks"] = list(self.benchmarks)
+        config["train_pairs"] = [p or 0 for p in self.train_pairs]  # 0: all
         config["batch_sampler"] = getattr(self.batch_sampler, "__name__", str(self.batch_sampler))
+        device = resolve_device(self)
+        config["device_resolved"] = device
+        # stated in every results file: the same command gives bf16 on one CPU and fp32 on another when bf16 is None
+        config["precision"] = "bf16 autocast" if resolve_bf16(self, device) else "fp32"
         return config
+
+    def run_settings(self) -> dict[str, Any]:
+        """The settings one run's result depends on (what a finished record must match to be reused): everything but
+        where things go, which runs the study holds (languages, sizes, seeds, reference rows) and bookkeeping."""
+        skip = {
+            "output_dir", "languages", "train_pairs", "seeds", "english_ceiling", "threads", "cache_dir",
+            "teacher_cache", "save_steps", "device", "bf16",
+        }  # fmt: skip
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
 def resolve_device(config: ExperimentConfig) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_device
+from optical_st.research.config import ExperimentConfig, resolve_device
 from optical_st.research.runner import save_json
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "aggregate",
     "format_table",
     "method_row",
+    "plot_learning_curves",
     "plot_quality_vs_flops",
     "plot_results",
     "ratios",
@@ -56,12 +57,16 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, per (language, method), in the order they first appear."""
-    order = list(dict.fromkeys((r.get("language", ""), r["method"]) for r in records))
+    """Mean and standard deviation over seeds, per (language, training size, method), in the order they first
+    appear."""
+
+    def key(r: dict[str, Any]) -> tuple[str, int, str]:
+        return r.get("language", ""), int(r.get("train_pairs", 0) or 0), r["method"]
+
     rows = []
-    for language, name in order:
-        runs = [r for r in records if r["method"] == name and r.get("language", "") == language]
-        row: dict[str, Any] = {"method": name, "language": language, "n": len(runs)}
+    for language, pairs, name in dict.fromkeys(key(r) for r in records):
+        runs = [r for r in records if key(r) == (language, pairs, name)]
+        row: dict[str, Any] = {"method": name, "language": language, "train_pairs": pairs, "n": len(runs)}
         row["description"] = runs[0].get("description", "")
         for metric in METRICS:
             values = [r["metrics"][metric] for r in runs if metric in r["metrics"]]
@@ -87,12 +92,19 @@ def _fmt(value: tuple[float, float], kind: str) -> str:
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The markdown results table: quality metrics (mean ± std over seeds), training FLOPs, wall time."""
+    """The markdown results table: quality metrics (mean ± std over seeds), training FLOPs, wall time; a ``pairs``
+    column when the rows hold more than one training size (a learning curve)."""
     metrics = [m for m in METRICS if any(m in row for row in rows)]
-    header = ["method", "n", *metrics, "train FLOPs", "FLOPs/step", "train wall s"]
+    sizes = {row.get("train_pairs", 0) for row in rows if row.get("train_pairs")}
+    curve = len(sizes) > 1
+    header = ["method", *(["pairs"] if curve else []), "n", *metrics, "train FLOPs", "FLOPs/step", "train wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["method"], str(row["n"])]
+        cells = [
+            row["method"],
+            *([f"{row.get('train_pairs', 0):,}" if row.get("train_pairs") else "–"] if curve else []),
+            str(row["n"]),
+        ]
         cells += [_fmt(row[m], "metric") if m in row else "–" for m in metrics]
         cells += [_fmt(row["train FLOPs"], "flops"), _fmt(row["FLOPs/step"], "flops"), _fmt(row["train s"], "seconds")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -124,11 +136,11 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
             f"- Teacher: `{config.resolved_teacher()}` (frozen; reads the English side); student: "
             + (f"`{config.student}`." if config.student else "a trainable copy of the teacher (reads the LRL side)."),
             f"- Languages: {', '.join(_language_name(code) for code in config.languages)}.",
-            f"- Training data: {config.train_data}, {config.train_pairs or 'all'} pairs per language, "
+            f"- Training data: {config.train_data}, {_sizes(config)} pairs per language, "
             f"{config.epochs:g} epoch(s), batch {config.batch_size} ({_batches(config)}), lr "
-            f"{config.learning_rate:g}, max_seq_length "
-            f"{config.max_seq_length}, {'bf16 autocast' if resolve_bf16(config, device) else 'fp32'}; seeds "
-            f"{list(config.seeds)}.",
+            f"{config.learning_rate:g}, max_seq_length {config.max_seq_length}; seeds {list(config.seeds)}.",
+            f"- Precision: **{config.to_dict()['precision']}** for every training run"
+            + (" (chosen by the machine: pass --bf16 / --no-bf16 to fix it)." if config.bf16 is None else "."),
             f"- Benchmarks: {', '.join(config.benchmarks)}; translation task on {config.eval_pairs or 'all'} sampled "
             f"test verses (books 45–57) in both directions; relevance task (cross-references made by people, the "
             f"query's own verse excluded) against the {config.xref_corpus} English corpus; eval max_seq_length "
@@ -155,6 +167,49 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
             f"- Total wall time of the experiment: {wall / 60:.1f} min.",
         ]
     )
+
+
+def _sizes(config: ExperimentConfig) -> str:
+    return " / ".join(f"{p:,}" if p else "all" for p in config.train_pairs)
+
+
+def plot_learning_curves(
+    rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str], *, x: str = "pairs", title: str = ""
+) -> None:
+    """One panel per metric: each trained method's mean (± std over seeds) against its training pairs (``x="pairs"``)
+    or training FLOPs (``x="flops"``), a line through its sizes; methods without training are dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if any(m in row for row in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for method in dict.fromkeys(row["method"] for row in rows):
+            points = sorted(
+                (row["train_pairs"] if x == "pairs" else row["train FLOPs"][0], *row[metric])
+                for row in rows
+                if row["method"] == method and metric in row
+            )
+            if not points:
+                continue
+            if points[0][0] == 0:  # no training: a reference level
+                ax.axhline(points[0][1], linestyle="--", color="grey", label=f"{method} (no training)")
+                continue
+            xs, means, stds = zip(*points, strict=True)
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("training pairs (one epoch)" if x == "pairs" else "training FLOPs (measured, whole run)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_quality_vs_flops(
@@ -227,11 +282,19 @@ def write_report(
     for language in languages:
         lang_rows = [row for row in rows if row["language"] == language]
         name = plot_name if len(languages) == 1 else plot_name.replace(".png", f"_{language}.png")
-        plot_quality_vs_flops(lang_rows, out / name, metrics=plot_metrics, title=f"{title}: {_language_name(language)}")
+        plot_title = f"{title}: {_language_name(language)}"
         table = format_table(lang_rows)
         tables.append(f"{_language_name(language)}\n\n{table}" if language else table)
         heading = f"## {_language_name(language)}\n\n" if language else ""
-        sections.append(f"{heading}{table}\n\n![quality vs training FLOPs]({name})")
+        if len({row["train_pairs"] for row in lang_rows if row["train_pairs"]}) > 1:  # a learning curve
+            curves = {"pairs": name.replace(".png", "_pairs.png").replace("flops_pairs", "pairs"), "flops": name}
+            for x, file in curves.items():
+                plot_learning_curves(lang_rows, out / file, plot_metrics, x=x, title=plot_title)
+            plots = f"![quality vs training pairs]({curves['pairs']})\n\n![quality vs training FLOPs]({name})"
+        else:
+            plot_quality_vs_flops(lang_rows, out / name, metrics=plot_metrics, title=plot_title)
+            plots = f"![quality vs training FLOPs]({name})"
+        sections.append(f"{heading}{table}\n\n{plots}")
     descriptions = dict.fromkeys((r["method"], r["description"]) for r in rows)
     text = "\n\n".join(
         [

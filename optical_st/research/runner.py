@@ -7,6 +7,8 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -20,7 +22,8 @@ from sentence_transformers import (
     SentenceTransformerTrainingArguments,
 )
 from sentence_transformers.util import mine_hard_negatives
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
 from optical_st.evaluation.cache import EmbeddingCache
@@ -33,11 +36,13 @@ from optical_st.routes import find_router
 from optical_st.sampling import DynamicHardNegativeSampler
 
 __all__ = [
+    "atomic_write_json",
     "evaluate_model",
     "last_eval_metrics",
     "load_benchmarks",
     "load_train_pairs",
     "run_experiment",
+    "run_id",
     "run_one",
     "save_json",
     "summarize",
@@ -48,13 +53,23 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def load_train_pairs(config: ExperimentConfig, language: str = "nya", seed: int = 0) -> Dataset:
-    """The training bitext as a ``Dataset`` with columns ``english`` and ``lrl`` (empty rows dropped)."""
+_ONE_SIZE = object()
+
+
+def load_train_pairs(
+    config: ExperimentConfig,
+    language: str = "nya",
+    seed: int = 0,
+    pairs: int | None = _ONE_SIZE,  # type: ignore[assignment]
+) -> Dataset:
+    """The training bitext as a ``Dataset`` with columns ``english`` and ``lrl`` (empty rows dropped): a seeded
+    sample of ``pairs`` rows (None: all; default: the config's one training size)."""
+    pairs = config.single_train_pairs if pairs is _ONE_SIZE else pairs
     lrl_column = config.lrl_column
     if config.train_data == "bible":
         from optical_st.data import bible_language, load_bible_bitext
 
-        cap = {"train": config.train_pairs} if config.train_pairs else None
+        cap = {"train": pairs} if pairs else None
         data = load_bible_bitext({"train": range(1, 45)}, language=language, max_pairs=cap, seed=seed)["train"]
         lrl_column = lrl_column or bible_language(language).column
     elif config.train_data.startswith("hub:"):
@@ -62,8 +77,8 @@ def load_train_pairs(config: ExperimentConfig, language: str = "nya", seed: int 
 
         dataset_id, _, subset = config.train_data[len("hub:") :].partition(":")
         data = load_dataset(dataset_id, subset or None, split="train")
-        if config.train_pairs and config.train_pairs < len(data):
-            data = data.shuffle(seed=seed).select(range(config.train_pairs))
+        if pairs and pairs < len(data):
+            data = data.shuffle(seed=seed).select(range(pairs))
     else:
         raise ValueError(f"Unknown train_data {config.train_data!r}; use 'bible' or 'hub:<dataset id>[:<config>]'.")
     missing = {config.english_column, lrl_column} - set(data.column_names)
@@ -202,17 +217,52 @@ def evaluate_model(
     return {"metrics": metrics, "raw_metrics": raw_all, "eval_seconds": time.perf_counter() - start}
 
 
+class _ResumeState(TrainerCallback):
+    """Saves what the trainer's checkpoint lacks and a resumed run needs (the FLOPs counted so far, the training
+    seconds spent so far) beside each checkpoint, and reads it back on resume."""
+
+    FILE = "optical_run_state.json"
+
+    def __init__(self, flops: FlopsCallback, start: float, spent: float = 0.0) -> None:
+        self.flops, self.start, self.spent = flops, start, spent
+
+    def seconds(self) -> float:
+        return self.spent + time.perf_counter() - self.start
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            atomic_write_json(folder / self.FILE, {"flops": self.flops.state_dict(), "train_seconds": self.seconds()})
+
+    @classmethod
+    def load(cls, checkpoint: str) -> dict[str, Any]:
+        path = Path(checkpoint) / cls.FILE
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: {path.name} is missing or damaged ({error}). Delete the folder "
+                f"{Path(checkpoint).parent} to run this method and seed again from the start."
+            ) from error
+
+
 def train_one(
     method: Method,
     config: ExperimentConfig,
     seed: int,
     train: Dataset,
     teacher_cache: TeacherCache | None = None,
+    run_dir: str | Path | None = None,
 ) -> tuple[SentenceTransformer, dict[str, Any]]:
     """Train one method with one seed (or, for a method without training, load its model): ``(model, record)``, the
     record holding what training cost (steps, seconds, measured FLOPs, the training logs). ``teacher_cache`` is given
     to the method's loss when it takes one (the distillation losses): runs of the same teacher then share the frozen
-    teacher's outputs; the FLOPs stay each method's own (measured steps bypass the cache)."""
+    teacher's outputs; the FLOPs stay each method's own (measured steps bypass the cache).
+
+    ``run_dir``: the trainer's output folder (default ``<output_dir>/runs/<method>-seed<seed>``). With
+    ``config.save_steps`` the run checkpoints there, and a run whose folder holds a checkpoint resumes from the last
+    one (weights, optimizer, scheduler, RNG, data position, a sampler's negatives table, the FLOPs and seconds so far).
+    """
     device = resolve_device(config)
     set_seed(seed)
     record: dict[str, Any] = {"method": method.name, "seed": seed, "description": method.description}
@@ -220,6 +270,8 @@ def train_one(
         model = SentenceTransformer(method.model or config.resolved_teacher(), device=device)
         record.update(train_seconds=0.0, steps=0, flops={"total": 0.0, "per_step": {}, "one_off": {}})
         return model, record
+    run_dir = Path(run_dir or Path(config.output_dir) / "runs" / f"{method.name}-seed{seed}")
+    checkpoint = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
     model = build_optical_model(
         config.resolved_teacher(), config.student, train_word_embeddings=config.train_word_embeddings, device=device
     )
@@ -231,7 +283,7 @@ def train_one(
         plan.loss.teacher_cache = teacher_cache
         hits, misses = teacher_cache.hits, teacher_cache.misses
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(Path(config.output_dir) / "runs" / f"{method.name}-seed{seed}"),
+        output_dir=str(run_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
@@ -240,8 +292,10 @@ def train_one(
         seed=seed,
         data_seed=seed,
         report_to=[],
-        save_strategy="no",
-        logging_steps=10,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=1,
+        logging_steps=config.logging_steps,
         use_cpu=device == "cpu",
         bf16=resolve_bf16(config, device),
         router_mapping=plan.router_mapping,
@@ -251,7 +305,13 @@ def train_one(
     flops = FlopsCallback(model, plan.loss, every_n_steps=config.flops_every)
     for phase, value in plan.one_off_flops.items():
         flops.add_one_off(phase, value)
-    callbacks = [flops]
+    resume = _ResumeState(flops, start)
+    if checkpoint is not None:
+        saved = _ResumeState.load(checkpoint)
+        flops.load_state_dict(saved["flops"])  # replaces the one-offs just added: the saved ones include them
+        resume.spent = float(saved["train_seconds"])
+        logger.info("Resuming %s seed %d from %s", method.name, seed, checkpoint)
+    callbacks = [flops, resume]
     if isinstance(plan.loss, OTDistillationLoss):
         callbacks.append(OTDiagnosticsCallback(plan.loss))
     trainer = SentenceTransformerTrainer(
@@ -260,14 +320,15 @@ def train_one(
     if plan.batch_sampler is not None:
         DynamicHardNegativeSampler.attach(trainer)
     with _tracking(flops, plan.track):
-        trainer.train()
+        trainer.train(resume_from_checkpoint=checkpoint)
     record.update(
-        train_seconds=time.perf_counter() - start,
+        train_seconds=resume.seconds(),
         steps=trainer.state.global_step,
         epochs=trainer.state.epoch or 0.0,
         train_loss=[log["loss"] for log in trainer.state.log_history if "loss" in log],
         train_logs=[log for log in trainer.state.log_history if "loss" in log],
         flops=flops.report.to_dict(),
+        resumed_from_step=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None,
     )
     if cached:
         record["teacher_cache"] = {"hits": teacher_cache.hits - hits, "misses": teacher_cache.misses - misses}
@@ -282,10 +343,11 @@ def run_one(
     benches: dict[str, RetrievalBenchmark],
     cache: EmbeddingCache | None = None,
     teacher_cache: TeacherCache | None = None,
+    run_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (unless zero-shot) and evaluate one method with one seed; returns a JSON-able record."""
     load_before = os.getloadavg()[0]
-    model, record = train_one(method, config, seed, train, teacher_cache)
+    model, record = train_one(method, config, seed, train, teacher_cache, run_dir)
     # the English ceiling reads the English version of the queries; every other method the low-resource one
     ceiling = method.name == ENGLISH_CEILING
     wanted = {k: b for k, b in benches.items() if k.endswith(":english") == ceiling}
@@ -294,37 +356,93 @@ def run_one(
     return record
 
 
+def run_id(language: str, pairs: int | None, method: Method, seed: int) -> str:
+    """A run's name in a study: its record file and checkpoint folder (methods without training have no size)."""
+    slug = re.sub(r"[^A-Za-z0-9.+-]+", "_", method.name).strip("_")
+    if method.setup is None:
+        return f"{language}-{slug}"
+    return f"{language}-{pairs or 'all'}-{slug}-seed{seed}"
+
+
+def _reusable(record: dict[str, Any], settings: dict[str, Any], method: Method, path: Path) -> dict[str, Any]:
+    """A finished record, checked against the current settings: a study never mixes runs of different settings."""
+    saved = record.get("settings", {})
+    changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
+    if record.get("description") != method.description:
+        changed.append(f"method ({record.get('description')!r} -> {method.description!r})")
+    if changed:
+        raise ValueError(
+            f"{path} was run with other settings ({', '.join(changed)}). Use another --output-dir for these "
+            "settings, or delete that record to run it again."
+        )
+    return record
+
+
 def run_experiment(methods: Sequence[Method], config: ExperimentConfig) -> list[dict[str, Any]]:
-    """Every language x every method x every seed (methods without training, such as the zero-shot teacher, once: they
-    have no randomness); returns the run records."""
+    """Every language x every training size x every method x every seed (methods without training, such as the
+    zero-shot teacher, once per language: they have no randomness and no data); returns the run records.
+
+    The study survives interruption: each finished run's record is written (atomically) to
+    ``<output_dir>/records/<run>.json`` as it finishes, and running again with the same settings and output folder
+    reads those records instead of redoing the runs, and resumes an unfinished run from its last checkpoint
+    (``config.save_steps``). Records of other settings are refused, not mixed in."""
     if config.threads:
         torch.set_num_threads(config.threads)
+    out = Path(config.output_dir)
+    settings = config.run_settings()
     cache = EmbeddingCache(config.cache_dir)
     # one teacher for every run: its outputs on the English training texts are computed by the first trained run and
     # read by the others (the first run's wall time includes them; FLOPs are each method's own)
     teacher_cache = TeacherCache() if config.teacher_cache else None
-    records = []
+    records: list[dict[str, Any]] = []
     for language in config.languages:
-        benches = load_benchmarks(config, language)
-        train = load_train_pairs(config, language)
-        logger.info("%s: %d training pairs; benchmarks %s", language, len(train), list(benches.values()))
+        benches: dict[str, RetrievalBenchmark] | None = None
         runs = list(methods)
-        if config.english_ceiling and any(k.endswith(":english") for k in benches):
+        if config.english_ceiling and any(spec.startswith("bible-xref") for spec in config.benchmarks):
             runs.append(english_ceiling())
-        for method in runs:
-            for seed in config.seeds[:1] if method.setup is None else config.seeds:
-                logger.info("Running %s on %s, seed %d", method.name, language, seed)
-                record = run_one(method, config, seed, train, benches, cache, teacher_cache)
-                record["language"] = language
-                records.append(record)
-                save_json(Path(config.output_dir) / "runs.partial.json", {"config": config.to_dict(), "runs": records})
+        untrained = [m for m in runs if m.setup is None]
+        trained = [m for m in runs if m.setup is not None]
+        jobs = [(None, m, config.seeds[0]) for m in untrained]
+        jobs += [(pairs, m, seed) for pairs in config.train_pairs for m in trained for seed in config.seeds]
+        train_sets: dict[int | None, Dataset] = {}
+        for pairs, method, seed in jobs:
+            name = run_id(language, pairs, method, seed)
+            path = out / "records" / f"{name}.json"
+            if path.exists():
+                records.append(_reusable(json.loads(path.read_text(encoding="utf-8")), settings, method, path))
+                logger.info("%s: done before, read from %s", name, path)
+                continue
+            if benches is None:
+                benches = load_benchmarks(config, language)
+            if pairs not in train_sets:
+                train_sets[pairs] = load_train_pairs(config, language, pairs=pairs)
+                logger.info("%s: %d training pairs", language, len(train_sets[pairs]))
+            train = train_sets[pairs]
+            logger.info("Running %s", name)
+            record = run_one(method, config, seed, train, benches, cache, teacher_cache, run_dir=out / "runs" / name)
+            record.update(
+                language=language,
+                train_pairs=len(train) if method.setup is not None else 0,
+                run_id=name,
+                settings=settings,
+            )
+            atomic_write_json(path, record)
+            records.append(record)
+            shutil.rmtree(out / "runs" / name, ignore_errors=True)  # its checkpoints: the record is what stays
     logger.info("Embedding cache: %d hits, %d misses (%s)", cache.hits, cache.misses, cache.folder)
     return records
 
 
-def save_json(path: Path, payload: dict[str, Any]) -> None:
+def atomic_write_json(path: Path, payload: Any) -> None:
+    """Write JSON so that a reader (or a crash) never sees half a file: a temporary file, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write_json(path, payload)
 
 
 def timed_evaluation(evaluator: Any, model: SentenceTransformer) -> tuple[dict[str, float], float]:
