@@ -11,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optical_st.sampling import compose_hard_batches, default_range_max, mine_negatives, random_negatives
+from optical_st.sampling import (
+    HardNegativeConfig,
+    compose_hard_batches,
+    default_range_max,
+    mine_negatives,
+    random_negatives,
+)
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 
@@ -95,7 +101,9 @@ def test_matches_brute_force_oracle(settings, use_faiss):
     # one to three positives per query, and queries whose positive is genuinely close
     positives = [sorted(gen.choice(90, size=gen.integers(1, 4), replace=False).tolist()) for _ in range(40)]
     queries = F.normalize(queries + 0.8 * corpus[[p[0] for p in positives]], dim=-1)
-    mined = mine_negatives(queries, corpus, positives, 4, use_faiss=use_faiss, **settings)
+    mined = mine_negatives(
+        queries, corpus, positives, HardNegativeConfig(num_negatives=4, use_faiss=use_faiss, **settings)
+    )
     expected = oracle(queries, corpus, positives, 4, **settings)
     assert mined.indices.tolist() == expected
     for i, pos in enumerate(positives):
@@ -113,8 +121,9 @@ def test_faiss_and_torch_backends_agree():
     queries, corpus = embeddings(200, d=32, seed=3), embeddings(1000, d=32, seed=4)
     positives = [[i] for i in range(200)]
     for kwargs in ({}, {"range_min": 5, "range_max": 40, "relative_margin": 0.05}):
-        a = mine_negatives(queries, corpus, positives, 5, use_faiss=True, **kwargs)
-        b = mine_negatives(queries, corpus, positives, 5, use_faiss=False, chunk_size=37, **kwargs)
+        a = mine_negatives(queries, corpus, positives, HardNegativeConfig(num_negatives=5, use_faiss=True, **kwargs))
+        config = HardNegativeConfig(num_negatives=5, use_faiss=False, **kwargs)
+        b = mine_negatives(queries, corpus, positives, config, chunk_size=37)
         assert torch.equal(a.indices, b.indices)
         torch.testing.assert_close(a.scores, b.scores, atol=0, rtol=0)
         assert a.num_filtered == b.num_filtered
@@ -140,7 +149,8 @@ def test_same_negatives_as_sentence_transformers_mine_hard_negatives(teacher):
     corpus = list(dict.fromkeys(data["positive"]))
     q = teacher.encode_query(data["anchor"], convert_to_tensor=True, normalize_embeddings=True)
     c = teacher.encode_document(corpus, convert_to_tensor=True, normalize_embeddings=True)
-    mined = mine_negatives(q, c, [[corpus.index(p)] for p in data["positive"]], use_faiss=False, **kwargs)
+    positives = [[corpus.index(p)] for p in data["positive"]]
+    mined = mine_negatives(q, c, positives, HardNegativeConfig(use_faiss=False, **kwargs))
     ours = {
         (a, p): [corpus[j] for j in row]
         for a, p, row in zip(data["anchor"], data["positive"], mined.indices.tolist(), strict=True)
@@ -160,10 +170,8 @@ def test_random_sampling_stays_in_the_window_and_is_reproducible():
         queries,
         corpus,
         positives,
-        4,
-        sampling_strategy="random",
+        HardNegativeConfig(num_negatives=4, sampling_strategy="random", **kwargs),
         generator=torch.Generator().manual_seed(seed),
-        **kwargs,
     )
     a, b, c = draw(0), draw(0), draw(1)
     assert torch.equal(a.indices, b.indices)
@@ -184,26 +192,26 @@ def test_default_range_max_follows_sentence_transformers():
     ("kwargs", "match"),
     [
         ({"num_negatives": 0}, "num_negatives"),
-        ({"range_min": 5, "range_max": 6, "num_negatives": 2}, "widen range_max"),
+        ({"range_min": 5, "range_max": 6, "num_negatives": 2}, "raise range_max"),
         ({"sampling_strategy": "best"}, "sampling_strategy"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
     args = {"num_negatives": 2, **kwargs}
     with pytest.raises(ValueError, match=match):
-        mine_negatives(embeddings(4), embeddings(10), [[0]] * 4, **args)
+        mine_negatives(embeddings(4), embeddings(10), [[0]] * 4, HardNegativeConfig(**args))
 
 
 def test_bad_inputs_raise():
-    q, c = embeddings(4), embeddings(10)
+    q, c, two = embeddings(4), embeddings(10), HardNegativeConfig(num_negatives=2)
     with pytest.raises(ValueError, match="NaN or inf"):
-        mine_negatives(q.clone().fill_(math.nan), c, [[0]] * 4, 2)
+        mine_negatives(q.clone().fill_(math.nan), c, [[0]] * 4, two)
     with pytest.raises(ValueError, match="widths differ"):
-        mine_negatives(q, embeddings(10, d=8), [[0]] * 4, 2)
+        mine_negatives(q, embeddings(10, d=8), [[0]] * 4, two)
     with pytest.raises(ValueError, match="at least one positive"):
-        mine_negatives(q, c, [[0], [1], [], [2]], 2)
+        mine_negatives(q, c, [[0], [1], [], [2]], two)
     with pytest.raises(ValueError, match="outside the corpus"):
-        mine_negatives(q, c, [[0], [1], [2], [10]], 2)
+        mine_negatives(q, c, [[0], [1], [2], [10]], two)
 
 
 def test_random_negatives_never_positive_no_repeats_reproducible():
@@ -253,7 +261,7 @@ def test_max_positive_similarity_drops_near_duplicates_of_the_positive():
     corpus = embeddings(30, seed=5)
     corpus[1] = F.normalize(corpus[0] + 0.1 * corpus[7], dim=-1)
     query = F.normalize(corpus[0] + 0.05 * corpus[3], dim=-1)[None]
-    plain = mine_negatives(query, corpus, [[0]], 1)
+    plain = mine_negatives(query, corpus, [[0]])
     assert plain.indices.tolist() == [[1]]  # the near-copy is the hardest "negative"
-    filtered = mine_negatives(query, corpus, [[0]], 1, max_positive_similarity=0.9)
+    filtered = mine_negatives(query, corpus, [[0]], HardNegativeConfig(max_positive_similarity=0.9))
     assert filtered.indices[0, 0] not in (0, 1) and filtered.num_filtered == {"max_positive_similarity": 1}

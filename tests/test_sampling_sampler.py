@@ -24,6 +24,7 @@ from optical_st import (
 )
 from optical_st.sampling import (
     CHECKPOINT_FILE,
+    HardNegativeConfig,
     HardNegativeMiningCallback,
     LengthGroupedBatchSampler,
     NegativesTransform,
@@ -115,7 +116,7 @@ def test_refreshed_negatives_reach_the_loss(tiny_dirs, tmp_path, fetches):
         model.encode_query(anchors, convert_to_tensor=True, normalize_embeddings=True),
         model.encode_document(pool, convert_to_tensor=True, normalize_embeddings=True),
         positives,
-        2,
+        HardNegativeConfig(num_negatives=2),
     ).indices.tolist()
     loss = RecordingMNRL(model)
     sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=2)
@@ -219,7 +220,7 @@ def test_static_mode_mines_every_anchor_once_with_the_initial_model(tiny_dirs, t
     c = model.encode_document(pool, convert_to_tensor=True, normalize_embeddings=True)
     positives = [sorted({pool.index(e) for a2, e in zip(dataset["lrl"], dataset["english"], strict=True) if a2 == a})
                  for a in anchors]  # fmt: skip
-    expected = mine_negatives(q, c, positives, 2, **kwargs)
+    expected = mine_negatives(q, c, positives, HardNegativeConfig(num_negatives=2, **kwargs))
 
     sampler = DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=None, hard_batches=True, **kwargs)
     trainer = make_trainer(

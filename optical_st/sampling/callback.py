@@ -337,17 +337,8 @@ class HardNegativeMiningCallback(TrainerCallback):
                 queries.to(device),
                 corpus.to(device),
                 state.positive_matrix[torch.from_numpy(anchor_ids)],
-                config.num_negatives,
-                range_min=config.range_min,
-                range_max=config.range_max,
-                absolute_margin=config.absolute_margin,
-                relative_margin=config.relative_margin,
-                max_score=config.max_score,
-                min_score=config.min_score,
-                max_positive_similarity=config.max_positive_similarity,
-                sampling_strategy=config.sampling_strategy,
+                config,
                 generator=self._generator(refresh, 1),
-                use_faiss=config.use_faiss,
             )
             positives = [state.anchor_positives[a] for a in anchor_ids.tolist()]
             negatives, scores = fill_missing(mined, positives, len(state.pool), self._generator(refresh, 2))

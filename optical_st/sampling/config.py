@@ -15,8 +15,38 @@ LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
 
 @dataclass
 class HardNegativeConfig:
-    """What to mine, how often, and how the negatives reach the loss. See
-    :class:`~optical_st.DynamicHardNegativeSampler` for the meaning of every field."""
+    """What to mine, how often, and how the negatives reach the loss: the settings of
+    :class:`~optical_st.DynamicHardNegativeSampler` (``DynamicHardNegativeSampler.configure(**fields)``), read as one
+    object by its callback and by :func:`~optical_st.sampling.mine_negatives`. Checked once, here.
+
+    Attributes:
+        num_negatives: negative columns per row.
+        refresh_steps: optimizer steps between refreshes; ``None``: static (every anchor mined once, with the
+            initial model, before training).
+        strategy: ``"hard"`` mines with the model, ``"random"`` draws uniformly (never a positive; no encoding).
+        range_min / range_max, absolute_margin, relative_margin, max_score, min_score, sampling_strategy
+            (``"top"`` / ``"random"``): exactly as in :func:`sentence_transformers.util.mine_hard_negatives` (the
+            rank window over the candidates left after the filters, the false-negative filters, and how the
+            negatives are taken from the window).
+        max_positive_similarity: drop candidates whose document embedding has a higher cosine than this with the
+            positive's: near-duplicates of the positive, judged by the frozen teacher on an OPTICAL model (e.g. 0.9:
+            the Bible repeats verses nearly word for word).
+        hard_batches: also compose batches from mutually hard anchors, so in-batch negatives are hard too (needs
+            every anchor mined before training, so the first mining covers all anchors).
+        group_by_length: rows of similar text length share a batch, as in
+            :class:`~optical_st.sampling.LengthGroupedBatchSampler` (mined negatives still pad their own columns):
+            less padding than random batches, so faster steps; in-batch negatives are then of similar length. Not
+            with ``hard_batches``.
+        anchor_column / positive_column: default: the columns that ``router_mapping`` routes to ``"query"`` /
+            ``"document"``, else those the loss declares in ``retrieval_columns`` (OPTICAL losses: the LRL column is
+            the anchor, the English one the positive), else the first / second (:meth:`resolve_columns`).
+        corpus: extra candidate texts besides the positives.
+        negative_column_prefix: the columns are ``{prefix}_1 .. {prefix}_k``.
+        mining_batch_size: encoding batch size while mining.
+        use_faiss: ``None``: faiss when installed; ``True`` / ``False`` force a search backend.
+        cache_documents: ``None``: cache the pool's embeddings when ``encode_document`` has no trainable parameter.
+        show_progress_bar: encoding progress bars while mining.
+    """
 
     num_negatives: int = 1
     refresh_steps: int | None = 200
@@ -82,6 +112,15 @@ class HardNegativeConfig:
             self.corpus = list(self.corpus)
             if not all(isinstance(text, str) for text in self.corpus):
                 raise ValueError("corpus must be a list of strings.")
+
+    @property
+    def filters_scores(self) -> bool:
+        """Whether a filter that widens sentence-transformers' default window is set (``range_max`` then defaults to
+        ten candidates per negative: :func:`~optical_st.sampling.default_range_max`)."""
+        return any(
+            value is not None
+            for value in (self.absolute_margin, self.relative_margin, self.max_score, self.max_positive_similarity)
+        )
 
     @property
     def negative_columns(self) -> list[str]:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
+
+from optical_st.sampling.config import HardNegativeConfig
 
 __all__ = [
     "MinedNegatives",
@@ -168,52 +169,38 @@ def mine_negatives(
     query_embeddings: Tensor,
     corpus_embeddings: Tensor,
     positive_ids: Sequence[Sequence[int]] | Tensor,
-    num_negatives: int,
+    config: HardNegativeConfig | None = None,
     *,
-    range_min: int = 0,
-    range_max: int | None = None,
-    absolute_margin: float | None = None,
-    relative_margin: float | None = None,
-    max_score: float | None = None,
-    min_score: float | None = None,
-    max_positive_similarity: float | None = None,
-    sampling_strategy: Literal["top", "random"] = "top",
     generator: torch.Generator | None = None,
-    use_faiss: bool | None = None,
     chunk_size: int | None = None,
 ) -> MinedNegatives:
-    """Mine ``num_negatives`` hard negatives per query from precomputed embeddings.
+    """Mine ``config.num_negatives`` hard negatives per query from precomputed embeddings.
 
     Args:
         query_embeddings: ``(Q, d)`` query (anchor) embeddings; normalise them for cosine similarity.
         corpus_embeddings: ``(C, d)`` candidate embeddings, same space.
         positive_ids: per query, the corpus ids of its positive(s): a list of lists or a ``(Q, P)`` tensor padded
             with ``-1``. They are never returned as negatives.
-        num_negatives: negatives per query.
-        range_min / range_max: rank window over the candidates left after removing positives and filtered ones
-            (default ``range_max``: :func:`default_range_max`, as in sentence-transformers).
-        absolute_margin / relative_margin / max_score / min_score / max_positive_similarity: false-negative filters
-            (see module docstring).
-        sampling_strategy: ``"top"`` (the best of the window) or ``"random"`` (uniform within the window).
-        generator: RNG for ``"random"`` (CPU generator), for reproducible draws.
-        use_faiss: ``True``/``False`` to force a backend; ``None`` uses faiss when installed.
+        config: the settings (:class:`~optical_st.sampling.HardNegativeConfig`, validated when it was built); this
+            function reads ``num_negatives``, the rank window ``range_min`` / ``range_max`` (default ``range_max``:
+            :func:`default_range_max`, as in sentence-transformers), the false-negative filters (see the module
+            docstring), ``sampling_strategy`` and ``use_faiss``. ``None``: the defaults.
+        generator: RNG for ``sampling_strategy="random"`` (CPU generator), for reproducible draws.
         chunk_size: queries per matmul chunk of the torch backend (default: keeps chunks around 64 MB).
 
     Returns:
         :class:`MinedNegatives`.
+
+    Example::
+
+        >>> from optical_st.sampling import HardNegativeConfig, mine_negatives
+        >>> mined = mine_negatives(queries, corpus, [[0], [3]], HardNegativeConfig(num_negatives=2))  # doctest: +SKIP
+        >>> mined.indices.shape  # doctest: +SKIP
+        torch.Size([2, 2])
     """
-    if num_negatives < 1:
-        raise ValueError(f"num_negatives must be >= 1, got {num_negatives}.")
-    if sampling_strategy not in ("top", "random"):
-        raise ValueError(f"sampling_strategy must be 'top' or 'random', got {sampling_strategy!r}.")
-    if query_embeddings.dim() != 2 or corpus_embeddings.dim() != 2:
-        raise ValueError("query_embeddings and corpus_embeddings must be 2D (n, d).")
-    if query_embeddings.shape[1] != corpus_embeddings.shape[1]:
-        raise ValueError(
-            f"Embedding widths differ: queries {query_embeddings.shape[1]}, corpus {corpus_embeddings.shape[1]}."
-        )
-    if not (torch.isfinite(query_embeddings).all() and torch.isfinite(corpus_embeddings).all()):
-        raise ValueError("The embeddings contain NaN or inf; mining on them would be meaningless.")
+    config = config if config is not None else HardNegativeConfig()
+    _check_embeddings(query_embeddings, corpus_embeddings)
+    num_negatives, range_min = config.num_negatives, config.range_min
     n_queries, n_corpus = query_embeddings.shape[0], corpus_embeddings.shape[0]
     device = query_embeddings.device
     queries = query_embeddings.float()
@@ -222,22 +209,15 @@ def mine_negatives(
     if (pos >= n_corpus).any():
         raise ValueError("positive_ids contains ids outside the corpus.")
     max_positives = int((pos >= 0).sum(1).max()) if n_queries else 1
-    filtering = any(v is not None for v in (absolute_margin, relative_margin, max_score, max_positive_similarity))
+    range_max = config.range_max
     if range_max is None:
-        range_max = default_range_max(num_negatives, range_min, max_positives, filtering)
-    if range_min < 0 or range_max <= range_min:
-        raise ValueError(f"Need 0 <= range_min < range_max, got range_min={range_min}, range_max={range_max}.")
-    if num_negatives > range_max - range_min:
-        raise ValueError(
-            f"Cannot mine {num_negatives} negatives from the window [{range_min}, {range_max}): widen range_max."
-        )
-
+        range_max = default_range_max(num_negatives, range_min, max_positives, config.filters_scores)
     if n_queries == 0:
         empty = torch.empty(0, num_negatives)
         return MinedNegatives(empty.long(), empty, torch.empty(0))
 
     # 1. retrieve, then re-score exactly and order (score desc, id asc) so faiss and torch agree
-    cand = search_topk(queries, corpus, range_max + max_positives, use_faiss=use_faiss, chunk_size=chunk_size)
+    cand = search_topk(queries, corpus, range_max + max_positives, use_faiss=config.use_faiss, chunk_size=chunk_size)
     cand = cand.to(device)
     scores = _gathered_scores(queries, corpus, cand)
     scores = scores.masked_fill(cand < 0, float("-inf"))  # faiss pads with -1 when k > corpus
@@ -252,6 +232,44 @@ def mine_negatives(
     scores = scores.masked_fill(is_positive | (cand < 0), float("-inf"))
 
     # 3. likely false negatives
+    scores, num_filtered = _drop_false_negatives(scores, positive_scores, config, corpus, cand, pos)
+
+    # 4. rank window over the survivors (a stable sort keeps the (score, id) order and sends -inf last)
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :range_max]
+    window_ids, window_scores = cand.gather(1, order)[:, range_min:], scores.gather(1, order)[:, range_min:]
+    if window_ids.shape[1] < num_negatives:  # corpus smaller than the window
+        pad = num_negatives - window_ids.shape[1]
+        window_ids = torch.cat([window_ids, window_ids.new_full((n_queries, pad), -1)], 1)
+        window_scores = torch.cat([window_scores, window_scores.new_full((n_queries, pad), float("-inf"))], 1)
+
+    # 5. sample
+    picked = _pick(torch.isfinite(window_scores), num_negatives, config.sampling_strategy, generator)
+    indices, neg_scores = window_ids.gather(1, picked), window_scores.gather(1, picked)
+    indices = indices.masked_fill(~torch.isfinite(neg_scores), -1)
+    return MinedNegatives(indices.cpu(), neg_scores.cpu(), positive_scores.cpu(), num_filtered)
+
+
+def _check_embeddings(query_embeddings: Tensor, corpus_embeddings: Tensor) -> None:
+    if query_embeddings.dim() != 2 or corpus_embeddings.dim() != 2:
+        raise ValueError("query_embeddings and corpus_embeddings must be 2D (n, d).")
+    if query_embeddings.shape[1] != corpus_embeddings.shape[1]:
+        raise ValueError(
+            f"Embedding widths differ: queries {query_embeddings.shape[1]}, corpus {corpus_embeddings.shape[1]}."
+        )
+    if not (torch.isfinite(query_embeddings).all() and torch.isfinite(corpus_embeddings).all()):
+        raise ValueError("The embeddings contain NaN or inf; mining on them would be meaningless.")
+
+
+def _drop_false_negatives(
+    scores: Tensor,
+    positive_scores: Tensor,
+    config: HardNegativeConfig,
+    corpus: Tensor,
+    cand: Tensor,
+    pos: Tensor,
+) -> tuple[Tensor, dict[str, int]]:
+    """``scores`` (of the candidates ``cand``) with the likely false negatives set to ``-inf``, and how many each
+    filter removed; ``corpus`` and the positives ``pos`` are read by ``max_positive_similarity`` only."""
     num_filtered: dict[str, int] = {}
 
     def drop(name: str, removed: Tensor) -> None:
@@ -261,37 +279,28 @@ def mine_negatives(
             num_filtered[name] = int(removed.sum())
             scores = scores.masked_fill(removed, float("-inf"))
 
-    if absolute_margin is not None:
-        drop("absolute_margin", scores + absolute_margin > positive_scores[:, None])
-    if relative_margin is not None:
-        threshold = positive_scores - positive_scores.abs() * relative_margin
+    if config.absolute_margin is not None:
+        drop("absolute_margin", scores + config.absolute_margin > positive_scores[:, None])
+    if config.relative_margin is not None:
+        threshold = positive_scores - positive_scores.abs() * config.relative_margin
         drop("relative_margin", scores > threshold[:, None])
-    if max_score is not None:
-        drop("max_score", scores > max_score)
-    if min_score is not None:
-        drop("min_score", scores < min_score)
-    if max_positive_similarity is not None:
-        drop("max_positive_similarity", _similarity_to_positives(corpus, cand, pos) > max_positive_similarity)
+    if config.max_score is not None:
+        drop("max_score", scores > config.max_score)
+    if config.min_score is not None:
+        drop("min_score", scores < config.min_score)
+    if config.max_positive_similarity is not None:
+        drop("max_positive_similarity", _similarity_to_positives(corpus, cand, pos) > config.max_positive_similarity)
+    return scores, num_filtered
 
-    # 4. rank window over the survivors (a stable sort keeps the (score, id) order and sends -inf last)
-    order = torch.argsort(scores, dim=1, descending=True, stable=True)[:, :range_max]
-    window_ids, window_scores = cand.gather(1, order)[:, range_min:], scores.gather(1, order)[:, range_min:]
-    if window_ids.shape[1] < num_negatives:  # corpus smaller than the window
-        pad = num_negatives - window_ids.shape[1]
-        window_ids = torch.cat([window_ids, window_ids.new_full((n_queries, pad), -1)], 1)
-        window_scores = torch.cat([window_scores, window_scores.new_full((n_queries, pad), float("-inf"))], 1)
-    valid = torch.isfinite(window_scores)
 
-    # 5. sample
-    if sampling_strategy == "top":
-        picked = torch.arange(num_negatives, device=device).expand(n_queries, -1)
-    else:
-        keys = torch.rand(window_ids.shape, generator=generator).to(device)
-        keys = keys.masked_fill(~valid, -1.0)  # valid candidates first; invalid only fill missing slots
-        picked = torch.topk(keys, k=num_negatives, dim=1).indices.sort(dim=1).values  # window order = score order
-    indices, neg_scores = window_ids.gather(1, picked), window_scores.gather(1, picked)
-    indices = indices.masked_fill(~torch.isfinite(neg_scores), -1)
-    return MinedNegatives(indices.cpu(), neg_scores.cpu(), positive_scores.cpu(), num_filtered)
+def _pick(valid: Tensor, num_negatives: int, strategy: str, generator: torch.Generator | None) -> Tensor:
+    """``(Q, num_negatives)`` positions in the window: its first ones (``"top"``) or a random subset of the valid
+    ones, in window (= score) order (``"random"``)."""
+    if strategy == "top":
+        return torch.arange(num_negatives, device=valid.device).expand(valid.shape[0], -1)
+    keys = torch.rand(valid.shape, generator=generator).to(valid.device)
+    keys = keys.masked_fill(~valid, -1.0)  # valid candidates first; invalid only fill missing slots
+    return torch.topk(keys, k=num_negatives, dim=1).indices.sort(dim=1).values
 
 
 def random_negatives(

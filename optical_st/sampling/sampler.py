@@ -134,31 +134,10 @@ class DynamicHardNegativeSampler(DefaultBatchSampler):
         Args:
             dataset: the training ``datasets.Dataset`` (given by the trainer).
             batch_size, drop_last, valid_label_columns, generator, seed: given by the trainer.
-            config: a :class:`~optical_st.sampling.HardNegativeConfig`; or pass its fields as keyword arguments:
-
-                - ``num_negatives`` (1): negative columns per row.
-                - ``refresh_steps`` (200): optimizer steps between refreshes; ``None`` = static.
-                - ``strategy`` (``"hard"``): ``"hard"`` mines with the model, ``"random"`` draws uniformly.
-                - ``range_min`` / ``range_max``, ``absolute_margin``, ``relative_margin``, ``max_score``,
-                  ``min_score``, ``sampling_strategy`` (``"top"``/``"random"``): exactly as in
-                  :func:`sentence_transformers.util.mine_hard_negatives`.
-                - ``max_positive_similarity`` (None): drop candidates whose document embedding has a higher cosine
-                  than this with the positive's: near-duplicates of the positive, judged by the frozen teacher on an
-                  OPTICAL model (e.g. 0.9: the Bible repeats verses nearly word for word).
-                - ``hard_batches`` (False): also compose batches from mutually hard anchors, so in-batch negatives
-                  are hard too (needs every anchor mined before training, so the first mining covers all anchors).
-                - ``group_by_length`` (False): rows of similar text length share a batch, as in
-                  :class:`~optical_st.sampling.LengthGroupedBatchSampler` (mined negatives still pad their own
-                  columns): about half the padded tokens of random batches, so faster steps on CPU; in-batch negatives
-                  are then of similar length. Not with ``hard_batches``.
-                - ``anchor_column`` / ``positive_column``: default: the columns that ``router_mapping`` routes to
-                  ``"query"`` / ``"document"``, else those the loss declares in ``retrieval_columns`` (OPTICAL
-                  losses: the LRL column is the anchor, the English one the positive), else the first / second.
-                - ``corpus``: extra candidate texts besides the positives.
-                - ``negative_column_prefix`` (``"negative"``): the columns are ``{prefix}_1 .. {prefix}_k``.
-                - ``mining_batch_size`` (64), ``use_faiss`` (None = when installed), ``cache_documents`` (None =
-                  cache pool embeddings when ``encode_document`` has no trainable parameter),
-                  ``show_progress_bar`` (True: encoding progress bars).
+            config: a :class:`~optical_st.sampling.HardNegativeConfig` (its docstring lists every setting); or pass
+                its fields as keyword arguments (``num_negatives=1``, ``refresh_steps=200``, ``strategy="hard"``, the
+                filters of :func:`sentence_transformers.util.mine_hard_negatives`, ``hard_batches``,
+                ``group_by_length``, ...).
             trainer: the trainer that trains with this sampler, given explicitly when you build the sampler yourself
                 (e.g. in an override of the trainer's ``get_batch_sampler``); :meth:`attach` passes it otherwise.
 
