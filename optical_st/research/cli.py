@@ -29,6 +29,20 @@ def add_cli_arguments(parser: argparse.ArgumentParser, defaults: ExperimentConfi
     )
     parser.add_argument("--student", default=d.student, help="student encoder, e.g. xlm-roberta-base (default: copy)")
     parser.add_argument(
+        "--english-pairs",
+        action=argparse.BooleanOptionalAction,
+        default=d.english_pairs,
+        help="also train on (English, English) rows, the student reading the teacher's language (for a student "
+        "that is not the teacher's copy)",
+    )
+    parser.add_argument(
+        "--student-map",
+        choices=["procrustes", "lstsq"],
+        default=d.student_map,
+        help="before training, fit a linear map from the student's token space to the teacher's on the training "
+        "English (optical_st.alignment.fit_student_map)",
+    )
+    parser.add_argument(
         "--languages", nargs="+", default=list(d.languages), help="Bible languages: nya (Chichewa), swh, tgl"
     )
     parser.add_argument("--train-data", default=d.train_data, help="'bible' or 'hub:<dataset id>[:<config>]'")

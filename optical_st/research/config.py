@@ -39,6 +39,12 @@ class ExperimentConfig:
     output_dir: str = "results/experiment"
     teacher: str | None = None  # None: multilingual-e5-small (its English side is the teacher)
     student: str | None = None  # None: a trainable copy of the teacher
+    # a student that is not the teacher's copy must first enter the teacher's space: (English, English) rows beside the
+    # bitext (the student reads the teacher's own language; Reimers & Gurevych 2020), and a closed-form linear map
+    # from the student's token space to the teacher's fitted on the training English before the first step
+    # ("procrustes" / "lstsq"; optical_st.alignment.fit_student_map)
+    english_pairs: bool = False
+    student_map: str | None = None
     train_word_embeddings: bool = False  # the student's 96M-parameter embedding matrix: frozen (same quality, faster)
     languages: tuple[str, ...] = ("nya",)  # optical_st.data.LANGUAGES codes: nya, swh, tgl
     train_data: str = "bible"  # "bible" (offline, books 1-44) or "hub:<dataset id>[:<config>]"
@@ -97,8 +103,16 @@ class ExperimentConfig:
         return self.teacher or default_multilingual_model()
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as results files record them: folders relative to the working directory and models by name
+        (a Hub id, or a cached model folder's name, which carries its identity), never this machine's absolute
+        paths (:func:`optical_st.utils.portable_path`)."""
+        from optical_st.utils import portable_path
+
         config = asdict(self)
-        config["teacher"] = self.resolved_teacher()
+        config["teacher"] = portable_path(self.resolved_teacher())
+        for key in ("student", "output_dir", "cache_dir"):
+            if config[key] is not None:
+                config[key] = portable_path(config[key])
         config["seeds"] = list(self.seeds)
         config["languages"] = list(self.languages)
         config["benchmarks"] = list(self.benchmarks)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 from sentence_transformers import (
     SentenceTransformer,
     SentenceTransformerTrainer,
@@ -25,9 +25,10 @@ from sentence_transformers.util import mine_hard_negatives
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from optical_st.alignment import fit_student_map
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
 from optical_st.evaluation.cache import EmbeddingCache
-from optical_st.evaluation.flops import FlopsCallback
+from optical_st.evaluation.flops import FlopsCallback, PhaseFlopCounter
 from optical_st.losses import OTDiagnosticsCallback, OTDistillationLoss, TeacherCache
 from optical_st.modeling import build_optical_model, column_prompts
 from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_device
@@ -277,7 +278,11 @@ def train_one(
     )
     _set_max_seq_length(model, config.max_seq_length)
     start = time.perf_counter()
+    one_off: dict[str, int] = {}
+    if config.student_map:
+        record["student_map"], one_off["student_map"] = fit_map(model, train, config)
     plan = method.setup(model, train, config)
+    plan.one_off_flops.update(one_off)
     cached = teacher_cache is not None and hasattr(plan.loss, "teacher_cache")
     if cached:
         plan.loss.teacher_cache = teacher_cache
@@ -333,6 +338,26 @@ def train_one(
     if cached:
         record["teacher_cache"] = {"hits": teacher_cache.hits - hits, "misses": teacher_cache.misses - misses}
     return model, record
+
+
+def fit_map(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> tuple[dict[str, float], int]:
+    """``config.student_map``: the closed-form map from the student's space to the teacher's, fitted on the training
+    English (its bitext rows); ``(fit statistics, FLOPs of the fit)``."""
+    english = list(dict.fromkeys(train["english"]))
+    with PhaseFlopCounter() as counter:
+        stats = fit_student_map(
+            model, english, method=config.student_map, batch_size=config.eval_batch_size, show_progress_bar=True
+        )
+    logger.info("Student map (%s) on %d English texts: %s", config.student_map, len(english), stats)
+    return stats, counter.get_total_flops()
+
+
+def with_english_pairs(train: Dataset) -> Dataset:
+    """The bitext plus an ``(english, english)`` row per distinct English text: the student also reads the teacher's
+    own language and learns to reproduce the teacher on it."""
+    english = list(dict.fromkeys(train["english"]))
+    extra = Dataset.from_dict({"english": english, "lrl": english})
+    return concatenate_datasets([train.select_columns(["english", "lrl"]), extra])
 
 
 def run_one(
@@ -417,12 +442,13 @@ def run_experiment(methods: Sequence[Method], config: ExperimentConfig) -> list[
             if pairs not in train_sets:
                 train_sets[pairs] = load_train_pairs(config, language, pairs=pairs)
                 logger.info("%s: %d training pairs", language, len(train_sets[pairs]))
-            train = train_sets[pairs]
+            bitext = train_sets[pairs]
+            train = with_english_pairs(bitext) if config.english_pairs else bitext
             logger.info("Running %s", name)
             record = run_one(method, config, seed, train, benches, cache, teacher_cache, run_dir=out / "runs" / name)
             record.update(
                 language=language,
-                train_pairs=len(train) if method.setup is not None else 0,
+                train_pairs=len(bitext) if method.setup is not None else 0,
                 run_id=name,
                 settings=settings,
             )
