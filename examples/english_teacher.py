@@ -108,9 +108,10 @@ def main() -> None:
         ),
     }
     start = time.perf_counter()
-    records = run_experiment([available[m] for m in args.methods if m in available], config)
-    if "map-only" in args.methods and config.student_map:
+    records = []
+    if "map-only" in args.methods and config.student_map:  # first: cheap, and it says how far the map alone goes
         records += [map_only_record(config, language) for language in config.languages]
+    records += run_experiment([available[m] for m in args.methods if m in available], config)
     table = write_report(
         records,
         config,
