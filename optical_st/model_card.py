@@ -36,7 +36,7 @@ from optical_st.model_index import (
     merge_eval_results,
     merged_model_index,
 )
-from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, column_routes, find_router
 from optical_st.utils import as_float
 
 if TYPE_CHECKING:
@@ -130,8 +130,8 @@ def _conversion_origin(model: Any) -> dict[str, str] | None:
 
 
 def _flat_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
-    # router_mapping may be per dataset ({dataset: {column: route}}); OPTICAL trains on one dataset
-    return next(iter(mapping.values())) if isinstance(next(iter(mapping.values()), None), dict) else mapping
+    # router_mapping may be per dataset ({dataset: {column: route}}); OPTICAL trains on one dataset: the first one's
+    return column_routes(mapping, next(iter(mapping), None))
 
 
 @dataclass

@@ -11,7 +11,6 @@ vocabularies. The same object is what you save and push to the Hub.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -20,8 +19,17 @@ from sentence_transformers.base.modules import Dense, Router, Transformer
 from torch import nn
 
 from optical_st.adapters import AdapterOff, AdapterTransformer, find_adapter_transformer, sharing_base
+from optical_st.fingerprints import tokenizer_spec
 from optical_st.model_card import OpticalModelCardData, hub_model_id
-from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router, module_state, route_modules
+from optical_st.routes import (
+    STUDENT_ROUTE,
+    TEACHER_ROUTE,
+    find_router,
+    freeze_teacher_route,
+    module_state,
+    route_modules,
+    text_columns,
+)
 
 __all__ = [
     "STUDENT_ROUTE",
@@ -182,12 +190,9 @@ def build_optical_model(
         if _token_dim(body) != t_dim:
             body.append(_token_projection(_token_dim(body), t_dim))
         student_modules = body + copy.deepcopy(teacher_modules[t_idx + 1 :])
-    if not isinstance(student_modules[0], AdapterTransformer):
-        for p in (p for m in teacher_modules for p in m.parameters()):
-            p.requires_grad_(not freeze_teacher)
-        if not train_word_embeddings:
-            embeddings = student_modules[_transformer_index(student_modules)].auto_model.get_input_embeddings()
-            embeddings.requires_grad_(False)
+    if not isinstance(student_modules[0], AdapterTransformer) and not train_word_embeddings:
+        embeddings = student_modules[_transformer_index(student_modules)].auto_model.get_input_embeddings()
+        embeddings.requires_grad_(False)
     router = Router.for_query_document(
         query_modules=student_modules, document_modules=teacher_modules, default_route=TEACHER_ROUTE
     )
@@ -198,13 +203,16 @@ def build_optical_model(
         STUDENT_ROUTE: _prompt_for(student if student is not None else teacher, STUDENT_ROUTE),
         TEACHER_ROUTE: _prompt_for(teacher, TEACHER_ROUTE),
     }
-    return SentenceTransformer(
+    model = SentenceTransformer(
         modules=[router],
         similarity_fn_name=teacher.similarity_fn_name,
         device=str(teacher.device),
         model_card_data=model_card_data,
         prompts={route: prompt for route, prompt in prompts.items() if prompt},
     )
+    if not isinstance(student_modules[0], AdapterTransformer):  # an adapter's base is frozen by the adapter
+        freeze_teacher_route(model, frozen=freeze_teacher)
+    return model
 
 
 # the prompt names sentence-transformers' encode_query / encode_document look up, in its order
@@ -284,7 +292,7 @@ def router_mapping(
     names = getattr(columns, "column_names", columns)
     if isinstance(names, dict):  # DatasetDict.column_names
         names = next(iter(names.values()))
-    names = [c for c in names if c not in ("label", "labels", "score", "scores", "dataset_name")]
+    names = text_columns(names)
     if len(names) < 2:
         raise ValueError(f"Need at least two text columns (english, lrl); got {names}.")
     mapping = {names[0]: teacher_route, names[1]: student_route}
@@ -293,9 +301,8 @@ def router_mapping(
 
 
 def _tokenizer_signature(tokenizer: Any) -> Any:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
+    spec = tokenizer_spec(tokenizer)
+    if spec is not None:
         return {k: spec.get(k) for k in ("normalizer", "pre_tokenizer", "model", "added_tokens")}
     return (type(tokenizer).__name__, tokenizer.get_vocab(), getattr(tokenizer, "do_lower_case", None))
 
@@ -372,7 +379,7 @@ def load_optical_model(
             raise ValueError(f"{model_name_or_path} is not an adapter model; it cannot share a base.")
     router = find_router(model)
     if router is not None and TEACHER_ROUTE in router.sub_modules:
-        router.sub_modules[TEACHER_ROUTE].requires_grad_(False)
+        freeze_teacher_route(model)
     card = OpticalModelCardData.from_card_text(getattr(model, "_model_card_text", None))
     if hub_model_id(model_name_or_path):
         card.model_id = model_name_or_path

@@ -1,20 +1,55 @@
-"""The two routes of an OPTICAL model and how to find them: the leaf every other layer may import.
+"""The two routes of an OPTICAL model, how to find them and which dataset columns take them: the leaf every other
+layer may import.
 
 An OPTICAL model is a sentence-transformers model whose first module is a ``Router``: the ``query`` route is the
-student (it reads the low-resource language), the ``document`` route the frozen English teacher.
+student (it reads the low-resource language), the ``document`` route the frozen English teacher. A trainer's
+``router_mapping`` sends each text column of the training dataset to one of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sentence_transformers.base.modules import Router
 from torch import Tensor, nn
 
-__all__ = ["STUDENT_ROUTE", "TEACHER_ROUTE", "find_router", "module_state", "route_modules"]
+__all__ = [
+    "LABEL_COLUMNS",
+    "STUDENT_ROUTE",
+    "TEACHER_ROUTE",
+    "column_routes",
+    "encoding_modules",
+    "find_router",
+    "freeze_teacher_route",
+    "module_state",
+    "route_modules",
+    "text_columns",
+]
 
 STUDENT_ROUTE = "query"
 TEACHER_ROUTE = "document"
+# the columns sentence-transformers' collator does not tokenize (labels) or drops (dataset_name)
+LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
+
+
+def text_columns(column_names: Iterable[str], label_columns: Sequence[str] = ()) -> list[str]:
+    """The columns the trainer tokenizes and passes to the loss, in order: all but :data:`LABEL_COLUMNS` (and the
+    trainer's own ``label_columns``)."""
+    return [c for c in column_names if c not in LABEL_COLUMNS and c not in label_columns]
+
+
+def column_routes(router_mapping: Mapping[str, Any] | None, dataset_name: str | None = None) -> dict[str, str]:
+    """``{column: route}`` of one training dataset from a trainer's ``router_mapping``, which is flat
+    (``{column: route}``) or per dataset (``{dataset_name: {column: route}}``).
+
+    A per-dataset mapping gives ``dataset_name``'s entry, and nothing without a ``dataset_name`` (a single ``Dataset``
+    has none): what sentence-transformers' collator routes.
+    """
+    mapping = dict(router_mapping or {})
+    if mapping and isinstance(next(iter(mapping.values())), dict):
+        return dict(mapping.get(dataset_name) or {}) if dataset_name is not None else {}
+    return mapping
 
 
 def find_router(model: nn.Module) -> Router | None:
@@ -31,6 +66,28 @@ def route_modules(model: nn.Module, route: str) -> list[nn.Module]:
     if router is None or route not in router.sub_modules:
         raise ValueError(f"The model has no {route!r} route; build it with optical_st.build_optical_model().")
     return list(router.sub_modules[route])
+
+
+def encoding_modules(model: nn.Module, route: str | None) -> list[nn.Module]:
+    """The modules that ``encode_query`` (route ``"query"``) or ``encode_document`` (``"document"``) runs: the route's
+    (the Router's default route when the model has no such route) and the modules after the Router; every module of
+    a model without a Router (or with ``route=None``)."""
+    router = find_router(model)
+    if router is None or route is None:
+        return list(model.children())
+    sub = router.sub_modules[route] if route in router.sub_modules else router.sub_modules[router.default_route]
+    after = [m for m in model.children() if m is not router]  # modules after the Router apply to every route
+    return [*sub, *after]
+
+
+def freeze_teacher_route(model: nn.Module, frozen: bool = True) -> list[nn.Module]:
+    """Set ``requires_grad = not frozen`` on every parameter of the teacher (``document``) route of an OPTICAL model
+    and return its modules. Needed after every load: sentence-transformers has no hook to freeze a module on load,
+    so a saved model comes back with a trainable teacher route."""
+    modules = route_modules(model, TEACHER_ROUTE)
+    for module in modules:
+        module.requires_grad_(not frozen)
+    return modules
 
 
 def module_state(module: nn.Module) -> tuple[str, Any, dict[str, Tensor]]:

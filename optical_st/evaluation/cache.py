@@ -6,8 +6,8 @@ route, prompts, texts) and hands them back afterwards, so evaluating a trained s
 
 The key is a digest of everything that decides the embeddings: the modules the route runs (their types, configs and
 every byte of every tensor of their state), the model's prompts and the texts, and two models with the same weights
-(the zero-shot model and the teacher route built from it) share entries. Hashing every byte takes about a second per
-100M weights, so a module's digest is kept while its tensors look unchanged: same storage, same version counters
+(the zero-shot model and the teacher route built from it) share entries. Hashing every byte of a model is slow, so
+a module's digest is kept while its tensors look unchanged: same storage, same version counters
 (which see optimizer steps, ``load_state_dict`` and the other in-place changes PyTorch tracks) and same
 position-weighted float32 sum of each tensor's values (which sees writes through ``.data``, which no version counter
 does: scaling, an EMA step, overwriting or swapping rows). The one change that could go unseen is a ``.data`` write
@@ -31,22 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from optical_st.routes import find_router, module_state
+from optical_st.fingerprints import hash_tensors, hash_texts, tokenizer_spec
+from optical_st.routes import encoding_modules, module_state
 from optical_st.utils import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingCache", "route_modules_for"]
-
-
-def route_modules_for(model: nn.Module, route: str | None) -> list[nn.Module]:
-    """The modules that ``encode_query`` (route ``"query"``) or ``encode_document`` (``"document"``) runs."""
-    router = find_router(model)
-    if router is None or route is None:
-        return list(model.children())
-    sub = router.sub_modules[route] if route in router.sub_modules else router.sub_modules[router.default_route]
-    after = [m for m in model.children() if m is not router]  # modules after the Router apply to every route
-    return [*sub, *after]
+__all__ = ["EmbeddingCache"]
 
 
 def _weighted_sums(tensors: Iterable[Tensor]) -> bytes:
@@ -106,14 +97,10 @@ class EmbeddingCache:
         h = hashlib.blake2b(digest_size=16)
         h.update(name.encode())
         h.update(json.dumps(config, sort_keys=True, default=str).encode())
-        for key, tensor in state.items():
-            h.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        backend = getattr(getattr(module, "tokenizer", None), "backend_tokenizer", None)
-        if backend is not None:
-            # what splits texts into ids; not the truncation/padding state, which every tokenizer call rewrites
-            spec = json.loads(backend.to_str())
-            h.update(json.dumps({k: v for k, v in spec.items() if k not in ("truncation", "padding")}).encode())
+        hash_tensors(h, state)
+        spec = tokenizer_spec(getattr(module, "tokenizer", None))  # what splits texts into ids
+        if spec is not None:
+            h.update(json.dumps(spec).encode())
         digest = h.hexdigest()
         self._digests[id(module)] = (weakref.ref(module), signature, digest)
         return digest
@@ -121,13 +108,11 @@ class EmbeddingCache:
     def key(self, model: nn.Module, route: str | None, texts: Sequence[str], **encode_kwargs: Any) -> str:
         """The entry's name: a digest of the route's modules, the model's prompts, the encode arguments and texts."""
         h = hashlib.blake2b(digest_size=20)
-        for module in route_modules_for(model, route):
+        for module in encoding_modules(model, route):
             h.update(self._module_digest(module).encode())
         prompts = {"prompts": getattr(model, "prompts", None), "default": getattr(model, "default_prompt_name", None)}
         h.update(json.dumps({"route": route, **prompts, **encode_kwargs}, sort_keys=True, default=str).encode())
-        for text in texts:
-            h.update(text.encode("utf-8"))
-            h.update(b"\x00")
+        hash_texts(h, texts)
         return h.hexdigest()
 
     def encode(

@@ -192,7 +192,7 @@ def sinkhorn_elementwise_flops(
     ``exp(K + f + g)`` and its transposed copy (5; once, plus once per absorption and per log-domain fallback), each
     fallback's ``check_every`` log-domain iterations (10 each), the final plan (3) and the loss ``sum(P * C)`` (2).
     The scaling iterations themselves are batched row-vector x matrix products (``bmm``), measured by the counter.
-    Follows the implementation in ``optical_st/ot.py``; update it with the solver.
+    Follows the implementation in ``optical_st/ot/sinkhorn.py``; update it with the solver.
     """
     kernels = 1 + absorptions + log_domain_blocks
     per_entry = 1 + 1 + 1 + 10 + 5 * kernels + log_domain_blocks * check_every * 10 + 3 + 2

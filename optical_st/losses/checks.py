@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 import sys
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "LABEL_COLUMNS",
     "TextColumn",
     "check_bitext",
     "check_when_trainer_is_built",
@@ -24,12 +23,9 @@ __all__ = [
     "find_bad_rows",
     "non_text_columns_error",
     "run_dataset_checks",
-    "text_columns",
     "transform_error",
 ]
 
-# the columns sentence-transformers' collator does not tokenize (labels) or drops (dataset_name)
-LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
 # rows of the direction check: enough for stable word statistics, cheap to tokenize
 DIRECTION_SAMPLE = 256
 # frequent English function words, none a common word of the low-resource languages the project targets
@@ -101,11 +97,6 @@ class TextColumn:
     column: str
     tokenizer: Any
     special_ids: frozenset[int]
-
-
-def text_columns(column_names: Iterable[str]) -> list[str]:
-    """The columns the trainer tokenizes and passes to the loss, in order."""
-    return [c for c in column_names if c not in LABEL_COLUMNS]
 
 
 def check_bitext(dataset: Any, loss: Any, *, router_mapping: dict[str, Any] | None = None) -> None:

@@ -10,7 +10,8 @@ from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
 from optical_st import ot
-from optical_st.losses._teacher import TeacherStudentMixin, _Encoder
+from optical_st.losses._sides import Encoder
+from optical_st.losses._teacher import TeacherStudentMixin
 from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
 from optical_st.losses.teacher_cache import TeacherCache
@@ -69,15 +70,15 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             model: the student, or an OPTICAL Router model (see above).
             teacher: the frozen English teacher for option 2; ``None`` for option 1.
             reg: entropic regularisation of Sinkhorn, relative to each pair's largest cost with ``cost_scale="max"``
-                (else in cost units). Smaller gives sharper plans (closer to exact OT) but needs more iterations: at
-                ``0.05`` ~60 iterations converge on real token costs (``max_iter=200`` leaves room); ``0.01`` needs ~300.
+                (else in cost units). Smaller gives sharper plans (closer to exact OT) but needs more iterations
+                (``max_iter``; iteration counts per ``reg`` in docs/ot_multilingual.md).
             max_iter: maximum Sinkhorn iterations per batch.
             tol: Sinkhorn stops early once every plan's row-marginal error (L2) is below ``tol``; a batch that
                 stops at ``max_iter`` more than 10 times above it gets a ``SinkhornConvergenceWarning``.
             cost: ``"cosine"`` (1 - cosine similarity), ``"sqeuclidean"``, or a callable ``(x, y) -> (B, n, m)``.
             center: subtract the batch's mean teacher token (over the tokens that carry mass, without gradient) from
-                both sides before the cost. Contextual token embeddings share a large common direction (for
-                multilingual-e5-small every token has cosine ~0.84 with the mean token), which squeezes all cosine
+                both sides before the cost. Contextual token embeddings share a large common direction (measured for
+                multilingual-e5-small in docs/ot_multilingual.md), which squeezes all cosine
                 costs into a narrow band where any useful ``reg`` gives a nearly uniform plan, and a uniform plan pulls
                 every student token toward the average teacher token. Centring removes the shared direction (one
                 translation for both sides, so a student token equal to its teacher token still costs 0) and the plan
@@ -86,8 +87,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             cost_scale: ``"max"`` divides each pair's cost matrix by its largest entry between tokens that carry mass
                 (without gradient), so ``reg`` is relative to the costs: the same ``reg`` gives equally sharp plans,
                 and converges in the default iterations, for cosine and squared-Euclidean costs and whatever the
-                embeddings' norms (squared-Euclidean costs between multilingual-e5 tokens reach ~25; at ``reg=0.05``
-                unscaled, Sinkhorn needs ~1,400 iterations). ``None``: the raw costs (the paper's).
+                embeddings' norms (unscaled squared-Euclidean costs grow with them, and so do the iterations Sinkhorn
+                needs: docs/ot_multilingual.md). ``None``: the raw costs (the paper's).
             exclude_special_tokens: give zero mass to special tokens ([CLS], [SEP], <s>, ...) and prompt tokens, so
                 only content tokens are aligned.
             solver: ``"sinkhorn"`` (entropic, batched) or ``"emd"`` (exact network simplex through POT, CPU, slow;
@@ -102,15 +103,13 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 recommended recipe uses ``1.0``.
             temperature: softmax temperature of the InfoNCE term (``0.05`` = ST's MultipleNegativesRankingLoss
                 ``scale=20``). Match the teacher's training temperature: its similarities live in that range, and a
-                softer one pushes the student out of the teacher's space. multilingual-e5 was trained with ``0.01``;
-                with it as teacher, ``0.05`` dropped English -> Chichewa accuracy@1 from 0.88 (zero-shot) to 0.07 on
-                the demo, while ``0.01`` kept it at 0.90 (0.92 with ``sentence_weight=1``) and raised Chichewa ->
-                English accuracy@1 (docs/demo_tuning.md).
+                softer one pushes the student out of the teacher's space, which shows in the English -> LRL
+                direction (multilingual-e5 was trained with ``0.01``; the demo's runs at both temperatures are in
+                docs/demo_tuning.md).
             symmetric: also the reverse InfoNCE direction (each teacher embedding must pick its own student embedding
                 among the batch's). The forward term alone ranks English documents for a Chichewa query but leaves
-                free how student embeddings rank for an English query (on the demo at ``temperature=0.05``, English
-                -> Chichewa accuracy@1 fell from 0.88 zero-shot to 0.07; 0.27 with ``symmetric``, 0.53 with
-                ``sentence_weight=1`` instead; the teacher's temperature is the real fix, see ``temperature``).
+                free how student embeddings rank for an English query; it helps that direction at a too soft
+                ``temperature``, but the teacher's temperature is the real fix (docs/demo_tuning.md).
             teacher_cache: a :class:`optical_st.TeacherCache` to read the frozen teacher's outputs from instead of
                 running it again for texts it has already encoded (later epochs, or other losses with the same
                 teacher given the same cache). Changes no result beyond float rounding; ``None``: no cache.
@@ -212,7 +211,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             )
         self._check_labels_and_routes(features, labels)
 
-    def _exclude_mask(self, features: dict[str, Any], side: _Encoder) -> Tensor | None:
+    def _exclude_mask(self, features: dict[str, Any], side: Encoder) -> Tensor | None:
         if not self.exclude_special_tokens:
             return None
         return ot.special_tokens_mask(features["input_ids"], side.special_ids, features.get("prompt_length"))

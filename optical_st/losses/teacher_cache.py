@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from optical_st.fingerprints import hash_tensors
 from optical_st.routes import module_state
 
 __all__ = ["TeacherCache"]
@@ -18,18 +19,10 @@ __all__ = ["TeacherCache"]
 def teacher_fingerprint(modules: Iterable[nn.Module], sample: int = 4096) -> str:
     """A digest of the modules' parameters and buffers: names, shapes, dtypes and ``sample`` evenly strided values of
     each tensor. Equal for two copies of the same weights; a different teacher (or a fine-tuned one) differs in the
-    sampled values. Sampling keeps it cheap (milliseconds, no copy of a 96M-parameter embedding matrix)."""
+    sampled values. Sampling keeps it cheap (no copy of a large embedding matrix)."""
     digest = hashlib.sha256()
-    with torch.no_grad():
-        for module in modules:
-            for name, tensor in sorted(module_state(module)[2].items()):  # an adapter model's teacher: its base
-                if not torch.is_tensor(tensor):
-                    continue
-                digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-                flat = tensor.detach().reshape(-1)
-                if flat.numel():
-                    values = flat[:: max(1, flat.numel() // sample)].float().cpu()
-                    digest.update(values.numpy().tobytes())
+    for module in modules:
+        hash_tensors(digest, module_state(module)[2], sample=sample)  # an adapter model's teacher: its base
     return digest.hexdigest()[:16]
 
 
@@ -52,9 +45,9 @@ class TeacherCache:
 
     The teacher of OPTICAL never trains, so its output for a given English text never changes; only the student has
     to run every step. Give one cache to every loss that shares a teacher (several methods, seeds or epochs over the
-    same English texts): the first pass fills it, later passes skip the teacher's forward, which is a quarter of an
-    OT step's compute and about two fifths of a step with one hard-negative column (the teacher reads the English
-    side *and* the negatives). Hard negatives mined from the training pairs' own English side are cache hits too.
+    same English texts): the first pass fills it, later passes skip the teacher's forward, a sizeable share of a
+    training step, more so with hard-negative columns (the teacher reads the English side *and* the negatives; the
+    demo's measurement is in docs/demo_tuning.md). Hard negatives mined from the training pairs' own English side are cache hits too.
 
     Entries are keyed by the token ids inside the attention mask, so a text is found whatever it is padded to in a
     batch; outputs agree with an uncached run up to float rounding (the teacher then sees other padding). The cache
@@ -63,8 +56,8 @@ class TeacherCache:
     each loss compares its teacher's version counters with those of its last check, and when they moved it compares
     the fingerprint (``load_state_dict``, optimizer steps and other in-place changes PyTorch tracks are seen at the
     next batch). A write through ``.data`` (or to the storage from outside) moves no version counter: call
-    ``cache.clear()`` after changing a teacher that way. Memory: ``tokens x hidden x 4`` bytes per text (about 70 kB for a 45-token verse at width 384; the demo's 1,593
-    English verses take ~110 MB); ``max_entries`` caps it (texts beyond it are encoded every time).
+    ``cache.clear()`` after changing a teacher that way. Memory: ``tokens x hidden`` values per text (4 bytes
+    each in fp32); ``max_entries`` caps it (texts beyond it are encoded every time).
 
     Training FLOPs measured by :class:`optical_st.evaluation.FlopsCallback` stay the method's own: its measured
     steps bypass the cache (the teacher runs), so a method does not look cheaper for having run after another.

@@ -107,12 +107,12 @@ def sinkhorn_log(
 
     Solves ``min_P <P, C> - reg * H(P)`` s.t. ``P 1 = a``, ``P^T 1 = b`` for every problem of the batch.
     The dual potentials live in the log domain, so nothing under- or overflows however small ``reg`` is
-    (``reg=1e-3`` on cosine costs stays finite and exact), but the number of iterations grows as ``reg`` shrinks: on
-    costs between real token embeddings scaled to ``[0, 1]``, ``reg=0.05`` reaches ``tol=1e-4`` in ~60 iterations,
-    ``reg=0.01`` in ~300 and ``reg=1e-3`` in ~3,000-5,000 (``benchmarks/ot_plan_diagnostics.py``). Check
-    ``return_log=True``'s ``converged``: a plan that stopped at ``max_iter`` misses its marginals. Between convergence checks the iterations run as cheap
-    matrix-vector scalings on a kernel into which the potentials have been absorbed (log-stabilised
-    Sinkhorn, Schmitzer 2019); a block that under- or overflows is redone with exact log-sum-exp updates.
+    (``reg=1e-3`` on cosine costs stays finite and exact), but the number of iterations grows as ``reg`` shrinks
+    (iterations per ``reg`` on real token costs: docs/ot_multilingual.md, from ``benchmarks/ot_plan_diagnostics.py``).
+    Check ``return_log=True``'s ``converged``: a plan that stopped at ``max_iter`` misses its marginals. Between
+    convergence checks the iterations run as cheap matrix-vector scalings on a kernel into which the potentials have
+    been absorbed (log-stabilised Sinkhorn, Schmitzer 2019); a block that under- or overflows is redone with exact
+    log-sum-exp updates.
     The iterates are those of POT's ``sinkhorn_log``/``solve_batch(method="log_sinkhorn")``.
 
     Args:
@@ -224,7 +224,7 @@ def _sinkhorn_stabilized(
     def kernel(f: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
         # exp(K + f + g) is the current plan; padding rows/columns are set to 1 so that u = 0 / positive = 0 there
         # without a clamp in the inner loop. Both orientations are kept contiguous: a row vector times a matrix is
-        # the fast batched product on CPU (several times faster than matrix times column vector)
+        # the faster batched product on CPU
         Kt = torch.exp(K + f.unsqueeze(2) + g.unsqueeze(1)).masked_fill_(pad, 1.0)
         return Kt, Kt.transpose(1, 2).contiguous()
 

@@ -64,11 +64,11 @@ def length_grouped_batches(
 class LengthGroupedBatchSampler(DefaultBatchSampler):
     """A sentence-transformers batch sampler that groups rows of similar text length, in random batch order.
 
-    The collator pads every batch to its longest text, so random batches of verse-length texts carry about twice
-    as many tokens as they hold (measured on the Chichewa Bible demo: 851k padded vs 429k real student tokens for
-    8,000 pairs). Each epoch this sampler shuffles the rows, cuts them into "mega-batches" of
-    ``megabatch_factor * batch_size`` rows, sorts each mega-batch by length, splits it into batches and shuffles the
-    order of all batches, which roughly halves the padded tokens and thus the time of an encoder step. The grouping
+    The collator pads every batch to its longest text, so random batches of texts of varied length carry many
+    padding tokens, which the encoder processes like real ones. Each epoch this sampler shuffles the rows, cuts them
+    into "mega-batches" of ``megabatch_factor * batch_size`` rows, sorts each mega-batch by length, splits it into
+    batches and shuffles the order of all batches, which cuts the padded tokens and thus the time of an encoder step
+    (measured on the demo's Bible verses in docs/demo_tuning.md). The grouping
     is ``transformers.trainer_pt_utils.get_length_grouped_indices`` (which also moves the longest row into the first
     mega-batch); the batch order is then shuffled.
 
@@ -82,9 +82,9 @@ class LengthGroupedBatchSampler(DefaultBatchSampler):
         dataset: the training ``datasets.Dataset`` (passed by the trainer).
         batch_size, drop_last, valid_label_columns, generator, seed: as in ``DefaultBatchSampler``.
         megabatch_factor: mega-batch size in batches. Larger = less padding, less randomness in batch composition.
-            8 (transformers uses up to 50): on the demo's 1,593 Bible rows 50 is one mega-batch, so every batch holds
-            verses of one length and in-batch negatives are alike; 8 pads 1.24x the real tokens (50: 1.18x, random
-            batches 1.88x) and trained a better InfoNCE student (accuracy@1 0.909 vs 0.898).
+            8 (transformers uses up to 50): on a small dataset 50 makes one mega-batch, so every batch holds texts of
+            one length and in-batch negatives are alike; 8 keeps batches mixed for a little more padding (the demo's
+            comparison of the two: docs/demo_tuning.md).
         length_column: optional numeric column holding each row's length.
 
     Example::

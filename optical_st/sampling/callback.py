@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from optical_st.modeling import document_route_frozen
+from optical_st.routes import column_routes
 from optical_st.sampling.config import HardNegativeConfig
 from optical_st.sampling.distributed import broadcast_from_main, encode_sharded, rank_and_world
 from optical_st.sampling.mining import fill_missing, mine_negatives
@@ -175,8 +176,8 @@ class HardNegativeMiningCallback(TrainerCallback):
     @staticmethod
     def _route_negatives(collator: Any, config: HardNegativeConfig, positive_column: str) -> None:
         """Negatives are read like positives: same route of a Router model, same prompt."""
-        mapping = getattr(collator, "router_mapping", None)
-        if mapping and not isinstance(next(iter(mapping.values())), dict) and positive_column in mapping:
+        mapping = getattr(collator, "router_mapping", None) or {}
+        if positive_column in column_routes(mapping):  # a flat mapping: a per-dataset one routes no single Dataset
             extra = {c: mapping[positive_column] for c in config.negative_columns if c not in mapping}
             collator.router_mapping = {**mapping, **extra}
         prompts = getattr(collator, "prompts", None)

@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from optical_st.routes import column_routes, text_columns
 from optical_st.utils import as_float, as_int
 
 __all__ = ["HardNegativeConfig"]
-
-LABEL_COLUMNS = ("label", "labels", "score", "scores", "dataset_name")
 
 
 @dataclass
@@ -150,18 +149,15 @@ class HardNegativeConfig:
         ``(english, lrl, *negatives)`` and declare ``(1, 0)``: the LRL side is the anchor); else the first / second
         text column.
         """
-        text_columns = [c for c in columns if c not in LABEL_COLUMNS and c not in label_columns]
-        mapping = router_mapping or {}
-        flat = mapping if mapping and not isinstance(next(iter(mapping.values())), dict) else {}
-        by_task = {task: [c for c in text_columns if flat.get(c) == task] for task in ("query", "document")}
-        if retrieval_columns is not None and not by_task["query"] and len(text_columns) > max(retrieval_columns):
-            by_task = {"query": [text_columns[retrieval_columns[0]]], "document": [text_columns[retrieval_columns[1]]]}
-        anchor = self.anchor_column or (
-            by_task["query"][0] if by_task["query"] else (text_columns[0] if text_columns else None)
-        )
+        texts = text_columns(columns, label_columns)
+        routes = column_routes(router_mapping)
+        by_task = {task: [c for c in texts if routes.get(c) == task] for task in ("query", "document")}
+        if retrieval_columns is not None and not by_task["query"] and len(texts) > max(retrieval_columns):
+            by_task = {"query": [texts[retrieval_columns[0]]], "document": [texts[retrieval_columns[1]]]}
+        anchor = self.anchor_column or (by_task["query"][0] if by_task["query"] else (texts[0] if texts else None))
         positive = self.positive_column
         if positive is None:
-            rest = [c for c in (by_task["document"] or text_columns) if c != anchor]
+            rest = [c for c in (by_task["document"] or texts) if c != anchor]
             positive = rest[0] if rest else None
         for name, value in (("anchor_column", anchor), ("positive_column", positive)):
             if value is None or value not in columns:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from optical_st.fingerprints import hash_texts
 from optical_st.sampling.config import HardNegativeConfig
 from optical_st.sampling.mining import random_negatives
 
@@ -98,11 +99,7 @@ class NegativeTable:
 
 def _fingerprint(*texts: list[str]) -> str:
     digest = hashlib.sha256()
-    for group in texts:
-        digest.update(str(len(group)).encode())
-        for text in group:
-            digest.update(text.encode("utf-8", "surrogatepass"))
-            digest.update(b"\x1f")
+    hash_texts(digest, *texts)
     return digest.hexdigest()
 
 
