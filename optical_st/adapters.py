@@ -282,7 +282,8 @@ class AdapterTransformer(Transformer):
     def describe(self) -> str:
         """One line for the model card."""
         config = self.adapter_config
-        kind = getattr(config.peft_type, "value", config.peft_type)
+        kind = str(getattr(config.peft_type, "value", config.peft_type))
+        kind = {"LORA": "LoRA", "LOHA": "LoHa", "LOKR": "LoKr", "ADALORA": "AdaLoRA"}.get(kind, kind)
         rank = f" rank {config.r}" if getattr(config, "r", None) else ""
         count = sum(p.numel() for p in self.adapter_parameters())
         base = self.base_model or "its base"
