@@ -36,7 +36,7 @@ from optical_st.model_index import (
     merge_eval_results,
     merged_model_index,
 )
-from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, column_routes, find_router
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, column_routes, encoding_modules, find_router
 from optical_st.utils import as_float
 
 if TYPE_CHECKING:
@@ -425,8 +425,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     def _adapter_description(self) -> str | None:
         """The adapter student's one-line description (optical_st.adapters.AdapterTransformer.describe), if any;
         duck-typed so the card layer imports no adapter code."""
-        router = find_router(self.model) if self.model is not None else None
-        modules = router.sub_modules[STUDENT_ROUTE] if router is not None else (self.model or [])
+        modules = encoding_modules(self.model, STUDENT_ROUTE) if self.model is not None else []
         describe = next((getattr(m, "describe", None) for m in modules if hasattr(m, "adapter_name")), None)
         return describe() if callable(describe) else None
 

@@ -28,7 +28,7 @@ from optical_st.losses._input_checks import InputChecks, check_finite, check_no_
 from optical_st.losses._sides import Encoder, FrozenTeacher, route_tokenizer
 from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.modeling import column_prompts, same_tokenizer
-from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router, freeze_teacher_route
+from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router, freeze_teacher_route, route_modules
 
 __all__ = ["TeacherStudentMixin"]
 
@@ -90,7 +90,7 @@ class TeacherStudentMixin:
         # teacher cache's fingerprint reads each one's weights (an adapter model's document route: its base)
         teacher_modules = freeze_teacher_route(model)
         self.teacher = None
-        self._student = Encoder(self._run_student, route_tokenizer(router.sub_modules[STUDENT_ROUTE]), STUDENT_ROUTE)
+        self._student = Encoder(self._run_student, route_tokenizer(route_modules(model, STUDENT_ROUTE)), STUDENT_ROUTE)
         # the unwrapped Router, called directly: under DDP only the student pass goes through the wrapper
         self._teacher = FrozenTeacher(router, route_tokenizer(teacher_modules), TEACHER_ROUTE, teacher_modules)
 
