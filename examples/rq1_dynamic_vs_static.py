@@ -55,7 +55,7 @@ def main() -> None:
         nargs="+",
         default=["none", "static", "dynamic"],
         choices=["none", "in-batch", "static", "dynamic", "random", "static-unfiltered", "dynamic-unfiltered"],
-        help="none: the paper's OT loss; in-batch: + InfoNCE without mined negatives; static / dynamic / random: + "
+        help="none: OT alone (OTDistillationLoss's defaults); in-batch: + InfoNCE without mined negatives; static / dynamic / random: + "
         "InfoNCE with mined-once / re-mined / random negatives; *-unfiltered: without the false-negative filter",
     )
     args = parser.parse_args()
@@ -86,6 +86,7 @@ def main() -> None:
         config,
         title="RQ1: dynamic vs static hard negatives for OT distillation",
         question=QUESTION,
+        report_only=args.report_only,
     )
 
 

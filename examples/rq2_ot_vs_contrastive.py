@@ -54,7 +54,7 @@ def main() -> None:
     config = config_from_args(args)
     available = {
         "zero-shot": zero_shot(),
-        "ot": ot_distillation(),  # OTDistillationLoss's defaults: the paper's loss
+        "ot": ot_distillation(),  # OT alone: OTDistillationLoss's defaults (the paper's OT term, centred costs)
         "contrastive": contrastive_distillation(temperature=args.temperature),
         # the same InfoNCE (weight 1, same temperature) plus OPTICAL's token-level OT term
         "contrastive+ot": ot_distillation("Contrastive-KD + OT", contrastive_weight=1.0, temperature=args.temperature),
@@ -65,6 +65,7 @@ def main() -> None:
         config,
         title="RQ2: OT distillation vs contrastive and MSE knowledge distillation",
         question=QUESTION,
+        report_only=args.report_only,
     )
 
 

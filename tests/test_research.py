@@ -296,12 +296,16 @@ def test_add_hard_negatives_matches_brute_force(tiny_dirs):
 @pytest.mark.parametrize(("batch_sampler", "grouped"), [("length-grouped", True), ("random", False)])
 def test_mined_arms_batch_like_the_rest_of_the_command(tiny_dirs, bitext, batch_sampler, grouped):
     from optical_st import build_optical_model
-    from optical_st.research.cli import BATCH_SAMPLERS
+    import argparse
+
+    from optical_st.research.cli import add_cli_arguments, config_from_args
     from optical_st.research.config import ExperimentConfig
     from optical_st.research.methods import ot_distillation
 
     model = build_optical_model(str(tiny_dirs["teacher"]))
-    config = ExperimentConfig(batch_sampler=BATCH_SAMPLERS[batch_sampler])
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser, ExperimentConfig())
+    config = config_from_args(parser.parse_args(["--batch-sampler", batch_sampler]))
     method = ot_distillation(sampler={"num_negatives": 1, "refresh_steps": None}, contrastive_weight=1.0)
     plan = method.setup(model, bitext, config)
     assert plan.batch_sampler.config.group_by_length is grouped

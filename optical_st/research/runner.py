@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_d
 from optical_st.research.methods import ENGLISH_CEILING, Method, english_ceiling
 from optical_st.routes import find_router
 from optical_st.sampling import DynamicHardNegativeSampler
+from optical_st.utils import portable_path
 
 __all__ = [
     "atomic_write_json",
@@ -42,6 +44,7 @@ __all__ = [
     "last_eval_metrics",
     "load_benchmarks",
     "load_train_pairs",
+    "read_records",
     "run_experiment",
     "run_id",
     "run_one",
@@ -391,7 +394,13 @@ def run_id(language: str, pairs: int | None, method: Method, seed: int) -> str:
 
 def _reusable(record: dict[str, Any], settings: dict[str, Any], method: Method, path: Path) -> dict[str, Any]:
     """A finished record, checked against the current settings: a study never mixes runs of different settings."""
-    saved = record.get("settings", {})
+    saved = dict(record.get("settings", {}))
+    for key in ("teacher", "student"):  # records written before paths were recorded portably
+        if isinstance(saved.get(key), str):
+            saved[key] = portable_path(saved[key])
+    for f in fields(ExperimentConfig):  # settings added since the record was written: it ran with their defaults
+        if f.name in settings and f.name not in saved:
+            saved[f.name] = f.default
     changed = sorted(k for k in set(settings) | set(saved) if settings.get(k) != saved.get(k))
     if record.get("description") != method.description:
         changed.append(f"method ({record.get('description')!r} -> {method.description!r})")
@@ -401,6 +410,31 @@ def _reusable(record: dict[str, Any], settings: dict[str, Any], method: Method, 
             "settings, or delete that record to run it again."
         )
     return record
+
+
+def read_records(methods: Sequence[Method], config: ExperimentConfig) -> list[dict[str, Any]]:
+    """The finished records of a study (``<output_dir>/records/``) that belong to ``methods`` and ``config``, checked
+    against its settings, without running anything: a report of a study still running or interrupted."""
+    records = []
+    for path in sorted((Path(config.output_dir) / "records").glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        method = next((m for m in methods if m.name == record["method"]), None)
+        if method is None and record["method"] == ENGLISH_CEILING:
+            method = english_ceiling()
+        if method is not None and record.get("language") in config.languages:
+            records.append(_reusable(record, config.run_settings(), method, path))
+    order = [m.name for m in methods] + [ENGLISH_CEILING]  # as run_experiment orders them
+    untrained = {m.name for m in methods if m.setup is None} | {ENGLISH_CEILING}
+    return sorted(
+        records,
+        key=lambda r: (
+            config.languages.index(r["language"]),
+            r["method"] not in untrained,
+            r.get("train_pairs") or 0,
+            order.index(r["method"]),
+            r["seed"],
+        ),
+    )
 
 
 def run_experiment(methods: Sequence[Method], config: ExperimentConfig) -> list[dict[str, Any]]:
