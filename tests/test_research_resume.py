@@ -99,9 +99,16 @@ def test_learning_curve_trains_every_size_and_plots_quality_against_pairs(tiny_d
 
 
 def test_records_of_other_settings_are_refused_not_mixed(tmp_path):
-    config = ExperimentConfig(output_dir=str(tmp_path), learning_rate=1e-4, train_pairs=(8,), seeds=(0,))
+    config = ExperimentConfig(
+        output_dir=str(tmp_path),
+        teacher="intfloat/multilingual-e5-small",
+        learning_rate=1e-4,
+        train_pairs=(8,),
+        seeds=(0,),
+    )
     method = ot_distillation()
     record = {"method": method.name, "description": method.description, "settings": config.run_settings()}
+    record["language"] = "nya"
     record["settings"]["learning_rate"] = 5e-5
     path = tmp_path / "records" / "nya-8-OT-KD-seed0.json"
     path.parent.mkdir()

@@ -449,6 +449,7 @@ def run_experiment(methods: Sequence[Method], config: ExperimentConfig) -> list[
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
     settings = config.run_settings()
+    read_records(methods, config)  # records of other settings stop the study before it runs anything
     cache = EmbeddingCache(config.cache_dir)
     # one teacher for every run: its outputs on the English training texts are computed by the first trained run and
     # read by the others (the first run's wall time includes them; FLOPs are each method's own)
