@@ -132,7 +132,8 @@ def build_optical_model(
             weights with the adapter off, so the model holds one copy of the base, and saving writes the adapter and
             small configs only (the base is referred to by its Hub id). Needs ``student=None`` and ``peft``
             (``pip install 'optical-st[peft]'``); ``freeze_teacher`` and ``train_word_embeddings`` do not apply (the
-            base is frozen; the config's target modules say what the adapter changes). ``False``: full fine-tuning.
+            base is frozen; the config's target modules say what the adapter changes). Train it with a larger
+            learning rate than a full student (LoRA: ~1e-3 instead of 5e-5). ``False``: full fine-tuning.
         adapter_name: the adapter's name on the base (several languages' adapters can share one base, see
             :func:`load_optical_model`'s ``base``).
         model_card_data: card data for the saved model's README; ``None`` attaches an
