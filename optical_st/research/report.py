@@ -143,7 +143,7 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
             f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
             f"{threads} torch threads; load average during the runs {min(loads, default=0):.1f}–"
             f"{max(loads, default=0):.1f} ({shared}).",
-            f"- Teacher: `{config.resolved_teacher()}` (frozen; reads the English side); student: "
+            f"- Teacher: `{config.to_dict()['teacher']}` (frozen; reads the English side); student: "
             + (f"`{config.student}`." if config.student else "a trainable copy of the teacher (reads the LRL side)."),
             f"- Languages: {', '.join(_language_name(code) for code in config.languages)}.",
             f"- Training data: {config.train_data}, {_sizes(config)} pairs per language, "
