@@ -22,6 +22,7 @@ from conftest import leave_process_group, make_training_args, state_digest, tiny
 from sentence_transformers import SentenceTransformerTrainer
 
 from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model
+from optical_st.routes import find_router
 from optical_st.sampling import HardNegativeState, NegativesTransform
 
 fetched: list[dict] = []
@@ -61,9 +62,10 @@ HardNegativeState.add_table = recording_add_table
 class RecordingOTLoss(OTDistillationLoss):
     def __init__(self, model, **kwargs) -> None:
         super().__init__(model, **kwargs)
+        router = find_router(model)  # captured here, before DDP wraps the model
         self.tokenizers = {
-            "document": self._router[0].sub_modules["document"][0].tokenizer,
-            "query": self._router[0].sub_modules["query"][0].tokenizer,
+            "document": router.sub_modules["document"][0].tokenizer,
+            "query": router.sub_modules["query"][0].tokenizer,
         }
         self.calls: list[list[list[str]]] = []
 
