@@ -251,3 +251,32 @@ def test_push_uploads_the_adapter_and_the_folder_push_reloads_it(teacher, tmp_pa
         assert "query_0_AdapterTransformer/adapter_model.safetensors" in upload["files"]
         assert not any(f.endswith("model.safetensors") and "adapter" not in f for f in upload["files"])
         assert 'optical_st.load_optical_model("my-org/optical-adapter")' in upload["readme"]
+
+
+def test_copies_and_trainer_checkpoints_keep_one_shared_base(teacher, tmp_path):
+    """A deep copy keeps the two routes on one (copied) base; the trainer's checkpoint reload (resume) restores the
+    adapter weights into the running model."""
+    import copy
+
+    model = adapter_model(teacher)
+    queries, docs = encode(model)
+    clone = copy.deepcopy(model)
+    router = find_router(clone)
+    assert router.sub_modules["document"][0].transformer is router.sub_modules["query"][0]
+    assert find_adapter_transformer(clone).auto_model is not find_adapter_transformer(model).auto_model
+    assert torch.equal(encode(clone)[0], queries)
+
+    model.save_pretrained(str(tmp_path / "checkpoint"))
+    with torch.no_grad():
+        for p in find_adapter_transformer(clone).adapter_parameters():
+            p.zero_()
+    dataset = Dataset.from_dict({"english": ["god is love"], "lrl": ["mulungu ndi chikondi"]})
+    trainer = SentenceTransformerTrainer(
+        model=clone,
+        args=make_training_args(tmp_path, dataset),
+        train_dataset=dataset,
+        loss=OTDistillationLoss(clone, reg=0.05),
+    )
+    trainer._load_from_checkpoint(str(tmp_path / "checkpoint"))
+    again_queries, again_docs = encode(clone)
+    assert torch.equal(again_queries, queries) and torch.equal(again_docs, docs)
