@@ -183,6 +183,18 @@ def _sizes(config: ExperimentConfig) -> str:
     return " / ".join(f"{p:,}" if p else "all" for p in config.train_pairs)
 
 
+def _save_figure(fig: Any, path: Path, title: str) -> None:
+    """Title, layout, write ``path`` (its folder created), and free the figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_learning_curves(
     rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str], *, x: str = "pairs", title: str = ""
 ) -> None:
@@ -214,12 +226,7 @@ def plot_learning_curves(
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path, title)
 
 
 def plot_quality_vs_flops(
@@ -259,12 +266,7 @@ def plot_quality_vs_flops(
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_figure(fig, path, title)
 
 
 def _language_name(code: str) -> str:
