@@ -300,56 +300,73 @@ def report(results: dict[str, Any]) -> str:
     size, memory, quality = results.get("size"), results.get("memory"), results.get("quality")
     timing = results.get("time")
     if size:
-        full = size.get("full", {}).get("bytes")
-        lines += ["## Saved model size", "", "| setting | folder | weights | vs full |", "|---|---|---|---|"]
-        for setting, r in size.items():
-            if setting == "base_bytes":
-                continue
-            ratio = f"{r['bytes'] / full:.4f}" if full else "–"
-            lines.append(f"| {setting} | {r['bytes'] / 1e6:.2f} MB | {r['weight_bytes'] / 1e6:.2f} MB | {ratio} |")
-        lines += [
-            "",
-            f"The base itself (the converted multilingual-e5-small folder): {size['base_bytes'] / 1e6:.0f} MB.",
-            "",
-        ]
+        lines += _size_table(size)
     if memory:
-        full = memory.get("full")
-        lines += [
-            "## Peak training memory",
-            "",
-            "| setting | peak RSS | vs full | peak before the first step | trainable parameters | parameters in memory |",
-            "|---|---|---|---|---|---|",
-        ]
-        for setting, r in memory.items():
-            mem = f"{r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}" if full else "–"
-            before = r.get("peak_before_training_bytes")
-            before = f"{before / 1e9:.2f} GB" if before else "–"
-            lines.append(
-                f"| {setting} | {r['peak_rss_bytes'] / 1e9:.2f} GB | {mem} | {before} | {r['trainable_parameters']:,} "
-                f"| {r['parameters']:,} |"
-            )
-        lines.append("")
+        lines += _memory_table(memory)
     if timing:
-        full = timing.get("full")
-        lines += ["## Step time (interleaved, same batch)", "", "| setting | median step | vs full |", "|---|---|---|"]
-        for setting, r in timing.items():
-            ratio = f"{r['median_step_seconds'] / full['median_step_seconds']:.2f}" if full else "–"
-            lines.append(f"| {setting} | {r['median_step_seconds']:.2f} s | {ratio} |")
-        lines.append("")
+        lines += _time_table(timing)
     if quality:
-        lines += [
-            "## Quality (RQ2 setting: 800 pairs, 25 steps of 32, seed 0)",
-            "",
-            "| setting | acc@1 LRL→En | acc@1 En→LRL | xref MAP@100 | xref nDCG@10 | train s |",
-            "|---|---|---|---|---|---|",
-        ]
-        for setting, r in quality.items():
-            metrics = r.get("metrics", {})
-            cells = [metrics.get(k) for k in ("acc@1 LRL→En", "acc@1 En→LRL", "xref MAP@100", "xref nDCG@10")]
-            text = " | ".join("–" if c is None else f"{c:.4f}" for c in cells)
-            lines.append(f"| {setting} | {text} | {r.get('train_seconds', 0):.0f} |")
-        lines += ["", "Settings: " + "; ".join(f"`{s}` = {SETTINGS[s][2]}" for s in quality), ""]
+        lines += _quality_table(quality)
     return "\n".join(lines)
+
+
+def _size_table(size: dict[str, Any]) -> list[str]:
+    full = size.get("full", {}).get("bytes")
+    lines = ["## Saved model size", "", "| setting | folder | weights | vs full |", "|---|---|---|---|"]
+    for setting, r in size.items():
+        if setting == "base_bytes":
+            continue
+        ratio = f"{r['bytes'] / full:.4f}" if full else "–"
+        lines.append(f"| {setting} | {r['bytes'] / 1e6:.2f} MB | {r['weight_bytes'] / 1e6:.2f} MB | {ratio} |")
+    return [
+        *lines,
+        "",
+        f"The base itself (the converted multilingual-e5-small folder): {size['base_bytes'] / 1e6:.0f} MB.",
+        "",
+    ]
+
+
+def _memory_table(memory: dict[str, Any]) -> list[str]:
+    full = memory.get("full")
+    lines = [
+        "## Peak training memory",
+        "",
+        "| setting | peak RSS | vs full | peak before the first step | trainable parameters | parameters in memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, r in memory.items():
+        mem = f"{r['peak_rss_bytes'] / full['peak_rss_bytes']:.2f}" if full else "–"
+        before = r.get("peak_before_training_bytes")
+        before = f"{before / 1e9:.2f} GB" if before else "–"
+        lines.append(
+            f"| {setting} | {r['peak_rss_bytes'] / 1e9:.2f} GB | {mem} | {before} | {r['trainable_parameters']:,} "
+            f"| {r['parameters']:,} |"
+        )
+    return [*lines, ""]
+
+
+def _time_table(timing: dict[str, Any]) -> list[str]:
+    full = timing.get("full")
+    lines = ["## Step time (interleaved, same batch)", "", "| setting | median step | vs full |", "|---|---|---|"]
+    for setting, r in timing.items():
+        ratio = f"{r['median_step_seconds'] / full['median_step_seconds']:.2f}" if full else "–"
+        lines.append(f"| {setting} | {r['median_step_seconds']:.2f} s | {ratio} |")
+    return [*lines, ""]
+
+
+def _quality_table(quality: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Quality (RQ2 setting: 800 pairs, 25 steps of 32, seed 0)",
+        "",
+        "| setting | acc@1 LRL→En | acc@1 En→LRL | xref MAP@100 | xref nDCG@10 | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting, r in quality.items():
+        metrics = r.get("metrics", {})
+        cells = [metrics.get(k) for k in ("acc@1 LRL→En", "acc@1 En→LRL", "xref MAP@100", "xref nDCG@10")]
+        text = " | ".join("–" if c is None else f"{c:.4f}" for c in cells)
+        lines.append(f"| {setting} | {text} | {r.get('train_seconds', 0):.0f} |")
+    return [*lines, "", "Settings: " + "; ".join(f"`{s}` = {SETTINGS[s][2]}" for s in quality), ""]
 
 
 def main() -> None:

@@ -21,12 +21,31 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main() -> None:
+    cli = _parser().parse_args()
+
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    if cli.threads:
+        torch.set_num_threads(cli.threads)
+    trainer, train, wall = _train(cli)
+    results = _results(trainer, train, wall, cli)
+    _print_table(results, cli)
+    if cli.json:
+        Path(cli.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(cli.json).write_text(json.dumps(results, indent=2))
+    if cli.plot:
+        plot(results, cli.plot)
+
+
+def _parser() -> argparse.ArgumentParser:
     from optical_st.sampling import HardNegativeConfig
 
     default_refresh = inspect.signature(HardNegativeConfig).parameters["refresh_steps"].default
@@ -41,18 +60,17 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/bench_mining_overhead")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--plot", default=None, help="also draw the wall-time split to this PNG")
-    cli = parser.parse_args()
+    return parser
 
-    import torch
+
+def _train(cli: argparse.Namespace) -> tuple[Any, Any, float]:
+    """``(trainer, training pairs, training wall time)`` of one run with the sampler mining hard negatives."""
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments as Args
 
     from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model, router_mapping
     from optical_st.data import default_teacher, load_bible_bitext
 
-    logging.basicConfig(level=logging.WARNING)
-    if cli.threads:
-        torch.set_num_threads(cli.threads)
     train = load_bible_bitext(max_pairs={"train": cli.max_pairs})["train"]
     teacher = SentenceTransformer(default_teacher(), device="cpu")
     model = build_optical_model(teacher)
@@ -76,13 +94,18 @@ def main() -> None:
     DynamicHardNegativeSampler.attach(trainer)
     start = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - start
+    return trainer, train, time.perf_counter() - start
+
+
+def _results(trainer: Any, train: Any, wall: float, cli: argparse.Namespace) -> dict[str, Any]:
+    """The run's numbers from the trainer's log: training wall time and the mining time in it."""
+    import torch
 
     minings = [e for e in trainer.state.log_history if "hard_negatives/mining_seconds" in e]
     first = minings[0]["hard_negatives/mining_seconds"]
     refreshes = sum(e["hard_negatives/mining_seconds"] for e in minings[1:])
     mining = first + refreshes
-    results = {
+    return {
         "steps": trainer.state.global_step,
         "batch_size": cli.batch_size,
         "pairs": len(train),
@@ -103,6 +126,11 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_avg_end": os.getloadavg(),
     }
+
+
+def _print_table(results: dict[str, Any], cli: argparse.Namespace) -> None:
+    wall, first, refreshes = results["train_wall_s"], results["mining_first_s"], results["mining_refresh_s"]
+    mining = results["mining_total_s"]
     print()
     print(
         f"{results['pairs']} pairs (pool {results['pool']} English verses), {results['steps']} steps x "
@@ -123,11 +151,6 @@ def main() -> None:
     print(f"| of which: pool encoding (teacher, once) / anchor encoding (student) | {pool:.1f} s / "
           f"{results['anchor_encoding_s']:.1f} s |")  # fmt: skip
     print(f"| mining without the one-off pool encoding / training wall time | {(mining - pool) / wall:.1%} |")
-    if cli.json:
-        Path(cli.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cli.json).write_text(json.dumps(results, indent=2))
-    if cli.plot:
-        plot(results, cli.plot)
 
 
 def plot(results: dict, path: str) -> None:

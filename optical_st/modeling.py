@@ -161,59 +161,78 @@ def build_optical_model(
     owned = teacher if isinstance(teacher_arg, str) else copy.deepcopy(teacher)
     teacher_modules = list(owned._modules.values())
     t_idx = _transformer_index(teacher_modules)
-    t_dim = _token_dim(teacher_modules)
     if adapter is not False and adapter is not None:
         if student is not None:
             raise ValueError(
                 "An adapter student is an adapter on the teacher's own weights (student=None); a separate student "
                 "model is fine-tuned fully (adapter=False)."
             )
-        if t_idx != 0:
-            raise ValueError("An adapter student needs the teacher's Transformer as its first module.")
-        base = AdapterTransformer.from_transformer(
-            teacher_modules[0], None if adapter is True else adapter, adapter_name=adapter_name
-        )
-        head = teacher_modules[1:]
-        student_modules = [base, *copy.deepcopy(head)]
-        teacher_modules = [AdapterOff(base), *head]
-        # the adapter is all that trains: the heads (pooling, normalisation, a Dense layer) stay the base's
-        for p in (p for m in student_modules[1:] + teacher_modules[1:] for p in m.parameters()):
-            p.requires_grad_(False)
+        student_modules, teacher_modules = _adapter_routes(teacher_modules, t_idx, adapter, adapter_name)
     elif student is None:
         student_modules = copy.deepcopy(teacher_modules)
     else:
         student = _load(student, **load_kwargs)
         if find_router(student) is not None:
             student = export_student(student)
-        s_modules = list(copy.deepcopy(student)._modules.values())
-        s_idx = _transformer_index(s_modules)
-        body = s_modules[: s_idx + 1]
-        if _token_dim(body) != t_dim:
-            body.append(_token_projection(_token_dim(body), t_dim))
-        student_modules = body + copy.deepcopy(teacher_modules[t_idx + 1 :])
-    if not isinstance(student_modules[0], AdapterTransformer) and not train_word_embeddings:
+        student_modules = _student_route(student, teacher_modules)
+    adapted = isinstance(student_modules[0], AdapterTransformer)
+    if not adapted and not train_word_embeddings:
         embeddings = student_modules[_transformer_index(student_modules)].auto_model.get_input_embeddings()
         embeddings.requires_grad_(False)
     router = Router.for_query_document(
         query_modules=student_modules, document_modules=teacher_modules, default_route=TEACHER_ROUTE
     )
     model_card_data = _optical_card_data(model_card_data, teacher_arg, student_arg)
-    if isinstance(student_modules[0], AdapterTransformer) and hasattr(model_card_data, "add_tags"):
+    if adapted and hasattr(model_card_data, "add_tags"):
         model_card_data.add_tags(["peft", "adapter"])
-    prompts = {
-        STUDENT_ROUTE: _prompt_for(student if student is not None else teacher, STUDENT_ROUTE),
-        TEACHER_ROUTE: _prompt_for(teacher, TEACHER_ROUTE),
-    }
     model = SentenceTransformer(
         modules=[router],
         similarity_fn_name=teacher.similarity_fn_name,
         device=str(teacher.device),
         model_card_data=model_card_data,
-        prompts={route: prompt for route, prompt in prompts.items() if prompt},
+        prompts=_route_prompts(student if student is not None else teacher, teacher),
     )
-    if not isinstance(student_modules[0], AdapterTransformer):  # an adapter's base is frozen by the adapter
+    if not adapted:  # an adapter's base is frozen by the adapter
         freeze_teacher_route(model, frozen=freeze_teacher)
     return model
+
+
+def _adapter_routes(
+    teacher_modules: list[nn.Module], t_idx: int, adapter: bool | Any, adapter_name: str
+) -> tuple[list[nn.Module], list[nn.Module]]:
+    """``(query modules, document modules)`` of an adapter model: the teacher's transformer with the adapter on, and
+    the same weights with it off (:class:`~optical_st.adapters.AdapterOff`), each followed by the teacher's head."""
+    if t_idx != 0:
+        raise ValueError("An adapter student needs the teacher's Transformer as its first module.")
+    base = AdapterTransformer.from_transformer(
+        teacher_modules[0], None if adapter is True else adapter, adapter_name=adapter_name
+    )
+    head = teacher_modules[1:]
+    student_modules = [base, *copy.deepcopy(head)]
+    teacher_modules = [AdapterOff(base), *head]
+    # the adapter is all that trains: the heads (pooling, normalisation, a Dense layer) stay the base's
+    for p in (p for m in student_modules[1:] + teacher_modules[1:] for p in m.parameters()):
+        p.requires_grad_(False)
+    return student_modules, teacher_modules
+
+
+def _student_route(student: SentenceTransformer, teacher_modules: list[nn.Module]) -> list[nn.Module]:
+    """The query modules for a separate student: its modules up to its transformer, a token-level projection to the
+    teacher's width when they differ, then a copy of the teacher's head (pooling, normalisation)."""
+    t_idx = _transformer_index(teacher_modules)
+    t_dim = _token_dim(teacher_modules)
+    s_modules = list(copy.deepcopy(student)._modules.values())
+    s_idx = _transformer_index(s_modules)
+    body = s_modules[: s_idx + 1]
+    if _token_dim(body) != t_dim:
+        body.append(_token_projection(_token_dim(body), t_dim))
+    return body + copy.deepcopy(teacher_modules[t_idx + 1 :])
+
+
+def _route_prompts(student: SentenceTransformer, teacher: SentenceTransformer) -> dict[str, str]:
+    """The model's prompts: the student's query prompt and the teacher's document prompt, the empty ones left out."""
+    prompts = {STUDENT_ROUTE: _prompt_for(student, STUDENT_ROUTE), TEACHER_ROUTE: _prompt_for(teacher, TEACHER_ROUTE)}
+    return {route: prompt for route, prompt in prompts.items() if prompt}
 
 
 # the prompt names sentence-transformers' encode_query / encode_document look up, in its order

