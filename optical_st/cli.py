@@ -315,11 +315,6 @@ def _step(number: int, text: str) -> None:
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run ``optical-st train`` with parsed arguments; returns what it wrote to ``results.json``."""
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
-    from transformers import set_seed
-
-    from optical_st.data import LANGUAGES
-
     _check_args(args)
     start = time.perf_counter()
     out = Path(args.output_dir)
@@ -334,40 +329,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     # 1. the data, every row checked before anything slow
     _step(1, "Reading and checking the bitext")
     columns = {"english_column": args.english_column, "lrl_column": args.lrl_column}
-    bitext = load_bitext(
-        train_file=args.train_file,
-        dataset_name=args.dataset_name,
-        dataset_config=args.dataset_config,
-        split=args.split,
-        skip_bad_rows=args.skip_bad_rows,
-        **columns,
-    )
-    train_data, eval_data, held_out = _split(bitext, args, columns)
-    logger.info("%s: %d training pairs, %d held out (%s)", bitext.name, len(train_data), len(eval_data or []), held_out)
+    bitext, train_data, eval_data, held_out = _read_bitext(args, columns)
 
     # 2. the model: the teacher reading English, a trainable student reading your language
     _step(2, "Loading the teacher and building the OPTICAL model")
-    set_seed(args.seed)
-    teacher = SentenceTransformer(args.teacher or _default_teacher())
-    student = SentenceTransformer(args.student) if args.student else None
-    card = OpticalModelCardData(train_datasets=[{"name": bitext.name}], local_files_only=True)
-    if args.language:
-        known = LANGUAGES.get(args.language)
-        card.set_language(args.language, args.language_name or (known.name if known else None))
-    model = recipe.build_model(teacher, student, model_card_data=card)
-    if student is not None:
-        del student
-    else:
-        del teacher  # the untrained copy inside the model is the zero-shot baseline
-        teacher = None
-    gc.collect()
-    loss = recipe.loss(model)
-    # the loss's own checks with the model's tokenizers (texts of special tokens only, swapped-looking columns), on
-    # every pair read, before mining and training
-    try:
-        check_bitext(bitext.dataset, loss, router_mapping=_routes(bitext.dataset))
-    except ValueError as error:
-        raise BitextError(_with_lines(str(error), bitext)) from None
+    model, card, teacher = _build_model(args, recipe, bitext)
+    loss = _checked_loss(recipe, model, bitext)
 
     # 3. zero-shot: the starting model on the held-out pairs
     evaluator = _evaluator(eval_data, args) if eval_data is not None else None
@@ -385,18 +352,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     # 5. training
     _step(5, f"Training on {len(train_data)} pairs")
-    training_args = recipe.training_args(
-        str(out),
-        model,
-        train_data,
-        max_steps=args.max_steps,
-        seed=args.seed,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=max(1, min(50, _steps(len(train_data), recipe, args.max_steps) // 10)),
-    )
-    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train_data, loss=loss)
-    trainer.train()  # texts cut to the recipe's training length; the saved model keeps its encoders' own
+    trainer, training_args = _fit(args, recipe, model, loss, train_data)
 
     # 6. the trained model on the same held-out pairs, the card, the model
     result: dict[str, Any] = {
@@ -416,6 +372,86 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         card.add_eval_results(_eval_results(rows["OPTICAL (trained)"], bitext, held_out, len(eval_data), split))
     else:
         _step(6, "No held-out pairs (--eval-fraction 0): skipping the evaluation")
+    _save(model, args, out, result, rows, start)
+    return result
+
+
+def _read_bitext(args: argparse.Namespace, columns: dict[str, str]) -> tuple[Bitext, Dataset, Dataset | None, str]:
+    """``(bitext, training pairs, held-out pairs or None, what was held out)``: the pairs read and checked."""
+    bitext = load_bitext(
+        train_file=args.train_file,
+        dataset_name=args.dataset_name,
+        dataset_config=args.dataset_config,
+        split=args.split,
+        skip_bad_rows=args.skip_bad_rows,
+        **columns,
+    )
+    train_data, eval_data, held_out = _split(bitext, args, columns)
+    logger.info("%s: %d training pairs, %d held out (%s)", bitext.name, len(train_data), len(eval_data or []), held_out)
+    return bitext, train_data, eval_data, held_out
+
+
+def _build_model(args: argparse.Namespace, recipe: Any, bitext: Bitext) -> tuple[Any, OpticalModelCardData, Any]:
+    """``(model, its card data, the teacher or None)``: the OPTICAL model the recipe builds from ``--teacher`` (and
+    ``--student``). The separate teacher is kept, as the zero-shot baseline, only when there is a separate student;
+    without one the model's untrained copy of the teacher is the baseline and nothing else is held."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import set_seed
+
+    from optical_st.data import LANGUAGES
+
+    set_seed(args.seed)
+    teacher = SentenceTransformer(args.teacher or _default_teacher())
+    student = SentenceTransformer(args.student) if args.student else None
+    card = OpticalModelCardData(train_datasets=[{"name": bitext.name}], local_files_only=True)
+    if args.language:
+        known = LANGUAGES.get(args.language)
+        card.set_language(args.language, args.language_name or (known.name if known else None))
+    model = recipe.build_model(teacher, student, model_card_data=card)
+    if student is not None:
+        del student
+    else:
+        del teacher  # the untrained copy inside the model is the zero-shot baseline
+        teacher = None
+    gc.collect()
+    return model, card, teacher
+
+
+def _checked_loss(recipe: Any, model: Any, bitext: Bitext) -> Any:
+    """The recipe's loss, after its own checks with the model's tokenizers (texts of special tokens only,
+    swapped-looking columns) on every pair read, before mining and training."""
+    loss = recipe.loss(model)
+    try:
+        check_bitext(bitext.dataset, loss, router_mapping=_routes(bitext.dataset))
+    except ValueError as error:
+        raise BitextError(_with_lines(str(error), bitext)) from None
+    return loss
+
+
+def _fit(args: argparse.Namespace, recipe: Any, model: Any, loss: Any, train_data: Dataset) -> tuple[Any, Any]:
+    """Train ``model`` with the recipe's training arguments; returns ``(trainer, training arguments)``."""
+    from sentence_transformers import SentenceTransformerTrainer
+
+    training_args = recipe.training_args(
+        str(Path(args.output_dir)),
+        model,
+        train_data,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, min(50, _steps(len(train_data), recipe, args.max_steps) // 10)),
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train_data, loss=loss)
+    trainer.train()  # texts cut to the recipe's training length; the saved model keeps its encoders' own
+    return trainer, training_args
+
+
+def _save(
+    model: Any, args: argparse.Namespace, out: Path, result: dict[str, Any], rows: dict[str, Any], start: float
+) -> None:
+    """Save the model, add the table of ``rows`` to ``result``, push the model if asked, write ``results.md`` and
+    ``results.json``, and print the report."""
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     table = _table(rows)
@@ -428,7 +464,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     (out / "results.md").write_text(f"{table}\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
     _report(result, out)
-    return result
 
 
 def _with_lines(message: str, bitext: Bitext) -> str:
