@@ -273,7 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--num-train-epochs", type=float, default=RECOMMENDED.epochs)
     training.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (overrides the epochs)")
     training.add_argument("--batch-size", type=int, default=RECOMMENDED.batch_size)
-    training.add_argument("--learning-rate", type=float, default=RECOMMENDED.learning_rate)
+    training.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help=f"default: {RECOMMENDED.learning_rate:g}, or {RECOMMENDED.adapter_learning_rate:g} with --adapter",
+    )
+    training.add_argument(
+        "--adapter",
+        action="store_true",
+        help="train a LoRA adapter on the teacher's weights instead of a full copy (a few MB saved; needs [peft])",
+    )
     training.add_argument("--max-seq-length", type=int, default=RECOMMENDED.max_seq_length, help="tokens, training")
     training.add_argument("--seed", type=int, default=0)
     hub = p.add_argument_group("Hugging Face Hub")
@@ -303,6 +313,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BitextError("--push-to-hub needs --hub-model-id namespace/name (e.g. my-org/optical-swahili).")
     if args.hub_model_id and not HUB_ID.match(args.hub_model_id):
         raise BitextError(f"--hub-model-id must be 'namespace/name', got {args.hub_model_id!r}.")
+    if args.adapter and args.student:
+        raise BitextError("--adapter trains an adapter on the teacher's own weights; drop --student (or --adapter).")
     if args.eval_split and not args.dataset_name:
         raise BitextError("--eval-split needs --dataset-name; for a file use --eval-file or --eval-fraction.")
     if not 0 <= args.eval_fraction < 1:
@@ -322,9 +334,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         RECOMMENDED,
         epochs=args.num_train_epochs,
         batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
         max_seq_length=args.max_seq_length,
+        adapter=args.adapter,
     )
+    if args.learning_rate is not None:  # the one given applies to whichever kind of student trains
+        recipe = dataclasses.replace(recipe, learning_rate=args.learning_rate, adapter_learning_rate=args.learning_rate)
 
     # 1. the data, every row checked before anything slow
     _step(1, "Reading and checking the bitext")

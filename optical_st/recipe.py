@@ -7,7 +7,7 @@ hard-negative docs. A test fails when one of them drifts from it (``tests/test_t
 What the recipe is, in the terms the project uses everywhere:
 
 * **the paper's loss**: OPTICAL's token-level optimal-transport distillation alone, with the paper's raw cosine cost
-  (``OTDistillationLoss(model, center=False, cost_scale=None)``);
+  (``OTDistillationLoss(model, ot_config=OTConfig(center=False, cost_scale=None))``);
 * **OT alone**: the same loss with centred, rescaled costs (``OTDistillationLoss(model)``, its defaults), which is
   what makes the OT term help a multilingual student (docs/ot_multilingual.md);
 * **the recommended recipe** (this module): OT alone plus an InfoNCE term on the pooled embeddings
@@ -85,6 +85,11 @@ class Recipe:
         group_by_length: batches of rows of similar length (:class:`~optical_st.sampling.LengthGroupedBatchSampler`):
             less padding, faster CPU steps.
         batch_size, learning_rate, warmup_ratio, epochs: the trainer's.
+        adapter: ``True`` trains the student as a LoRA adapter on the teacher's own weights
+            (:func:`optical_st.adapters.default_adapter_config`; needs the ``[peft]`` extra): one copy of the base in
+            memory, a saved model of a few megabytes. ``False``: full fine-tuning.
+        adapter_learning_rate: the learning rate with ``adapter=True`` (an adapter starts at zero and needs larger
+            steps than full fine-tuning; results/adapters/ compares them).
     """
 
     contrastive_weight: float = 1.0
@@ -98,6 +103,14 @@ class Recipe:
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
     epochs: float = 1.0
+    adapter: bool = False
+    adapter_learning_rate: float = 1e-3
+
+    @property
+    def train_learning_rate(self) -> float:
+        """The learning rate training uses: :attr:`adapter_learning_rate` for an adapter student, else
+        :attr:`learning_rate`."""
+        return self.adapter_learning_rate if self.adapter else self.learning_rate
 
     @property
     def batch_sampler(self) -> Any:
@@ -115,8 +128,10 @@ class Recipe:
     def build_model(
         self, teacher: SentenceTransformer | str, student: SentenceTransformer | str | None = None, **kwargs: Any
     ) -> SentenceTransformer:
-        """:func:`optical_st.build_optical_model` with the recipe's frozen word embeddings (``kwargs`` go to it:
-        ``model_card_data=``, ``device=``, ...)."""
+        """:func:`optical_st.build_optical_model` with the recipe's frozen word embeddings and, with ``adapter=True``,
+        an adapter student (``kwargs`` go to it: ``model_card_data=``, ``device=``, ...)."""
+        if self.adapter:
+            kwargs.setdefault("adapter", True)
         return build_optical_model(teacher, student, train_word_embeddings=self.train_word_embeddings, **kwargs)
 
     def mine_hard_negatives(
@@ -169,7 +184,7 @@ class Recipe:
         settings: dict[str, Any] = {
             "num_train_epochs": self.epochs,
             "per_device_train_batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
+            "learning_rate": self.train_learning_rate,
             "warmup_steps": self.warmup_ratio,  # below 1: a fraction of the steps
             "batch_sampler": self.batch_sampler,
             "router_mapping": mapping,

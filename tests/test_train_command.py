@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_training_args, tiny_sentence_transformer, toy_bitext
 from datasets import DatasetDict
-from sentence_transformers import SentenceTransformerTrainer
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
 from optical_st import OTDistillationLoss, build_optical_model, load_optical_model
 from optical_st.cli import build_parser, load_bitext, main
@@ -244,3 +244,45 @@ def test_card_without_card_data_reads_cleanly_and_uses_hub_task_ids(teacher, tmp
     types = re.findall(r"task:\n\s+type: ([\w-]+)", front)
     assert types and set(types) <= set(HF_HUB_ALLOWED_TASKS), types
     assert torch.is_tensor(model.encode_query(["mulungu"], convert_to_tensor=True))
+
+
+def test_train_command_adapter_student_saves_only_the_adapter(tiny_dirs, tmp_path):
+    pytest.importorskip("peft")
+    # a base named by its folder (the e5_like fixture would name the offline multilingual-e5-small conversion)
+    e5_like = tmp_path / "base"
+    model = tiny_sentence_transformer(tiny_dirs["teacher"])
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    model.save_pretrained(str(e5_like))
+    tsv = _tsv(tmp_path / "pairs.tsv", _pairs())
+    out = tmp_path / "run"
+    argv = _args(e5_like, out, "--train-file", str(tsv), "--english-column", "english", "--lrl-column", "swahili",
+                 "--adapter", "--eval-fraction", "0.25")  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["recipe"]["adapter"] is True and result["steps"] == 2
+    files = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    adapters = [name for name in files if name.endswith("adapter_model.safetensors")]
+    assert len(adapters) == 1
+    base_weights = sum(p.stat().st_size for p in e5_like.rglob("*.safetensors"))
+    # no copy of the base: the saved weights are the adapter's, a small fraction of the base's
+    assert not any(name.endswith("model.safetensors") and name not in adapters for name in files)
+    from safetensors import safe_open
+
+    with safe_open(str(out / adapters[0]), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_" in key for key in keys)  # the adapter's weights, none of the base's
+    assert sum(size for name, size in files.items() if name.endswith(".safetensors")) < base_weights
+    # reloaded: the teacher route is the base bit for bit, the student route moved
+    model = load_optical_model(str(out))
+    base = SentenceTransformer(str(e5_like), device="cpu")
+    texts = ["habari ya asubuhi", "hello there"]
+    documents, queries = model.encode_document(texts), model.encode_query(texts)
+    assert (documents == base.encode_document(texts)).all()
+    assert not (queries == base.encode_query(texts)).all()
+
+
+def test_adapter_and_student_together_is_an_error(e5_like, tmp_path, capsys):
+    argv = _args(e5_like, tmp_path / "run", "--train-file", "x.tsv", "--english-column", "english",
+                 "--lrl-column", "swahili", "--adapter", "--student", str(e5_like))  # fmt: skip
+    assert main(argv) == 2
+    assert "drop --student" in capsys.readouterr().err
