@@ -41,6 +41,7 @@ from sentence_transformers.sentence_transformer.losses import MSELoss
 from optical_st import ContrastiveDistillationLoss, OTDistillationLoss, build_optical_model, column_prompts
 from optical_st.data import load_bible_bitext
 from optical_st.research.config import default_multilingual_model
+from optical_st.routes import STUDENT_ROUTE, model_routes, route_modules
 
 TARGET = 1.10
 
@@ -61,7 +62,7 @@ def build_steps(base_model, feats, device, reg):
     so sharing them costs the comparison nothing; the word-embedding switch is set by each step."""
     steps, trainable = {}, {}
     model = copy.deepcopy(base_model).to(device).train()
-    word_embeddings = model[0].sub_modules["query"][0].auto_model.get_input_embeddings()
+    word_embeddings = route_modules(model, STUDENT_ROUTE)[0].auto_model.get_input_embeddings()
 
     def make(name, loss_factory, run, freeze_word_embeddings=False):
         loss = loss_factory(model)
@@ -144,8 +145,8 @@ def main() -> None:
     torch.manual_seed(0)
 
     base = build_optical_model(args.teacher or default_multilingual_model(), args.student, device="cpu")
-    for route in base[0].sub_modules.values():
-        route[0].max_seq_length = args.max_seq_length
+    for modules in model_routes(base).values():
+        modules[0].max_seq_length = args.max_seq_length
     pairs = load_bible_bitext({"train": range(40, 44)}, max_pairs={"train": args.batch_size}, seed=0)["train"]
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sentence_transformers.base.modules import InputModule, Transformer
 from torch import Tensor, nn
 
-from optical_st.routes import STUDENT_ROUTE, find_router
+from optical_st.routes import STUDENT_ROUTE, find_router, model_routes
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -504,8 +504,6 @@ class AdapterOff(InputModule):
 
 def find_adapter_transformer(model: nn.Module, route: str = STUDENT_ROUTE) -> AdapterTransformer | None:
     """The :class:`AdapterTransformer` of an adapter model's ``route`` (or of a student-only export), else ``None``."""
-    router = find_router(model)
-    modules = list(router.sub_modules[route]) if router is not None and route in router.sub_modules else []
-    if router is None:
-        modules = list(model.children())
+    routes = model_routes(model)
+    modules = routes.get(route, []) if routes else list(model.children())  # no Router: a student-only export
     return next((m for m in modules if isinstance(m, AdapterTransformer)), None)

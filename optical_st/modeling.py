@@ -26,8 +26,10 @@ from optical_st.routes import (
     TEACHER_ROUTE,
     find_router,
     freeze_teacher_route,
+    model_routes,
     module_state,
     route_modules,
+    task_route,
     text_columns,
 )
 
@@ -288,14 +290,12 @@ def document_route_frozen(model: nn.Module) -> bool:
     if not trainable:
         return True
     router = find_router(model)
-    if router is None:
-        return False
-    # the route "document" texts take: Router.route_mappings ({(task, modality): route}), else the default route
-    route = next((r for (task, _), r in router.route_mappings.items() if task == "document"), router.default_route)
-    if route not in router.sub_modules:
+    routes = model_routes(model)
+    route = task_route(model, "document")
+    if router is None or route not in routes:
         return False
     # the tensors each module runs: an adapter model's document route runs the (frozen) base, not the adapter
-    document = {id(t) for module in router.sub_modules[route] for t in module_state(module)[2].values()}
+    document = {id(t) for module in routes[route] for t in module_state(module)[2].values()}
     outside = {id(p) for p in model.parameters()} - {id(p) for p in router.parameters()}
     return not (trainable & (document | outside))
 
@@ -397,8 +397,7 @@ def load_optical_model(
         mine = find_adapter_transformer(model)
         if mine is None or mine.auto_model is not shared.auto_model:
             raise ValueError(f"{model_name_or_path} is not an adapter model; it cannot share a base.")
-    router = find_router(model)
-    if router is not None and TEACHER_ROUTE in router.sub_modules:
+    if TEACHER_ROUTE in model_routes(model):
         freeze_teacher_route(model)
     card = OpticalModelCardData.from_card_text(getattr(model, "_model_card_text", None))
     if hub_model_id(model_name_or_path):

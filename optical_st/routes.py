@@ -22,8 +22,10 @@ __all__ = [
     "encoding_modules",
     "find_router",
     "freeze_teacher_route",
+    "model_routes",
     "module_state",
     "route_modules",
+    "task_route",
     "text_columns",
 ]
 
@@ -60,12 +62,31 @@ def find_router(model: nn.Module) -> Router | None:
     return None
 
 
+def model_routes(model: nn.Module) -> dict[str, list[nn.Module]]:
+    """``{route: its modules}`` of the ``Router`` inside ``model``, in the Router's order; ``{}`` for a model without
+    a Router (a plain student, a student-only export)."""
+    router = find_router(model)
+    if router is None:
+        return {}
+    return {route: list(modules) for route, modules in router.sub_modules.items()}
+
+
+def task_route(model: nn.Module, task: str) -> str | None:
+    """The route the Router of ``model`` sends ``task``'s texts to (``"document"`` for ``encode_document``): its
+    ``route_mappings`` entry for the task (``{(task, modality): route}``), else its default route; ``None`` without a
+    Router."""
+    router = find_router(model)
+    if router is None:
+        return None
+    return next((r for (t, _), r in router.route_mappings.items() if t == task), router.default_route)
+
+
 def route_modules(model: nn.Module, route: str) -> list[nn.Module]:
     """The modules of one route (``"query"`` or ``"document"``) of an OPTICAL model."""
-    router = find_router(model)
-    if router is None or route not in router.sub_modules:
+    routes = model_routes(model)
+    if route not in routes:
         raise ValueError(f"The model has no {route!r} route; build it with optical_st.build_optical_model().")
-    return list(router.sub_modules[route])
+    return routes[route]
 
 
 def encoding_modules(model: nn.Module, route: str | None) -> list[nn.Module]:

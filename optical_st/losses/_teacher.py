@@ -28,7 +28,14 @@ from optical_st.losses._input_checks import InputChecks, check_finite, check_no_
 from optical_st.losses._sides import Encoder, FrozenTeacher, route_tokenizer
 from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.modeling import column_prompts, same_tokenizer
-from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router, freeze_teacher_route, route_modules
+from optical_st.routes import (
+    STUDENT_ROUTE,
+    TEACHER_ROUTE,
+    find_router,
+    freeze_teacher_route,
+    model_routes,
+    route_modules,
+)
 
 __all__ = ["TeacherStudentMixin"]
 
@@ -83,7 +90,7 @@ class TeacherStudentMixin:
                 "`model` is an OPTICAL Router model, which already holds the teacher as its "
                 f"{TEACHER_ROUTE!r} route; do not pass `teacher` as well."
             )
-        missing = {STUDENT_ROUTE, TEACHER_ROUTE} - set(router.sub_modules)
+        missing = {STUDENT_ROUTE, TEACHER_ROUTE} - set(model_routes(model))
         if missing:
             raise ValueError(f"The Router has no {sorted(missing)} route(s); build it with build_optical_model().")
         # frozen also after reloading a saved model, whose parameters come back trainable; module by module, so the
