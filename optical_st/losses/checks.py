@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from optical_st.routes import column_routes
+
 __all__ = [
     "TextColumn",
     "check_bitext",
@@ -134,8 +136,7 @@ def run_dataset_checks(
     if isinstance(loss, Mapping):  # one loss per dataset of a DatasetDict
         for key, part_loss in loss.items():
             if isinstance(dataset, Mapping) and key in dataset and hasattr(part_loss, "check_dataset"):
-                nested = (router_mapping or {}).get(key)
-                mapping = nested if isinstance(nested, dict) else router_mapping
+                mapping = column_routes(router_mapping, key)  # flat, or this dataset's entry of a per-dataset one
                 part_loss.check_dataset(dataset[key], router_mapping=mapping, name=f"{name}[{key!r}]")
     elif hasattr(loss, "check_dataset"):
         loss.check_dataset(dataset, router_mapping=router_mapping, name=name)
