@@ -75,11 +75,12 @@ def _require_peft() -> None:
 
 def default_adapter_config() -> PeftConfig:
     """The LoRA configuration ``build_optical_model(..., adapter=True)`` uses: rank 16 on the attention projections
-    and feed-forward layers of every encoder layer, ``lora_alpha`` 32 (a 5 MB adapter on multilingual-e5-small).
+    and feed-forward layers of every encoder layer, ``lora_alpha`` 32 (a saved adapter of a few megabytes).
 
-    Chosen from the Chichewa measurements in ``results/adapters/``: LoRA on query/value alone lost to full
-    fine-tuning; on every linear layer it matched it, at rank 16 as at rank 64. Train adapters with a larger learning
-    rate than full fine-tuning (there 1e-3 against 5e-5; at 5e-5 the adapter barely moved)."""
+    Why every linear layer: on the Chichewa task LoRA there kept up with full fine-tuning, at rank 16 as at rank 64,
+    where LoRA on query/value alone fell behind (sizes, memory, step times and scores: ``results/adapters/``). Train
+    adapters with a larger learning rate than full fine-tuning: an adapter's update starts at zero and hardly moves
+    at a full fine-tuning's learning rate."""
     _require_peft()
     from peft import LoraConfig
 

@@ -67,7 +67,7 @@ def eval_results_from_metrics(
     ``ir-measures``, ...). Non-numeric values are skipped, and NaN or infinite ones with a warning.
 
     Args:
-        metrics: metric name -> value, e.g. ``{"ndcg@10": 0.41, "mrr@10": 0.37}`` or an evaluator's output.
+        metrics: metric name -> value (``{"ndcg@10": value, "mrr@10": value, ...}``), e.g. an evaluator's output.
         dataset_name: readable dataset name, e.g. ``"CLIRMatrix en-ny"``.
         dataset_type: dataset id (a Hub dataset id when there is one), e.g. ``"ntu-spml/clirmatrix"``.
         dataset_split: split used, e.g. ``"test"``.

@@ -125,9 +125,9 @@ def build_optical_model(
             saved model reloaded with ``SentenceTransformer(path)`` comes back with a trainable teacher route (no
             load hook in sentence-transformers); :func:`load_optical_model` freezes it again, and so do the losses.
         train_word_embeddings: ``False`` freezes the student's word-embedding matrix. For a multilingual student
-            it is most of the model (multilingual-e5-small: 96M of 118M parameters), and its AdamW update dominates
-            a CPU step's optimizer cost and memory (two fp32 moments: 0.7 GB); distillation mostly needs the layers
-            above it (measured in docs/demo_tuning.md).
+            it is most of the model (multilingual-e5-small: 96M of 118M parameters), and its AdamW update (two fp32
+            moments per weight) dominates a CPU step's optimizer cost and memory; distillation mostly needs the
+            layers above it (measured in docs/demo_tuning.md).
         adapter: train the student as a PEFT adapter on the teacher's own weights instead of a full copy: ``True``
             for :func:`optical_st.adapters.default_adapter_config` (LoRA), or any ``peft`` config (``LoraConfig``,
             ...). The ``query`` route then runs the base with the adapter, the ``document`` route the same base

@@ -6,6 +6,13 @@ part of a docstring. Public constructors: ``__init__`` of the classes of ``optic
 ``_``, and the fields of its public dataclasses (their generated ``__init__``), without ``self``; ``*args`` and
 ``**kwargs`` are listed but not counted.
 
+Settings objects are the grouped settings that count as one parameter where they are passed (``OTConfig``,
+``HardNegativeConfig``, ``ExperimentConfig``, ``Recipe``), so their fields have no limit. The rule: a public
+dataclass whose name ends with ``Config``, ``Settings`` or ``Recipe`` and whose every ``__init__`` field has a default
+(a value in the class body; a ``field(...)`` only with ``default=`` or ``default_factory=``): it can be built with no
+argument and changed one setting at a time (``dataclasses.replace``). They are listed apart and ``--check`` leaves
+them out; a dataclass with a required field, or named otherwise, is a constructor like any other.
+
 Usage::
 
     python scripts/code_metrics.py                 # optical_st, benchmarks, scripts, tests: top 15 of each
@@ -27,6 +34,7 @@ DEFAULT_PATHS = ("optical_st", "benchmarks", "scripts", "tests")
 EXCLUDED = {"examples", ".venv", "build", "__pycache__"}
 MAX_FUNCTION_LINES = 60
 MAX_CONSTRUCTOR_PARAMETERS = 10
+SETTINGS_SUFFIXES = ("Config", "Settings", "Recipe")
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class Constructor:
     line: int
     name: str
     parameters: int
-    kind: str  # "__init__" or "dataclass"
+    kind: str  # "__init__", "dataclass" or "settings" (a settings object: see the module docstring)
     varargs: str = ""
 
 
@@ -110,25 +118,35 @@ def _is_dataclass(node: ast.ClassDef) -> bool:
     return False
 
 
-def _dataclass_fields(node: ast.ClassDef) -> int:
-    """Annotated class attributes that reach ``__init__`` (not ``ClassVar``, not ``field(init=False)``)."""
-    count = 0
+def _is_field_call(value: ast.expr | None) -> bool:
+    """``field(...)`` or ``dataclasses.field(...)``."""
+    return isinstance(value, ast.Call) and ast.unparse(value.func) in ("field", "dataclasses.field")
+
+
+def _dataclass_fields(node: ast.ClassDef) -> tuple[int, bool]:
+    """``(count, all have defaults)`` of the annotated class attributes that reach ``__init__`` (not ``ClassVar``,
+    not ``field(init=False)``)."""
+    count, all_defaults = 0, True
     for statement in node.body:
         if not isinstance(statement, ast.AnnAssign) or not isinstance(statement.target, ast.Name):
             continue
         if "ClassVar" in ast.unparse(statement.annotation):
             continue
         value = statement.value
-        if (
-            isinstance(value, ast.Call)
-            and ast.unparse(value.func).endswith("field")
-            and any(
-                k.arg == "init" and isinstance(k.value, ast.Constant) and k.value.value is False for k in value.keywords
-            )
-        ):
+        keywords = {k.arg: k.value for k in value.keywords} if _is_field_call(value) else {}
+        init = keywords.get("init")
+        if isinstance(init, ast.Constant) and init.value is False:
             continue
         count += 1
-    return count
+        if value is None or (_is_field_call(value) and not {"default", "default_factory"} & set(keywords)):
+            all_defaults = False
+    return count, all_defaults
+
+
+def is_settings_object(node: ast.ClassDef) -> bool:
+    """A public dataclass named ``*Config`` / ``*Settings`` / ``*Recipe`` whose ``__init__`` fields all have defaults
+    (the module docstring says why these count as one parameter)."""
+    return _is_dataclass(node) and node.name.endswith(SETTINGS_SUFFIXES) and _dataclass_fields(node)[1]
 
 
 def constructors(tree: ast.Module, path: str) -> Iterator[Constructor]:
@@ -147,7 +165,8 @@ def constructors(tree: ast.Module, path: str) -> Iterator[Constructor]:
             varargs = " ".join(f"{p}{a.arg}" for p, a in (("*", args.vararg), ("**", args.kwarg)) if a is not None)
             yield Constructor(path, init.lineno, node.name, len(named), "__init__", varargs)
         elif _is_dataclass(node):
-            yield Constructor(path, node.lineno, node.name, _dataclass_fields(node), "dataclass")
+            kind = "settings" if is_settings_object(node) else "dataclass"
+            yield Constructor(path, node.lineno, node.name, _dataclass_fields(node)[0], kind)
 
 
 def collect(paths: list[str]) -> tuple[list[Function], list[Constructor]]:
@@ -177,11 +196,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Largest functions (lines of code; limit {MAX_FUNCTION_LINES}, {len(long)} over it):")
     for f in found_functions[: args.top]:
         print(f"  {f.lines:4d}  {f.path}:{f.line}  {f.name}")
+    settings = [c for c in found_constructors if c.kind == "settings"]
+    found_constructors = [c for c in found_constructors if c.kind != "settings"]
     wide = [c for c in found_constructors if c.parameters > MAX_CONSTRUCTOR_PARAMETERS]
     print(f"\nPublic constructors of optical_st (parameters; limit {MAX_CONSTRUCTOR_PARAMETERS}, {len(wide)} over it):")
     for c in found_constructors[: args.top]:
         extra = f" + {c.varargs}" if c.varargs else ""
         print(f"  {c.parameters:4d}  {c.path}:{c.line}  {c.name} ({c.kind}{extra})")
+    print("\nSettings objects of optical_st (fields; passed as one parameter, no limit):")
+    for c in settings:
+        print(f"  {c.parameters:4d}  {c.path}:{c.line}  {c.name}")
+    if args.check:
+        for f in long:
+            print(f"over the limit: {f.path}:{f.line} {f.name}: {f.lines} lines of code", file=sys.stderr)
+        for c in wide:
+            print(f"over the limit: {c.path}:{c.line} {c.name}: {c.parameters} parameters", file=sys.stderr)
     return 1 if args.check and (long or wide) else 0
 
 

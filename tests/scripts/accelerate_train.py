@@ -85,14 +85,17 @@ def record_negative_tables() -> None:
     HardNegativeState.add_table = recording
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("models", type=Path, help="folder with the tiny 'teacher' and 'wide_student' models")
     parser.add_argument("--dynamic-negatives", action="store_true", help="DynamicHardNegativeSampler + InfoNCE term")
     parser.add_argument("--epochs", type=int, default=1)
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     record_card_writes()
     st_base_model.HfApi = FakeHfApi  # optical_st.hub uploads through sentence-transformers' push_to_hub
 
@@ -138,8 +141,14 @@ def main() -> None:
         trainer.save_model(str(args.out / "model"))
     PHASE[0] = "push"
     url = optical_st.hub.push_to_hub(model, "me/ddp-optical", local_dir=args.out / "push")
+    (args.out / f"rank{RANK}.json").write_text(json.dumps(rank_result(trainer, model, flops, url)))
 
-    result = {
+
+def rank_result(
+    trainer: SentenceTransformerTrainer, model: torch.nn.Module, flops: FlopsCallback, url: str | None
+) -> dict:
+    """What this rank reports: its final weights' digest, steps, losses, the push's return and the FLOPs counted."""
+    return {
         "rank": RANK,
         "world_size": trainer.args.world_size,
         "digest": state_digest(model),
@@ -151,7 +160,6 @@ def main() -> None:
         "card_flops": sum(model.model_card_data.measured_flops.values()),
         **EVENTS,
     }
-    (args.out / f"rank{RANK}.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
