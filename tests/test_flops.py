@@ -17,6 +17,7 @@ from optical_st.evaluation.flops import (
     count_flops,
     encoder_phases,
 )
+from optical_st.phases import MINING, work_phase
 
 
 def test_linear_forward_and_backward_match_the_matmul_formula():
@@ -94,14 +95,18 @@ def test_ot_step_phases_match_separate_counts(teacher, wide_student, bitext):
 
 
 class Miner:
-    """Stands in for a hard-negative sampler's re-mining: encodes texts with the current student."""
+    """Stands in for a hard-negative sampler's re-mining: encodes texts with the current student, marked as the
+    mining work phase (as HardNegativeMiningCallback.refresh marks it)."""
 
     def __init__(self, model):
         self.model = model
 
     def mine(self, texts):
-        with torch.no_grad():
+        with work_phase(MINING), torch.no_grad():
             return self.model.encode_query(texts, convert_to_tensor=True)
+
+
+STEP_TEXTS = ["mulungu ndi"] * 2
 
 
 class MineEveryStep(TrainerCallback):
@@ -111,10 +116,10 @@ class MineEveryStep(TrainerCallback):
         self.miner = miner
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.miner.mine(["mulungu ndi"] * 2)
+        self.miner.mine(STEP_TEXTS)
 
 
-def test_callback_extrapolates_and_tracks_mining(teacher, wide_student, tmp_path):
+def test_callback_extrapolates_and_counts_mining(teacher, wide_student, tmp_path):
     model = build_optical_model(teacher, wide_student)
     loss = OTDistillationLoss(model, reg=0.05, max_iter=20, tol=0)  # fixed iterations: identical steps
     # identical rows: every step has the same shapes, so sampled and exhaustive measurement must agree
@@ -123,8 +128,6 @@ def test_callback_extrapolates_and_tracks_mining(teacher, wide_student, tmp_path
     for every in (1, 2):
         callback = FlopsCallback(model, loss, every_n_steps=every)
         miner = Miner(model)
-        callback.track(miner, "mine")
-        miner.mine(["mulungu"] * 3)  # outside any step: runs under its own counter
         args = SentenceTransformerTrainingArguments(
             output_dir=str(tmp_path / f"out{every}"),
             per_device_train_batch_size=4,
@@ -134,9 +137,14 @@ def test_callback_extrapolates_and_tracks_mining(teacher, wide_student, tmp_path
             use_cpu=True,
             router_mapping=router_mapping(dataset),
         )
-        SentenceTransformerTrainer(
+        trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback, MineEveryStep(miner)]
-        ).train()
+        )
+        miner.mine(["mulungu"] * 7)  # before counting: not counted
+        with callback.counting(MINING):
+            miner.mine(["mulungu"] * 3)  # outside any step: runs under its own counter
+            trainer.train()
+        miner.mine(["mulungu"] * 5)  # after counting: not counted
         reports[every] = callback.report
     exact, sampled = reports[1], reports[2]
     assert (exact.total_steps, exact.measured_steps, sampled.measured_steps) == (3, 3, 2)
@@ -147,6 +155,9 @@ def test_callback_extrapolates_and_tracks_mining(teacher, wide_student, tmp_path
     # mining is summed exactly, inside measured steps (forced phase) or not (own counter): the same in both runs
     mining = exact.one_off["mining"]
     assert mining > 0 and sampled.one_off["mining"] == mining
+    # exactly the marked calls inside `counting`: one before training and one per step
+    before, each_step = (count_flops(miner.mine, texts)[1]["loss"] for texts in (["mulungu"] * 3, STEP_TEXTS))
+    assert mining == before + 3 * each_step
     assert exact.total == pytest.approx(exact.step_flops * 3 + mining)
     assert exact.analytic_per_step["ot_elementwise_analytic"] > 0
     assert exact.total_with_analytic > exact.total

@@ -18,7 +18,7 @@ Phases
     :class:`PhaseFlopCounter` splits the count into ``student_forward``, ``teacher_forward`` (forward passes of the
     registered modules), ``backward`` (all of autograd's backward: the student and the loss), ``loss`` (forward ops
     outside the encoders: OT cost matrix and Sinkhorn matvecs, or the contrastive similarity matrix) and forced phases
-    such as ``mining`` (hard-negative re-encoding, see :meth:`FlopsCallback.track`).
+    such as ``mining`` (hard-negative re-encoding, see :meth:`FlopsCallback.counting`).
 
 :class:`FlopsCallback` measures training steps under the counter (every ``every_n_steps``-th step, default 10: the
 counter slows a step down by ~25% on CPU) and extrapolates to the whole run; mining and other one-off costs are summed
@@ -39,6 +39,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import TrainerCallback
 
+from optical_st.ot import SinkhornLog
+from optical_st.phases import observe_phases
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
 __all__ = [
@@ -258,20 +260,23 @@ class FlopsCallback(TrainerCallback):
     teacher forward, loss (OT cost + Sinkhorn matvecs / similarity matrix) and backward, summed over the step's
     gradient-accumulation micro-batches. :attr:`report` extrapolates the mean measured step to every step of the run.
     Work outside the steps (re-mining hard negatives, precomputing teacher embeddings) is added exactly with
-    :meth:`track` or :meth:`add_one_off`. A loss's :class:`~optical_st.TeacherCache` is bypassed on measured steps,
-    so the teacher's forward counts as the method's cost even when later steps read it from the cache.
+    :meth:`counting` (work the code marks with :func:`optical_st.phases.work_phase`) or :meth:`add_one_off`. A loss's
+    :class:`~optical_st.TeacherCache` is bypassed on measured steps, so the teacher's forward counts as the method's
+    cost even when later steps read it from the cache.
 
     Args:
         model: the model being trained (an OPTICAL Router model or a plain student).
-        loss: the training loss (used to find a separate teacher, and ``last_solver_log`` of OTDistillationLoss for the
-            analytic Sinkhorn estimate).
+        loss: the training loss (used to find a separate teacher, and for the analytic Sinkhorn estimate its
+            ``last_solver_log``: the :class:`~optical_st.ot.SinkhornLog` of its last step, which
+            :class:`~optical_st.OTDistillationLoss` keeps).
         every_n_steps: measure one step in ``every_n_steps`` (1 = every step, exact but ~25% slower on CPU).
 
     Example::
 
         >>> flops = FlopsCallback(model, loss, every_n_steps=10)  # doctest: +SKIP
         >>> trainer = SentenceTransformerTrainer(..., loss=loss, callbacks=[flops])  # doctest: +SKIP
-        >>> trainer.train()  # doctest: +SKIP
+        >>> with flops.counting(optical_st.phases.MINING):  # and the sampler's re-mining  # doctest: +SKIP
+        ...     trainer.train()
         >>> flops.report.total, flops.report.per_step  # doctest: +SKIP
     """
 
@@ -294,25 +299,29 @@ class FlopsCallback(TrainerCallback):
         """Add FLOPs measured elsewhere (e.g. with :func:`count_flops`) to the run's one-off costs."""
         self._one_off[phase] += int(flops)
 
-    def track(self, obj: Any, method: str, phase: str = "mining") -> None:
-        """Count every call of ``obj.method`` (e.g. a sampler's re-mining) exactly, as one-off ``phase`` FLOPs.
+    @contextlib.contextmanager
+    def counting(self, *phases: str) -> Iterator[None]:
+        """Inside the block, count the work the code marks as one of ``phases`` (``with work_phase(name):``, see
+        :mod:`optical_st.phases`; e.g. :data:`~optical_st.phases.MINING`, a hard-negative sampler's re-mining) exactly,
+        as one-off FLOPs of that phase. Wrap ``trainer.train()`` in it.
 
-        Inside a measured step the call is attributed to ``phase`` and kept out of the step extrapolation; outside one
-        it runs under its own counter.
+        Inside a measured step the marked work is attributed to its phase and kept out of the step extrapolation;
+        outside one it runs under its own counter.
         """
-        original = getattr(obj, method)
+        with observe_phases(functools.partial(self._count_phase, frozenset(phases))):
+            yield
 
-        @functools.wraps(original)
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            if self._counter is not None:
-                with self._counter.force_phase(phase):
-                    return original(*args, **kwargs)
+    @contextlib.contextmanager
+    def _count_phase(self, counted: frozenset[str], phase: str) -> Iterator[None]:
+        if phase not in counted:
+            yield
+        elif self._counter is not None:
+            with self._counter.force_phase(phase):
+                yield
+        else:
             with PhaseFlopCounter() as counter, counter.force_phase(phase):
-                result = original(*args, **kwargs)
+                yield
             self._one_off[phase] += counter.phase_flops[phase]
-            return result
-
-        setattr(obj, method, counted)
 
     # -- trainer hooks ------------------------------------------------------------------------------
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -337,14 +346,10 @@ class FlopsCallback(TrainerCallback):
                 self._one_off[phase] += flops
         self._measured += 1
         log = getattr(self.loss, "last_solver_log", None)
-        if log is not None and getattr(log, "f", None) is not None:
+        if isinstance(log, SinkhornLog):  # a Sinkhorn solve this step (the exact solver keeps no log)
             batch, n = log.f.shape
             self._analytic["ot_elementwise_analytic"] += sinkhorn_elementwise_flops(
-                batch,
-                n,
-                log.g.shape[-1],
-                absorptions=getattr(log, "absorptions", 0),
-                log_domain_blocks=getattr(log, "log_domain_blocks", 0),
+                batch, n, log.g.shape[-1], absorptions=log.absorptions, log_domain_blocks=log.log_domain_blocks
             )
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -14,8 +14,11 @@ __all__ = ["SinkhornLog", "check_reg", "sinkhorn_log"]
 
 @dataclass
 class SinkhornLog:
-    """What :func:`sinkhorn_log` did: iterations run, final marginal error per problem, convergence, and the
-    dual potentials ``f (B, n)``, ``g (B, m)`` in cost units (``plan = exp((f_i + g_j - C_ij) / reg)``)."""
+    """What :func:`sinkhorn_log` did: iterations run, final marginal error per problem, convergence, the dual
+    potentials ``f (B, n)``, ``g (B, m)`` in cost units (``plan = exp((f_i + g_j - C_ij) / reg)``), and how often the
+    stabilised iterations rebuilt their kernel: ``log_domain_blocks`` (blocks of ``check_every`` iterations redone
+    with exact log-sum-exp updates after the scalings under- or overflowed) and ``absorptions`` (the scalings grew
+    large and were absorbed into the potentials)."""
 
     n_iter: int
     err: Tensor

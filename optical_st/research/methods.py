@@ -16,8 +16,9 @@ from torch import nn
 from optical_st.evaluation.flops import PhaseFlopCounter
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
 from optical_st.modeling import router_mapping
+from optical_st.phases import MINING
 from optical_st.research.config import ExperimentConfig
-from optical_st.sampling import DynamicHardNegativeSampler, HardNegativeMiningCallback, LengthGroupedBatchSampler
+from optical_st.sampling import DynamicHardNegativeSampler, LengthGroupedBatchSampler
 
 __all__ = [
     "ENGLISH_CEILING",
@@ -33,14 +34,15 @@ __all__ = [
 
 @dataclass
 class TrainSetup:
-    """What a method trains with. ``track``: ``(object, method_name)`` pairs whose calls are one-off FLOPs (e.g. a
-    sampler's re-mining); ``one_off_flops``: FLOPs spent before training (e.g. teacher label precomputation)."""
+    """What a method trains with. ``counted_phases``: the work phases (:mod:`optical_st.phases`) during training whose
+    FLOPs are one-off costs, counted exactly (e.g. ``MINING``, a sampler's re-mining); ``one_off_flops``: FLOPs spent
+    before training (e.g. teacher label precomputation)."""
 
     loss: nn.Module
     train_dataset: Dataset
     router_mapping: dict[str, str]
     batch_sampler: Any = None
-    track: list[tuple[Any, str, str]] = field(default_factory=list)
+    counted_phases: list[str] = field(default_factory=list)
     one_off_flops: dict[str, int] = field(default_factory=dict)
 
 
@@ -124,7 +126,7 @@ def _attach_sampler(plan: TrainSetup, settings: dict[str, Any], config: Experime
     grouped = isinstance(config.batch_sampler, type) and issubclass(config.batch_sampler, LengthGroupedBatchSampler)
     plan.batch_sampler = DynamicHardNegativeSampler.configure(**{"group_by_length": grouped, **settings})
     # every (re-)mining: encoding anchors and candidates with the current model, and the search
-    plan.track.append((HardNegativeMiningCallback, "refresh", "mining"))
+    plan.counted_phases.append(MINING)
 
 
 def _kwargs_text(kwargs: dict[str, Any]) -> str:

@@ -3,14 +3,13 @@ FLOPs and wall time), evaluate each model on the same benchmark, and return one 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from sentence_transformers import (
     SentenceTransformerTrainingArguments,
 )
 from sentence_transformers.util import mine_hard_negatives
+from torch import nn
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
@@ -33,7 +33,7 @@ from optical_st.evaluation.flops import FlopsCallback, PhaseFlopCounter
 from optical_st.losses import OTDiagnosticsCallback, OTDistillationLoss, TeacherCache
 from optical_st.modeling import build_optical_model, column_prompts
 from optical_st.research.config import ExperimentConfig, resolve_bf16, resolve_device
-from optical_st.research.methods import ENGLISH_CEILING, Method, english_ceiling
+from optical_st.research.methods import ENGLISH_CEILING, Method, TrainSetup, english_ceiling
 from optical_st.routes import find_router
 from optical_st.sampling import DynamicHardNegativeSampler
 from optical_st.utils import portable_path
@@ -154,26 +154,6 @@ def _set_max_seq_length(model: SentenceTransformer, length: int) -> None:
                 module.max_seq_length = length
 
 
-@contextlib.contextmanager
-def _tracking(flops: FlopsCallback, track: Sequence[tuple[Any, str, str]]) -> Iterator[None]:
-    """Count calls of ``obj.method`` for the duration of one run, then restore the originals."""
-    originals = []
-    try:
-        for obj, method, phase in track:
-            if hasattr(obj, method):
-                originals.append((obj, method, obj.__dict__.get(method)))
-                flops.track(obj, method, phase)
-            else:
-                logger.warning("Cannot count FLOPs of %s.%s: no such attribute.", obj, method)
-        yield
-    finally:
-        for obj, method, original in reversed(originals):
-            if original is None:
-                delattr(obj, method)
-            else:
-                setattr(obj, method, original)
-
-
 def summarize(raw: dict[str, float], bench: RetrievalBenchmark, fn: str) -> dict[str, float]:
     """The report's metric names from an evaluator's raw keys: translation benchmarks (bitext) give accuracy@1 in
     both directions, MRR@10 and nDCG@10; relevance benchmarks give ``xref``-prefixed MAP@100, nDCG@10, R@100, MRR@10."""
@@ -281,16 +261,55 @@ def train_one(
     )
     _set_max_seq_length(model, config.max_seq_length)
     start = time.perf_counter()
+    plan = _set_up(method, model, train, config, record)
+    cache_counts = _share_teacher_cache(plan.loss, teacher_cache)
+    args = _training_arguments(config, model, plan, run_dir, seed, device)
+    flops, resume = _measurements(model, plan, config, start, checkpoint)
+    if checkpoint is not None:
+        logger.info("Resuming %s seed %d from %s", method.name, seed, checkpoint)
+    callbacks = [flops, resume]
+    if isinstance(plan.loss, OTDistillationLoss):
+        callbacks.append(OTDiagnosticsCallback(plan.loss))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=callbacks
+    )
+    if plan.batch_sampler is not None:
+        DynamicHardNegativeSampler.attach(trainer)
+    with flops.counting(*plan.counted_phases):  # e.g. a sampler's re-mining, which it runs as a work phase
+        trainer.train(resume_from_checkpoint=checkpoint)
+    record.update(_training_record(trainer, flops, resume, checkpoint))
+    if cache_counts is not None:
+        hits, misses = cache_counts
+        record["teacher_cache"] = {"hits": teacher_cache.hits - hits, "misses": teacher_cache.misses - misses}
+    return model, record
+
+
+def _set_up(
+    method: Method, model: SentenceTransformer, train: Dataset, config: ExperimentConfig, record: dict[str, Any]
+) -> TrainSetup:
+    """The method's training setup, after the optional student map (its fit statistics go to ``record``, its FLOPs
+    to the setup's one-off costs)."""
     one_off: dict[str, int] = {}
     if config.student_map:
         record["student_map"], one_off["student_map"] = fit_map(model, train, config)
     plan = method.setup(model, train, config)
     plan.one_off_flops.update(one_off)
-    cached = teacher_cache is not None and hasattr(plan.loss, "teacher_cache")
-    if cached:
-        plan.loss.teacher_cache = teacher_cache
-        hits, misses = teacher_cache.hits, teacher_cache.misses
-    args = SentenceTransformerTrainingArguments(
+    return plan
+
+
+def _share_teacher_cache(loss: nn.Module, teacher_cache: TeacherCache | None) -> tuple[int, int] | None:
+    """Give the loss the study's teacher cache when it takes one (its ``teacher_cache`` setter checks the value);
+    ``(hits, misses)`` of the cache before this run, or ``None`` when the run does not use it."""
+    if teacher_cache is None or not hasattr(loss, "teacher_cache"):
+        return None
+    loss.teacher_cache = teacher_cache
+    return teacher_cache.hits, teacher_cache.misses
+
+
+def _training_arguments(
+    config: ExperimentConfig, model: SentenceTransformer, plan: TrainSetup, run_dir: Path, seed: int, device: str
+) -> SentenceTransformerTrainingArguments:
+    return SentenceTransformerTrainingArguments(
         output_dir=str(run_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -310,6 +329,13 @@ def train_one(
         prompts=column_prompts(model, plan.router_mapping),
         batch_sampler=plan.batch_sampler if plan.batch_sampler is not None else config.batch_sampler,
     )
+
+
+def _measurements(
+    model: SentenceTransformer, plan: TrainSetup, config: ExperimentConfig, start: float, checkpoint: str | None
+) -> tuple[FlopsCallback, _ResumeState]:
+    """The run's FLOPs counter (with the setup's one-off costs) and its resume state, continued from ``checkpoint``
+    when the run resumes."""
     flops = FlopsCallback(model, plan.loss, every_n_steps=config.flops_every)
     for phase, value in plan.one_off_flops.items():
         flops.add_one_off(phase, value)
@@ -318,29 +344,23 @@ def train_one(
         saved = _ResumeState.load(checkpoint)
         flops.load_state_dict(saved["flops"])  # replaces the one-offs just added: the saved ones include them
         resume.spent = float(saved["train_seconds"])
-        logger.info("Resuming %s seed %d from %s", method.name, seed, checkpoint)
-    callbacks = [flops, resume]
-    if isinstance(plan.loss, OTDistillationLoss):
-        callbacks.append(OTDiagnosticsCallback(plan.loss))
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=callbacks
-    )
-    if plan.batch_sampler is not None:
-        DynamicHardNegativeSampler.attach(trainer)
-    with _tracking(flops, plan.track):
-        trainer.train(resume_from_checkpoint=checkpoint)
-    record.update(
-        train_seconds=resume.seconds(),
-        steps=trainer.state.global_step,
-        epochs=trainer.state.epoch or 0.0,
-        train_loss=[log["loss"] for log in trainer.state.log_history if "loss" in log],
-        train_logs=[log for log in trainer.state.log_history if "loss" in log],
-        flops=flops.report.to_dict(),
-        resumed_from_step=int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None,
-    )
-    if cached:
-        record["teacher_cache"] = {"hits": teacher_cache.hits - hits, "misses": teacher_cache.misses - misses}
-    return model, record
+    return flops, resume
+
+
+def _training_record(
+    trainer: SentenceTransformerTrainer, flops: FlopsCallback, resume: _ResumeState, checkpoint: str | None
+) -> dict[str, Any]:
+    """What a finished training run cost and logged."""
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    return {
+        "train_seconds": resume.seconds(),
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch or 0.0,
+        "train_loss": [log["loss"] for log in logs],
+        "train_logs": logs,
+        "flops": flops.report.to_dict(),
+        "resumed_from_step": int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None,
+    }
 
 
 def fit_map(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> tuple[dict[str, float], int]:

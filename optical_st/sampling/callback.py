@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from optical_st.modeling import document_route_frozen
+from optical_st.phases import MINING, work_phase
 from optical_st.routes import column_routes
 from optical_st.sampling.config import HardNegativeConfig
 from optical_st.sampling.distributed import broadcast_from_main, encode_sharded, rank_and_world
@@ -283,7 +284,12 @@ class HardNegativeMiningCallback(TrainerCallback):
 
     def refresh(self, model, args, trainer_state, initial: bool, all_anchors: bool = False) -> None:
         """One refresh: mine (or draw) a new table for the anchors the coming batches read, and install it from the
-        next sampler position no rank has fetched yet."""
+        next sampler position no rank has fetched yet. Runs as the ``mining`` work phase
+        (:func:`optical_st.phases.work_phase`), which :class:`optical_st.evaluation.FlopsCallback` can count."""
+        with work_phase(MINING):
+            self._refresh(model, args, trainer_state, initial, all_anchors)
+
+    def _refresh(self, model, args, trainer_state, initial: bool, all_anchors: bool) -> None:
         config, state = self.config, self.state
         _, world = rank_and_world()
         start = time.perf_counter()
