@@ -6,7 +6,7 @@ copy of the teacher, so this is the first training step), and prints:
 * the cosine costs between the tokens that carry mass (content tokens; prompt and special tokens excluded), their
   spread, and how much of each token is the direction all tokens share (cosine with the mean token);
 * token norms on both sides (the cosine cost leaves them free; mean pooling weighs tokens by them);
-* for each ``reg`` and the exact plan, with and without centring (``OTDistillationLoss(center=...)``): Sinkhorn
+* for each ``reg`` and the exact plan, with and without centring (``OTConfig(center=...)``): Sinkhorn
   iterations, the plan's entropy relative to the independent coupling (1 = uniform), the mass on each student token's
   best match (1 = a one-to-one matching) and ``<P, C>``.
 

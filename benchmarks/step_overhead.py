@@ -38,7 +38,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 from sentence_transformers.sentence_transformer.losses import MSELoss
 
-from optical_st import ContrastiveDistillationLoss, OTDistillationLoss, build_optical_model, column_prompts
+from optical_st import ContrastiveDistillationLoss, OTConfig, OTDistillationLoss, build_optical_model, column_prompts
 from optical_st.data import load_bible_bitext
 from optical_st.research.config import default_multilingual_model
 from optical_st.routes import STUDENT_ROUTE, model_routes, route_modules
@@ -83,7 +83,11 @@ def build_steps(base_model, feats, device, reg):
     def copy_feats(*keys):
         return [dict(feats[k]) for k in keys]
 
-    make("OT-KD", lambda m: OTDistillationLoss(m, reg=reg), lambda m, loss: loss(copy_feats("english", "lrl")))
+    make(
+        "OT-KD",
+        lambda m: OTDistillationLoss(m, ot_config=OTConfig(reg=reg)),
+        lambda m, loss: loss(copy_feats("english", "lrl")),
+    )
 
     def mse_online(model, loss):
         teacher = model[0]  # the Router: its document route is the frozen teacher
@@ -106,7 +110,7 @@ def build_steps(base_model, feats, device, reg):
         value = loss(copy_feats("english", "lrl"))
         return sum(value.values()) if isinstance(value, dict) else value
 
-    default = lambda m: OTDistillationLoss(m, reg=reg, contrastive_weight=1.0)  # noqa: E731
+    default = lambda m: OTDistillationLoss(m, ot_config=OTConfig(reg=reg), contrastive_weight=1.0)  # noqa: E731
     make("OT + InfoNCE", default, total)
     make("OT + InfoNCE (frozen embeddings)", default, total, freeze_word_embeddings=True)
     return steps, trainable

@@ -16,12 +16,14 @@ from optical_st.modeling import (
     load_optical_model,
     router_mapping,
 )
+from optical_st.ot import OTConfig
 from optical_st.sampling import DynamicHardNegativeSampler
 
 __all__ = [
     "ContrastiveDistillationLoss",
     "DynamicHardNegativeSampler",
     "HubPushError",
+    "OTConfig",
     "OTDistillationLoss",
     "OpticalModelCardData",
     "TeacherCache",

@@ -12,7 +12,14 @@ import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
-from optical_st import OTDistillationLoss, build_optical_model, export_student, load_optical_model, router_mapping
+from optical_st import (
+    OTConfig,
+    OTDistillationLoss,
+    build_optical_model,
+    export_student,
+    load_optical_model,
+    router_mapping,
+)
 from optical_st.evaluation import EmbeddingCache
 from optical_st.modeling import document_route_frozen
 from optical_st.routes import find_router
@@ -101,7 +108,7 @@ def test_adapter_student_trains_only_the_adapter(teacher, bitext, tmp_path):
     teacher.eval()
     base_docs = teacher.encode(DOCUMENTS, convert_to_tensor=True)
     dataset = Dataset.from_dict({c: list(bitext[c]) * 4 for c in bitext.column_names})
-    loss = OTDistillationLoss(model, reg=0.05)
+    loss = OTDistillationLoss(model, ot_config=OTConfig(reg=0.05))
     mapping = router_mapping(dataset)
     with torch.no_grad():
         before = _total(loss(features_for(model, bitext, mapping), None))
@@ -275,7 +282,7 @@ def test_copies_and_trainer_checkpoints_keep_one_shared_base(teacher, tmp_path):
         model=clone,
         args=make_training_args(tmp_path, dataset),
         train_dataset=dataset,
-        loss=OTDistillationLoss(clone, reg=0.05),
+        loss=OTDistillationLoss(clone, ot_config=OTConfig(reg=0.05)),
     )
     trainer._load_from_checkpoint(str(tmp_path / "checkpoint"))
     again_queries, again_docs = encode(clone)

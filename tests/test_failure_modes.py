@@ -18,6 +18,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from optical_st import (
     ContrastiveDistillationLoss,
     OpticalModelCardData,
+    OTConfig,
     OTDistillationLoss,
     build_optical_model,
     check_bitext,
@@ -92,11 +93,7 @@ def test_router_mapping_against_the_column_order_raises_before_training(teacher,
         {"sentence_weight": math.inf},
         {"sentence_weight": math.nan},
         {"contrastive_weight": math.inf},
-        {"tol": math.nan},
-        {"reg": math.inf},
         {"temperature": math.nan},
-        {"max_iter": 0},
-        {"max_iter": 10.5},
         {"sentence_weight": -1},
         {"contrastive_weight": "0.1"},
     ],
@@ -104,6 +101,12 @@ def test_router_mapping_against_the_column_order_raises_before_training(teacher,
 def test_ot_loss_refuses_non_finite_and_out_of_range_numbers(teacher, kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         OTDistillationLoss(build_optical_model(teacher), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"tol": math.nan}, {"reg": math.inf}, {"max_iter": 0}, {"max_iter": 10.5}])
+def test_ot_config_refuses_non_finite_and_out_of_range_numbers(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        OTConfig(**kwargs)
 
 
 @pytest.mark.parametrize("temperature", [math.inf, math.nan, 0.0, -1.0, True])
@@ -115,15 +118,15 @@ def test_contrastive_loss_refuses_bad_temperature(teacher, temperature):
 def test_numpy_and_tensor_scalars_are_accepted_as_floats(teacher):
     loss = OTDistillationLoss(
         build_optical_model(teacher),
-        reg=np.float32(0.1),
-        tol=torch.tensor(1e-4),
-        max_iter=np.int64(20),
+        ot_config=OTConfig(reg=np.float32(0.1), tol=torch.tensor(1e-4), max_iter=np.int64(20)),
         sentence_weight=np.float64(0.5),
         temperature=torch.tensor(0.05),
     )
-    for name in ("reg", "tol", "sentence_weight", "temperature"):
+    for name in ("sentence_weight", "temperature"):
         assert type(getattr(loss, name)) is float, name
-    assert type(loss.max_iter) is int
+    for name in ("reg", "tol"):
+        assert type(getattr(loss.ot_config, name)) is float, name
+    assert type(loss.ot_config.max_iter) is int
     assert ot.check_reg(np.float32(0.25)) == 0.25
     assert ot.sinkhorn_log(torch.rand(2, 3, 4), reg=torch.tensor(0.1)).shape == (2, 3, 4)
 

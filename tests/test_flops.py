@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertModel, TrainerCallback
 
-from optical_st import OTDistillationLoss, build_optical_model, router_mapping
+from optical_st import OTConfig, OTDistillationLoss, build_optical_model, router_mapping
 from optical_st.evaluation.flops import (
     FlopsCallback,
     PhaseFlopCounter,
@@ -68,7 +68,7 @@ def test_cpu_attention_is_counted_like_the_eager_path(tiny_dirs):
 
 def ot_setup(teacher, wide_student, bitext):
     model = build_optical_model(teacher, wide_student)
-    loss = OTDistillationLoss(model, reg=0.05)
+    loss = OTDistillationLoss(model, ot_config=OTConfig(reg=0.05))
     mapping = router_mapping(bitext)
     feats = []
     for column in bitext.column_names:
@@ -121,7 +121,8 @@ class MineEveryStep(TrainerCallback):
 
 def test_callback_extrapolates_and_counts_mining(teacher, wide_student, tmp_path):
     model = build_optical_model(teacher, wide_student)
-    loss = OTDistillationLoss(model, reg=0.05, max_iter=20, tol=0)  # fixed iterations: identical steps
+    # fixed iterations: identical steps
+    loss = OTDistillationLoss(model, ot_config=OTConfig(reg=0.05, max_iter=20, tol=0))
     # identical rows: every step has the same shapes, so sampled and exhaustive measurement must agree
     dataset = Dataset.from_dict({"english": ["god is love"] * 12, "lrl": ["mulungu ndi chikondi"] * 12})
     reports = {}

@@ -25,7 +25,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 import optical_st
-from optical_st import OpticalModelCardData, OTDistillationLoss, build_optical_model, export_student
+from optical_st import OpticalModelCardData, OTConfig, OTDistillationLoss, build_optical_model, export_student
 from optical_st.evaluation import FlopsCallback
 from optical_st.hub import (
     HubPushError,
@@ -77,7 +77,7 @@ def trained_once(tiny_dirs, tmp_path_factory):
     english, lrl = zip(*PAIRS, strict=True)
     dataset = Dataset.from_dict({"english": list(english) * 2, "lrl": list(lrl) * 2})
     args = make_training_args(tmp_path_factory.mktemp("trainer"), dataset)
-    loss = OTDistillationLoss(model, reg=0.05, max_iter=50)
+    loss = OTDistillationLoss(model, ot_config=OTConfig(reg=0.05, max_iter=50))
     flops = FlopsCallback(model, loss, every_n_steps=2)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[flops])
     trainer.train()

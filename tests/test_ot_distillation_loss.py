@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import FrozenInstanceError
 
+import numpy as np
 import pytest
 import torch
 from conftest import features_for, make_training_args
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 
-from optical_st import OTDistillationLoss, build_optical_model, export_student, router_mapping
+from optical_st import OTConfig, OTDistillationLoss, build_optical_model, export_student, router_mapping
+from optical_st.losses import TokenEmbeddings
 from optical_st.ot import cosine_cost, sinkhorn_log, token_marginals
 
 # the maths tests solve to tolerances fp32 cannot reach (exactness against oracles); the warning has its own tests
@@ -23,11 +26,20 @@ def batch_loss(loss: OTDistillationLoss, model: SentenceTransformer, dataset: Da
         return float(loss(features_for(model, dataset, mapping), None))
 
 
+def sides(s, s_mask, t, t_mask) -> tuple[TokenEmbeddings, TokenEmbeddings]:
+    """Hand-made student and teacher sides for ``compute_loss_from_embeddings``."""
+    return TokenEmbeddings(s, s_mask), TokenEmbeddings(t, t_mask)
+
+
+def ot_loss(model: SentenceTransformer, teacher: SentenceTransformer | None = None, **settings) -> OTDistillationLoss:
+    """The loss with ``settings`` as its OTConfig."""
+    return OTDistillationLoss(model, teacher=teacher, ot_config=OTConfig(**settings))
+
+
 # ------------------------------------------------------------------------------------------------
 # maths
 # ------------------------------------------------------------------------------------------------
 def test_gradient_wrt_cost_is_the_plan(teacher):
-    loss = OTDistillationLoss(teacher, teacher=teacher, reg=0.05, max_iter=500, tol=1e-9, cost_scale=None)
     captured = {}
 
     def cost_fn(x, y):
@@ -36,13 +48,13 @@ def test_gradient_wrt_cost_is_the_plan(teacher):
         captured["cost"] = c
         return c
 
-    loss.cost = cost_fn
+    loss = ot_loss(teacher, teacher, reg=0.05, max_iter=500, tol=1e-9, cost_scale=None, cost=cost_fn)
     g = torch.Generator().manual_seed(0)
     s = torch.randn(3, 5, 8, generator=g, requires_grad=True)
     t = torch.randn(3, 6, 8, generator=g)
     s_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
     t_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
-    value = loss.compute_loss_from_embeddings(s, s_mask, t, t_mask)
+    value = loss.compute_loss_from_embeddings(*sides(s, s_mask, t, t_mask))
     value.backward()
     plan = sinkhorn_log(
         captured["cost"].detach(), token_marginals(s_mask), token_marginals(t_mask), reg=0.05, max_iter=500, tol=1e-9
@@ -62,12 +74,12 @@ def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
     t = torch.randn(2, 5, 8, generator=g) + shared
     s_mask, t_mask = torch.ones(2, 4), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     kwargs = dict(reg=0.05, max_iter=2000, tol=1e-9, cost_scale=None)
-    centered = OTDistillationLoss(teacher, teacher=teacher, center=True, **kwargs)
-    plain = OTDistillationLoss(teacher, teacher=teacher, center=False, **kwargs)
+    centered = ot_loss(teacher, teacher, center=True, **kwargs)
+    plain = ot_loss(teacher, teacher, center=False, **kwargs)
     # oracle: the mean of each sentence's mean teacher token (uniform mass over its real tokens), by hand
     mu = torch.stack([t[0, :5].mean(0), t[1, :3].mean(0)]).mean(0)
-    value = centered.compute_loss_from_embeddings(s, s_mask, t, t_mask)
-    expected = plain.compute_loss_from_embeddings(s - mu, s_mask, t - mu, t_mask)
+    value = centered.compute_loss_from_embeddings(*sides(s, s_mask, t, t_mask))
+    expected = plain.compute_loss_from_embeddings(*sides(s - mu, s_mask, t - mu, t_mask))
     torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
     # and against POT on the centred cosine cost, problem by problem
     for i, n_t in enumerate((5, 3)):
@@ -82,7 +94,7 @@ def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
             stopThr=1e-10,
         )
         single = plain.compute_loss_from_embeddings(
-            (s[i : i + 1] - mu).detach(), s_mask[:1], (t[i : i + 1, :n_t] - mu), torch.ones(1, n_t)
+            *sides((s[i : i + 1] - mu).detach(), s_mask[:1], (t[i : i + 1, :n_t] - mu), torch.ones(1, n_t))
         )
         assert float(single) == pytest.approx(float(ref), abs=1e-5)
     # the shared direction squeezes the uncentred costs: the centred plan is sharper
@@ -91,12 +103,8 @@ def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
     assert torch.isfinite(s.grad).all()
     # squared Euclidean costs do not change under a common shift
     sq = dict(kwargs, cost="sqeuclidean")
-    a = OTDistillationLoss(teacher, teacher=teacher, center=True, **sq).compute_loss_from_embeddings(
-        s, s_mask, t, t_mask
-    )
-    b = OTDistillationLoss(teacher, teacher=teacher, center=False, **sq).compute_loss_from_embeddings(
-        s, s_mask, t, t_mask
-    )
+    a = ot_loss(teacher, teacher, center=True, **sq).compute_loss_from_embeddings(*sides(s, s_mask, t, t_mask))
+    b = ot_loss(teacher, teacher, center=False, **sq).compute_loss_from_embeddings(*sides(s, s_mask, t, t_mask))
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-6)
 
 
@@ -109,8 +117,8 @@ def test_cost_scale_max_makes_reg_relative_to_the_largest_cost(teacher):
     t_junk[1, 4:] = 100.0  # padding: must not set the scale
     kwargs = dict(reg=0.05, max_iter=5000, tol=1e-9, center=False)
     for cost in ("cosine", "sqeuclidean"):
-        scaled = OTDistillationLoss(teacher, teacher=teacher, cost=cost, cost_scale="max", **kwargs)
-        value = scaled.compute_loss_from_embeddings(s, s_mask, t_junk, t_mask)
+        scaled = ot_loss(teacher, teacher, cost=cost, cost_scale="max", **kwargs)
+        value = scaled.compute_loss_from_embeddings(*sides(s, s_mask, t_junk, t_mask))
         # oracle: each problem's cost over its real tokens divided by its own largest entry, solved unscaled
         expected = []
         for i, m in enumerate((6, 4)):
@@ -120,12 +128,12 @@ def test_cost_scale_max_makes_reg_relative_to_the_largest_cost(teacher):
         assert float(value) == pytest.approx(sum(expected) / 2, abs=1e-5), cost
     # one reg, one sharpness: squared-Euclidean costs of norm-5 embeddings converge in the default iterations
     big_s, big_t = 5 * s, 5 * t
-    default = OTDistillationLoss(teacher, teacher=teacher, cost="sqeuclidean")
-    default.compute_loss_from_embeddings(big_s, s_mask, big_t, t_mask)
+    default = ot_loss(teacher, teacher, cost="sqeuclidean")
+    default.compute_loss_from_embeddings(*sides(big_s, s_mask, big_t, t_mask))
     assert default.last_solver_log.converged
-    raw = OTDistillationLoss(teacher, teacher=teacher, cost="sqeuclidean", cost_scale=None)
+    raw = ot_loss(teacher, teacher, cost="sqeuclidean", cost_scale=None)
     with pytest.warns(UserWarning, match="did not converge"):
-        raw.compute_loss_from_embeddings(big_s, s_mask, big_t, t_mask)
+        raw.compute_loss_from_embeddings(*sides(big_s, s_mask, big_t, t_mask))
 
 
 def pairwise(cost: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -135,17 +143,17 @@ def pairwise(cost: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def test_padding_changes_nothing(teacher):
-    loss = OTDistillationLoss(teacher, teacher=teacher, reg=0.05, max_iter=200, tol=0)
+    loss = ot_loss(teacher, teacher, reg=0.05, max_iter=200, tol=0)
     g = torch.Generator().manual_seed(1)
     s = torch.randn(2, 4, 8, generator=g)
     t = torch.randn(2, 5, 8, generator=g)
     ones_s, ones_t = torch.ones(2, 4), torch.ones(2, 5)
-    base = loss.compute_loss_from_embeddings(s.clone().requires_grad_(), ones_s, t, ones_t)
+    base = loss.compute_loss_from_embeddings(*sides(s.clone().requires_grad_(), ones_s, t, ones_t))
     # three extra padded student tokens and two teacher ones, filled with junk that must be ignored
     s_pad = torch.cat([s, 100 * torch.randn(2, 3, 8, generator=g)], 1).requires_grad_()
     t_pad = torch.cat([t, -50 * torch.randn(2, 2, 8, generator=g)], 1)
     padded = loss.compute_loss_from_embeddings(
-        s_pad, torch.cat([ones_s, torch.zeros(2, 3)], 1), t_pad, torch.cat([ones_t, torch.zeros(2, 2)], 1)
+        *sides(s_pad, torch.cat([ones_s, torch.zeros(2, 3)], 1), t_pad, torch.cat([ones_t, torch.zeros(2, 2)], 1))
     )
     torch.testing.assert_close(padded, base, atol=1e-6, rtol=0)
     padded.backward()
@@ -156,7 +164,7 @@ def test_special_tokens_can_be_excluded(teacher):
     loss = OTDistillationLoss(teacher, teacher=teacher)
     feats = teacher.preprocess(["god is love"])
     assert loss._exclude_mask(feats, loss._student).tolist() == [[True, False, False, False, True]]
-    loss.exclude_special_tokens = False
+    loss = ot_loss(teacher, teacher, exclude_special_tokens=False)
     assert loss._exclude_mask(feats, loss._student) is None
 
 
@@ -165,8 +173,8 @@ def test_sentence_term_and_emd_solver(teacher, student, bitext):
     feats = [student.preprocess(bitext["english"]), student.preprocess(bitext["lrl"])]
     out = both(feats)
     assert set(out) == {"ot", "sentence"} and all(torch.isfinite(v) for v in out.values())
-    exact = OTDistillationLoss(student, teacher=teacher, solver="emd")
-    entropic = OTDistillationLoss(student, teacher=teacher, reg=0.01, max_iter=2000, tol=1e-7)
+    exact = ot_loss(student, teacher, solver="emd")
+    entropic = ot_loss(student, teacher, reg=0.01, max_iter=2000, tol=1e-7)
     with torch.no_grad():
         e, s = float(exact(feats)), float(entropic(feats))
     assert 0 < e <= s + 1e-4  # the exact plan is the cheapest; entropic plans cost a little more
@@ -182,7 +190,7 @@ def test_router_model_trains_with_different_tokenizer_and_width(teacher, wide_st
     the teacher reads its own tokens and never changes."""
     model = build_optical_model(teacher, wide_student)
     teacher_before = {k: v.clone() for k, v in model[0].sub_modules["document"].state_dict().items()}
-    loss = OTDistillationLoss(model, reg=0.05)
+    loss = ot_loss(model, reg=0.05)
     dataset = Dataset.from_dict({c: list(bitext[c]) * 4 for c in bitext.column_names})
     mapping = router_mapping(dataset)
     before = batch_loss(loss, model, bitext, mapping)
@@ -207,7 +215,7 @@ def test_router_model_trains_with_different_tokenizer_and_width(teacher, wide_st
 
 @pytest.mark.slow  # a full training run
 def test_plain_student_with_separate_teacher(teacher, student, bitext, tmp_path):
-    loss = OTDistillationLoss(student, teacher=teacher, reg=0.05)
+    loss = ot_loss(student, teacher, reg=0.05)
     dataset = Dataset.from_dict({c: list(bitext[c]) * 4 for c in bitext.column_names})
     before = batch_loss(loss, student, bitext, None)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -328,21 +336,58 @@ def test_nan_embeddings_raise_instead_of_nan_loss(teacher):
     s = torch.randn(1, 3, 8)
     s[0, 1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
-        loss.compute_loss_from_embeddings(s, torch.ones(1, 3), torch.randn(1, 4, 8), torch.ones(1, 4))
+        loss.compute_loss_from_embeddings(*sides(s, torch.ones(1, 3), torch.randn(1, 4, 8), torch.ones(1, 4)))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"reg": 0}, "reg must be"), ({"cost": "l1"}, "Unknown cost"), ({"solver": "greenkhorn"}, "Unknown solver")],
+    [
+        ({"reg": 0}, "reg must be"),
+        ({"reg": float("nan")}, "reg must be"),
+        ({"reg": "0.05"}, "reg must be"),
+        ({"cost": "l1"}, "Unknown cost"),
+        ({"solver": "greenkhorn"}, "Unknown solver"),
+        ({"cost_scale": "mean"}, "cost_scale must be 'max' or None"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"tol": -1e-4}, "tol"),
+    ],
 )
-def test_bad_hyperparameters_raise(teacher, kwargs, match):
+def test_bad_ot_settings_raise_when_the_config_is_made(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        OTDistillationLoss(teacher, teacher=teacher, **kwargs)
+        OTConfig(**kwargs)
+
+
+def test_ot_config_defaults_checked_numbers_and_frozen(teacher):
+    assert OTConfig() == OTConfig(
+        reg=0.05, max_iter=200, tol=1e-4, cost="cosine", center=True, cost_scale="max", exclude_special_tokens=True
+    )
+    config = OTConfig(reg=np.float32(0.25), max_iter=np.int64(20), tol=torch.tensor(1e-3))
+    assert (type(config.reg), type(config.max_iter), type(config.tol)) == (float, int, float)
+    with pytest.raises(FrozenInstanceError):
+        config.reg = 0.1
+    assert OTDistillationLoss(teacher, teacher=teacher).ot_config == OTConfig()  # None: the defaults
+    with pytest.raises(TypeError, match=r"ot_config=OTConfig\("):
+        OTDistillationLoss(teacher, teacher=teacher, ot_config={"reg": 0.1})
+
+
+def test_config_dict_lists_the_ot_settings_flat_in_their_order(teacher):
+    config = ot_loss(teacher, teacher, reg=0.1, cost=cosine_cost, cost_scale=None).get_config_dict()
+    assert list(config)[1:9] == [
+        "reg",
+        "max_iter",
+        "tol",
+        "cost",
+        "exclude_special_tokens",
+        "center",
+        "cost_scale",
+        "solver",
+    ]
+    assert (config["reg"], config["cost"], config["cost_scale"]) == (0.1, "cosine_cost", None)
 
 
 def test_config_dict_is_json_serialisable(teacher):
     model = build_optical_model(teacher)
-    config = OTDistillationLoss(model, reg=0.1).get_config_dict()
+    config = ot_loss(model, reg=0.1).get_config_dict()
     assert json.loads(json.dumps(config))["reg"] == 0.1
 
 
@@ -352,6 +397,6 @@ def test_unpadded_token_embeddings_raise(teacher, student):
     mask = torch.ones(2, 3, dtype=torch.long)
     packed, padded = torch.randn(6, 32), torch.randn(2, 3, 32)
     with pytest.raises(ValueError, match="attn_implementation"):
-        loss.compute_loss_from_embeddings(packed, mask, padded, mask)
+        loss.compute_loss_from_embeddings(*sides(packed, mask, padded, mask))
     with pytest.raises(ValueError, match="teacher's token embeddings have shape"):
-        loss.compute_loss_from_embeddings(padded, mask, padded[:, :2], mask)
+        loss.compute_loss_from_embeddings(*sides(padded, mask, padded[:, :2], mask))

@@ -9,8 +9,8 @@ import torch
 from conftest import make_training_args
 from sentence_transformers import SentenceTransformerTrainer
 
-from optical_st import OTDistillationLoss, build_optical_model
-from optical_st.losses import OTDiagnosticsCallback, SinkhornConvergenceWarning
+from optical_st import OTConfig, OTDistillationLoss, build_optical_model
+from optical_st.losses import OTDiagnosticsCallback, SinkhornConvergenceWarning, TokenEmbeddings
 from optical_st.losses.ot_monitor import OTMonitor
 
 
@@ -30,21 +30,27 @@ def test_warning_is_rate_limited_to_powers_of_ten():
 
 def test_converged_batches_never_warn(teacher):
     loss = OTDistillationLoss(teacher, teacher=teacher)  # the defaults converge
-    s, t = torch.randn(2, 5, 32), torch.randn(2, 6, 32)
+    s, t = (
+        TokenEmbeddings(torch.randn(2, 5, 32), torch.ones(2, 5)),
+        TokenEmbeddings(torch.randn(2, 6, 32), torch.ones(2, 6)),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", SinkhornConvergenceWarning)
-        loss.compute_loss_from_embeddings(s, torch.ones(2, 5), t, torch.ones(2, 6))
+        loss.compute_loss_from_embeddings(s, t)
     assert loss.last_solver_log.converged and loss.monitor.not_converged == 0
 
 
 def test_non_converged_plans_warn_once_with_the_error(teacher):
-    loss = OTDistillationLoss(teacher, teacher=teacher, reg=1e-3, max_iter=5, cost_scale=None)
-    s, t = torch.randn(2, 5, 32), torch.randn(2, 6, 32)
+    loss = OTDistillationLoss(teacher, teacher=teacher, ot_config=OTConfig(reg=1e-3, max_iter=5, cost_scale=None))
+    s, t = (
+        TokenEmbeddings(torch.randn(2, 5, 32), torch.ones(2, 5)),
+        TokenEmbeddings(torch.randn(2, 6, 32), torch.ones(2, 6)),
+    )
     with pytest.warns(SinkhornConvergenceWarning, match=r"did not converge in 1 of 1 batches.*after 5 iterations"):
-        loss.compute_loss_from_embeddings(s, torch.ones(2, 5), t, torch.ones(2, 6))
+        loss.compute_loss_from_embeddings(s, t)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SinkhornConvergenceWarning)
-        loss.compute_loss_from_embeddings(s, torch.ones(2, 5), t, torch.ones(2, 6))  # the 2nd: silent
+        loss.compute_loss_from_embeddings(s, t)  # the 2nd: silent
     assert loss.monitor.not_converged == 2
 
 
@@ -63,4 +69,4 @@ def test_diagnostics_reach_the_training_logs(teacher, student, bitext, tmp_path)
         for key in ("ot_sinkhorn_iters", "ot_entropy_ratio", "ot_argmax_mass", "ot_marginal_error", "ot_cost_std"):
             assert key in line, key
         assert 0 < line["ot_entropy_ratio"] <= 1 and 0 < line["ot_argmax_mass"] <= 1
-        assert 1 <= line["ot_sinkhorn_iters"] <= loss.max_iter
+        assert 1 <= line["ot_sinkhorn_iters"] <= loss.ot_config.max_iter

@@ -7,12 +7,20 @@ import pytest
 import torch
 
 from optical_st import OTDistillationLoss, build_optical_model
+from optical_st.losses import TokenEmbeddings
 from optical_st.losses.info_nce import info_nce
 
 
-def tokens(b: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sides(
+    b: int, seed: int, student_sentence: torch.Tensor | None = None, teacher_sentence: torch.Tensor | None = None
+) -> tuple[TokenEmbeddings, TokenEmbeddings]:
+    """Random student (4 tokens) and teacher (5 tokens) sides of ``b`` rows, with the given pooled embeddings."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, 4, 8, generator=g), torch.ones(b, 4), torch.randn(b, 5, 8, generator=g), torch.ones(b, 5)
+    s, t = torch.randn(b, 4, 8, generator=g), torch.randn(b, 5, 8, generator=g)
+    return (
+        TokenEmbeddings(s, torch.ones(b, 4), sentence=student_sentence),
+        TokenEmbeddings(t, torch.ones(b, 5), sentence=teacher_sentence),
+    )
 
 
 def test_term_is_the_weighted_info_nce_and_the_ot_part_is_unchanged(teacher):
@@ -20,13 +28,12 @@ def test_term_is_the_weighted_info_nce_and_the_ot_part_is_unchanged(teacher):
     g = torch.Generator().manual_seed(0)
     s_sent = torch.randn(3, 8, generator=g, requires_grad=True)
     t_sent, n1, n2 = (torch.randn(3, 8, generator=g) for _ in range(3))
-    out = loss.compute_loss_from_embeddings(*tokens(3, 1), student_sentence=s_sent, teacher_sentence=t_sent,
-                                            negative_sentences=[n1, n2])  # fmt: skip
+    out = loss.compute_loss_from_embeddings(*sides(3, 1, s_sent, t_sent), negative_sentences=[n1, n2])
     assert set(out) == {"ot", "contrastive"}
     expected = info_nce(s_sent.detach(), t_sent, [n1, n2], 0.1)  # tested against an oracle in test_info_nce.py
     assert out["contrastive"].item() == pytest.approx(0.3 * expected.item(), rel=1e-6)
     plain = OTDistillationLoss(teacher, teacher=teacher)
-    assert out["ot"].item() == pytest.approx(plain.compute_loss_from_embeddings(*tokens(3, 1)).item(), rel=1e-6)
+    assert out["ot"].item() == pytest.approx(plain.compute_loss_from_embeddings(*sides(3, 1)).item(), rel=1e-6)
     out["contrastive"].backward()
     assert s_sent.grad is not None and s_sent.grad.abs().sum() > 0
 
@@ -68,9 +75,7 @@ def test_symmetric_term_adds_the_reverse_direction(teacher):
     out = {}
     for symmetric in (False, True):
         loss = OTDistillationLoss(teacher, teacher=teacher, contrastive_weight=1.0, symmetric=symmetric)
-        out[symmetric] = loss.compute_loss_from_embeddings(
-            *tokens(4, 1), student_sentence=s_sent, teacher_sentence=t_sent
-        )["contrastive"].item()
+        out[symmetric] = loss.compute_loss_from_embeddings(*sides(4, 1, s_sent, t_sent))["contrastive"].item()
         assert loss.get_config_dict()["symmetric"] is symmetric
     assert out[True] == pytest.approx(info_nce(s_sent, t_sent, None, 0.05, symmetric=True).item(), rel=1e-6)
     assert out[True] != pytest.approx(out[False], rel=1e-3)

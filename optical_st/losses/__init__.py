@@ -5,7 +5,7 @@ outputs shared by losses, steps and epochs."""
 
 from optical_st.losses.checks import check_bitext
 from optical_st.losses.contrastive_distillation import ContrastiveDistillationLoss
-from optical_st.losses.ot_distillation import OTDistillationLoss
+from optical_st.losses.ot_distillation import OTDistillationLoss, TokenEmbeddings
 from optical_st.losses.ot_monitor import OTDiagnosticsCallback, SinkhornConvergenceWarning
 from optical_st.losses.teacher_cache import TeacherCache
 
@@ -15,5 +15,6 @@ __all__ = [
     "OTDistillationLoss",
     "SinkhornConvergenceWarning",
     "TeacherCache",
+    "TokenEmbeddings",
     "check_bitext",
 ]

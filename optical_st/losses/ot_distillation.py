@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
@@ -16,7 +17,45 @@ from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
 from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.model_card import OPTICAL_CITATION
-from optical_st.utils import as_float, as_int
+from optical_st.ot import OTConfig
+from optical_st.utils import as_float
+
+__all__ = ["OTDistillationLoss", "TokenEmbeddings"]
+
+
+@dataclass(frozen=True)
+class TokenEmbeddings:
+    """One side of an OT distillation batch (the student's LRL texts or the teacher's English texts), as
+    :meth:`OTDistillationLoss.compute_loss_from_embeddings` reads it.
+
+    Args:
+        tokens: ``(B, n, d)`` token embeddings (the student's with grad).
+        mask: ``(B, n)`` attention mask.
+        exclude: optional ``(B, n)`` mask of tokens that get zero transport mass (special and prompt tokens).
+        sentence: optional ``(B, d)`` pooled embeddings, for the sentence and InfoNCE terms.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    exclude: Tensor | None = None
+    sentence: Tensor | None = None
+
+    @classmethod
+    def from_output(cls, output: Mapping[str, Tensor], exclude: Tensor | None = None) -> TokenEmbeddings:
+        """The side from a sentence-transformers forward output (``token_embeddings``, ``attention_mask`` and, when
+        the model pools, ``sentence_embedding``)."""
+        return cls(output["token_embeddings"], output["attention_mask"], exclude, output.get("sentence_embedding"))
+
+    def check_padded(self, name: str) -> None:
+        """Raise unless the tokens are padded ``(B, n, d)`` matching the mask (``name``: whose, for the message)."""
+        if self.tokens.dim() != 3 or self.tokens.shape[:2] != self.mask.shape:
+            # e.g. FlashAttention-2 with unpadded (packed) outputs: (total_tokens, d) instead of (B, n, d)
+            raise ValueError(
+                f"The {name}'s token embeddings have shape {tuple(self.tokens.shape)}, but the loss needs padded "
+                f"(batch, tokens, dim) embeddings matching the attention mask {tuple(self.mask.shape)}. Load the "
+                "model with model_kwargs={'attn_implementation': 'sdpa'} (or 'eager') instead of unpadded "
+                "FlashAttention."
+            )
 
 
 class OTDistillationLoss(TeacherStudentMixin, nn.Module):
@@ -24,14 +63,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self,
         model: SentenceTransformer,
         teacher: SentenceTransformer | None = None,
-        reg: float = 0.05,
-        max_iter: int = 200,
-        tol: float = 1e-4,
-        cost: Literal["cosine", "sqeuclidean"] | Callable[[Tensor, Tensor], Tensor] = "cosine",
-        exclude_special_tokens: bool = True,
-        center: bool = True,
-        cost_scale: Literal["max"] | None = "max",
-        solver: Literal["sinkhorn", "emd"] = "sinkhorn",
+        ot_config: OTConfig | None = None,
         sentence_weight: float = 0.0,
         contrastive_weight: float = 0.0,
         temperature: float = 0.05,
@@ -49,10 +81,10 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         learns to place its LRL tokens where the teacher puts their English counterparts, without word alignments.
 
         Names used across the project: **the paper's loss** is this OT term alone with the paper's raw cosine cost
-        (``OTDistillationLoss(model, center=False, cost_scale=None)``); **OT alone** is the defaults (centred,
-        rescaled costs); **the recommended recipe** adds the InfoNCE term at the teacher's temperature and a mined hard
-        negative: ``optical_st.recipe.RECOMMENDED.loss(model)``, with its data preparation and training arguments
-        (:mod:`optical_st.recipe`).
+        (``OTDistillationLoss(model, ot_config=OTConfig(center=False, cost_scale=None))``); **OT alone** is the
+        defaults (centred, rescaled costs); **the recommended recipe** adds the InfoNCE term at the teacher's
+        temperature and a mined hard negative: ``optical_st.recipe.RECOMMENDED.loss(model)``, with its data preparation
+        and training arguments (:mod:`optical_st.recipe`).
 
         Two ways to supply the teacher:
 
@@ -69,30 +101,9 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         Args:
             model: the student, or an OPTICAL Router model (see above).
             teacher: the frozen English teacher for option 2; ``None`` for option 1.
-            reg: entropic regularisation of Sinkhorn, relative to each pair's largest cost with ``cost_scale="max"``
-                (else in cost units). Smaller gives sharper plans (closer to exact OT) but needs more iterations
-                (``max_iter``; iteration counts per ``reg`` in docs/ot_multilingual.md).
-            max_iter: maximum Sinkhorn iterations per batch.
-            tol: Sinkhorn stops early once every plan's row-marginal error (L2) is below ``tol``; a batch that
-                stops at ``max_iter`` more than 10 times above it gets a ``SinkhornConvergenceWarning``.
-            cost: ``"cosine"`` (1 - cosine similarity), ``"sqeuclidean"``, or a callable ``(x, y) -> (B, n, m)``.
-            center: subtract the batch's mean teacher token (over the tokens that carry mass, without gradient) from
-                both sides before the cost. Contextual token embeddings share a large common direction (measured for
-                multilingual-e5-small in docs/ot_multilingual.md), which squeezes all cosine
-                costs into a narrow band where any useful ``reg`` gives a nearly uniform plan, and a uniform plan pulls
-                every student token toward the average teacher token. Centring removes the shared direction (one
-                translation for both sides, so a student token equal to its teacher token still costs 0) and the plan
-                aligns tokens again; see docs/ot_multilingual.md. ``False`` is the paper's cost exactly. No effect on
-                ``"sqeuclidean"`` (translation invariant).
-            cost_scale: ``"max"`` divides each pair's cost matrix by its largest entry between tokens that carry mass
-                (without gradient), so ``reg`` is relative to the costs: the same ``reg`` gives equally sharp plans,
-                and converges in the default iterations, for cosine and squared-Euclidean costs and whatever the
-                embeddings' norms (unscaled squared-Euclidean costs grow with them, and so do the iterations Sinkhorn
-                needs: docs/ot_multilingual.md). ``None``: the raw costs (the paper's).
-            exclude_special_tokens: give zero mass to special tokens ([CLS], [SEP], <s>, ...) and prompt tokens, so
-                only content tokens are aligned.
-            solver: ``"sinkhorn"`` (entropic, batched) or ``"emd"`` (exact network simplex through POT, CPU, slow;
-                for small experiments).
+            ot_config: the transport problem's settings, an :class:`~optical_st.OTConfig`: Sinkhorn's ``reg``,
+                ``max_iter`` and ``tol``, the ``cost``, ``center``, ``cost_scale``, ``exclude_special_tokens`` and the
+                ``solver``. ``None``: its defaults (centred cosine costs scaled by their largest entry, ``reg=0.05``).
             sentence_weight: weight of an extra sentence-level term, ``1 - cos(student, teacher)`` of the pooled
                 embeddings. ``0`` (default): none, as in the paper.
             contrastive_weight: weight of an extra InfoNCE term on pooled embeddings: the student's LRL embedding
@@ -146,14 +157,14 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
 
                 from datasets import Dataset
                 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-                from optical_st import OTDistillationLoss, build_optical_model, router_mapping
+                from optical_st import OTConfig, OTDistillationLoss, build_optical_model, router_mapping
 
                 model = build_optical_model("sentence-transformers/all-MiniLM-L6-v2")  # student = copy of teacher
                 train_dataset = Dataset.from_dict({
                     "english": ["In the beginning God created the heavens and the earth."],
                     "chichewa": ["Pachiyambi Mulungu adalenga kumwamba ndi dziko lapansi."],
                 })
-                loss = OTDistillationLoss(model, reg=0.05)
+                loss = OTDistillationLoss(model)  # or e.g. ot_config=OTConfig(reg=0.02, max_iter=500)
                 args = SentenceTransformerTrainingArguments(
                     output_dir="out", router_mapping=router_mapping(train_dataset)
                 )
@@ -163,23 +174,15 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 model.encode_document(["God is love"])              # English -> teacher
         """
         super().__init__()
-        if cost not in ot.COSTS and not callable(cost):
-            raise ValueError(f"Unknown cost {cost!r}; use one of {sorted(ot.COSTS)} or a callable.")
-        if solver not in ot.SOLVERS:
-            raise ValueError(f"Unknown solver {solver!r}; use one of {ot.SOLVERS}.")
+        if ot_config is not None and not isinstance(ot_config, OTConfig):
+            raise TypeError(
+                f"ot_config must be an optical_st.OTConfig or None, got {type(ot_config).__name__}; e.g. "
+                "ot_config=OTConfig(reg=0.02)."
+            )
         self.model = model
-        # every number checked (finite, in range) and stored as a plain float/int now, not at the first step: an
-        # inf or NaN weight would otherwise wipe the student in one optimizer step (numpy / 0-d tensors accepted)
-        self.reg = ot.check_reg(reg)
-        self.max_iter = as_int("max_iter", max_iter, minimum=1)
-        self.tol = as_float("tol", tol, minimum=0.0)
-        self.cost = cost
-        self.exclude_special_tokens = exclude_special_tokens
-        self.center = bool(center)
-        if cost_scale not in ("max", None):
-            raise ValueError(f"cost_scale must be 'max' or None, got {cost_scale!r}.")
-        self.cost_scale = cost_scale
-        self.solver = solver
+        self.ot_config = ot_config if ot_config is not None else OTConfig()
+        # every number checked (finite, in range) and stored as a plain float now, not at the first step: an inf or
+        # NaN weight would otherwise wipe the student in one optimizer step (numpy / 0-d tensors accepted)
         self.sentence_weight = as_float("sentence_weight", sentence_weight, minimum=0.0)
         self.contrastive_weight = as_float("contrastive_weight", contrastive_weight, minimum=0.0)
         self.temperature = check_temperature(temperature)
@@ -212,7 +215,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self._check_labels_and_routes(features, labels)
 
     def _exclude_mask(self, features: dict[str, Any], side: Encoder) -> Tensor | None:
-        if not self.exclude_special_tokens:
+        if not self.ot_config.exclude_special_tokens:
             return None
         return ot.special_tokens_mask(features["input_ids"], side.special_ids, features.get("prompt_length"))
 
@@ -229,46 +232,25 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         for i, negative in enumerate(negatives):
             self._empty_rows_check(negative, self._teacher, f"negative column {i + 1} (teacher)")
 
-        student_out = self._student.run(target)
+        student = TokenEmbeddings.from_output(self._student.run(target), self._exclude_mask(target, self._student))
         teacher_out = self._run_teacher_frozen(source)
+        teacher = TokenEmbeddings.from_output(teacher_out, self._exclude_mask(source, self._teacher))
         # only the pooled embedding of a negative is used; no graph, like the positive's
         negative_sentences = [self._run_teacher_frozen(negative)["sentence_embedding"] for negative in negatives]
         loss = self.compute_loss_from_embeddings(
-            student_tokens=student_out["token_embeddings"],
-            student_mask=student_out["attention_mask"],
-            teacher_tokens=teacher_out["token_embeddings"],
-            teacher_mask=teacher_out["attention_mask"],
-            student_exclude=self._exclude_mask(target, self._student),
-            teacher_exclude=self._exclude_mask(source, self._teacher),
-            student_sentence=student_out.get("sentence_embedding"),
-            teacher_sentence=teacher_out.get("sentence_embedding"),
-            negative_sentences=negative_sentences or None,
+            student=student, teacher=teacher, negative_sentences=negative_sentences or None
         )
         return self._finite(loss)  # a NaN/inf loss raises instead of wiping the student (_teacher.py)
 
     def compute_loss_from_embeddings(
-        self,
-        student_tokens: Tensor,
-        student_mask: Tensor,
-        teacher_tokens: Tensor,
-        teacher_mask: Tensor,
-        student_exclude: Tensor | None = None,
-        teacher_exclude: Tensor | None = None,
-        student_sentence: Tensor | None = None,
-        teacher_sentence: Tensor | None = None,
-        negative_sentences: Sequence[Tensor] | None = None,
+        self, student: TokenEmbeddings, teacher: TokenEmbeddings, negative_sentences: Sequence[Tensor] | None = None
     ) -> Tensor | dict[str, Tensor]:
-        """The loss from token embeddings, kept apart from ``forward`` so the maths can be tested on hand-made
-        tensors.
+        """The loss from embeddings, kept apart from ``forward`` so the maths can be tested on hand-made tensors.
 
         Args:
-            student_tokens: ``(B, n, d)`` student token embeddings (LRL side), with grad.
-            student_mask: ``(B, n)`` attention mask.
-            teacher_tokens: ``(B, m, d)`` teacher token embeddings (English side).
-            teacher_mask: ``(B, m)`` attention mask.
-            student_exclude / teacher_exclude: optional ``(B, n)`` / ``(B, m)`` masks of tokens with zero mass.
-            student_sentence / teacher_sentence: ``(B, d)`` pooled embeddings, used when ``sentence_weight > 0`` or
-                ``contrastive_weight > 0``.
+            student: the student's side (LRL texts), tokens with grad; ``student.sentence`` is used when
+                ``sentence_weight > 0`` or ``contrastive_weight > 0``.
+            teacher: the teacher's side (English texts), likewise.
             negative_sentences: teacher embeddings of the hard negatives, one ``(B, d)`` tensor per negative column
                 (used by the contrastive term).
 
@@ -276,39 +258,12 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             The scalar loss, or a dict of weighted components (``"ot"``, ``"sentence"``, ``"contrastive"``) when an
             extra term is on (the trainer sums and logs them).
         """
-        for name, tokens, mask in (
-            ("student", student_tokens, student_mask),
-            ("teacher", teacher_tokens, teacher_mask),
-        ):
-            if tokens.dim() != 3 or tokens.shape[:2] != mask.shape:
-                # e.g. FlashAttention-2 with unpadded (packed) outputs: (total_tokens, d) instead of (B, n, d)
-                raise ValueError(
-                    f"The {name}'s token embeddings have shape {tuple(tokens.shape)}, but the loss needs padded "
-                    f"(batch, tokens, dim) embeddings matching the attention mask {tuple(mask.shape)}. Load the model "
-                    "with model_kwargs={'attn_implementation': 'sdpa'} (or 'eager') instead of unpadded FlashAttention."
-                )
-        a = ot.token_marginals(student_mask, student_exclude, name="lrl column (student)")
-        b = ot.token_marginals(teacher_mask, teacher_exclude, name="english column (teacher)")
-        teacher_tokens = teacher_tokens.detach()
-        if self.center and student_tokens.shape[-1] == teacher_tokens.shape[-1]:  # else the cost names the fix
-            # the mass-weighted mean teacher token of the batch: a constant shift for both sides (fp32, no gradient)
-            mean = (teacher_tokens.float() * b.unsqueeze(-1)).sum((0, 1)) / b.sum()
-            student_tokens, teacher_tokens = student_tokens.float() - mean, teacher_tokens.float() - mean
-        cost = ot.pairwise_cost(student_tokens, teacher_tokens, self.cost)
-        if self.cost_scale == "max":
-            valid = (a.unsqueeze(2) > 0) & (b.unsqueeze(1) > 0)  # padding and excluded tokens do not set the scale
-            largest = cost.detach().masked_fill(~valid, 0).amax(dim=(1, 2), keepdim=True)
-            cost = cost / largest.clamp_min(1e-12)
-        distances, plan, self.last_solver_log = ot.ot_distance(
-            cost, a, b, reg=self.reg, solver=self.solver, max_iter=self.max_iter, tol=self.tol, return_log=True
-        )
-        self._watch(plan, cost, a, b)
-        ot_loss = distances.mean()
+        ot_loss = self._ot_term(student, teacher)
         if self.sentence_weight == 0 and self.contrastive_weight == 0:
             if negative_sentences:
                 raise ValueError("Hard-negative embeddings were given but contrastive_weight is 0.")
             return ot_loss
-        if student_sentence is None or teacher_sentence is None:
+        if student.sentence is None or teacher.sentence is None:
             raise ValueError(
                 "sentence_weight > 0 or contrastive_weight > 0 needs pooled 'sentence_embedding' outputs from both "
                 "encoders."
@@ -316,15 +271,38 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         losses = {"ot": ot_loss}
         if self.sentence_weight > 0:
             sentence_loss = (
-                1 - F.cosine_similarity(student_sentence.float(), teacher_sentence.detach().float(), dim=-1)
+                1 - F.cosine_similarity(student.sentence.float(), teacher.sentence.detach().float(), dim=-1)
             ).mean()
             losses["sentence"] = self.sentence_weight * sentence_loss
         if self.contrastive_weight > 0:
             contrastive = info_nce(
-                student_sentence, teacher_sentence, negative_sentences, self.temperature, symmetric=self.symmetric
+                student.sentence, teacher.sentence, negative_sentences, self.temperature, symmetric=self.symmetric
             )
             losses["contrastive"] = self.contrastive_weight * contrastive
         return losses
+
+    def _ot_term(self, student: TokenEmbeddings, teacher: TokenEmbeddings) -> Tensor:
+        """The batch mean of ``<P, C>_F``: the cost between the two sides' tokens, then the plan held fixed."""
+        student.check_padded("student")
+        teacher.check_padded("teacher")
+        config = self.ot_config
+        a = ot.token_marginals(student.mask, student.exclude, name="lrl column (student)")
+        b = ot.token_marginals(teacher.mask, teacher.exclude, name="english column (teacher)")
+        student_tokens, teacher_tokens = student.tokens, teacher.tokens.detach()
+        if config.center and student_tokens.shape[-1] == teacher_tokens.shape[-1]:  # else the cost names the fix
+            # the mass-weighted mean teacher token of the batch: a constant shift for both sides (fp32, no gradient)
+            mean = (teacher_tokens.float() * b.unsqueeze(-1)).sum((0, 1)) / b.sum()
+            student_tokens, teacher_tokens = student_tokens.float() - mean, teacher_tokens.float() - mean
+        cost = ot.pairwise_cost(student_tokens, teacher_tokens, config.cost)
+        if config.cost_scale == "max":
+            valid = (a.unsqueeze(2) > 0) & (b.unsqueeze(1) > 0)  # padding and excluded tokens do not set the scale
+            largest = cost.detach().masked_fill(~valid, 0).amax(dim=(1, 2), keepdim=True)
+            cost = cost / largest.clamp_min(1e-12)
+        distances, plan, self.last_solver_log = ot.ot_distance(
+            cost, a, b, reg=config.reg, solver=config.solver, max_iter=config.max_iter, tol=config.tol, return_log=True
+        )
+        self._watch(plan, cost, a, b)
+        return distances.mean()
 
     def _watch(self, plan: Tensor, cost: Tensor, a: Tensor, b: Tensor) -> None:
         """Record the plan's diagnostics (see :class:`~optical_st.losses.OTDiagnosticsCallback`) and warn when
@@ -339,22 +317,16 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 converged=log.converged,
                 n_iter=log.n_iter,
                 error=float(log.err.max()),
-                reg=self.reg,
-                max_iter=self.max_iter,
-                tol=self.tol,
+                reg=self.ot_config.reg,
+                max_iter=self.ot_config.max_iter,
+                tol=self.ot_config.tol,
             )
 
     def get_config_dict(self) -> dict[str, Any]:
+        # the OT settings flat, as before OTConfig: model cards and saved configs read the same keys
         return {
             "teacher": self._teacher_config(),
-            "reg": self.reg,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "cost": self.cost if isinstance(self.cost, str) else getattr(self.cost, "__name__", repr(self.cost)),
-            "exclude_special_tokens": self.exclude_special_tokens,
-            "center": self.center,
-            "cost_scale": self.cost_scale,
-            "solver": self.solver,
+            **self.ot_config.to_dict(),
             "sentence_weight": self.sentence_weight,
             "contrastive_weight": self.contrastive_weight,
             "temperature": self.temperature,

@@ -75,10 +75,10 @@ class OTMonitor:
         warnings.warn(
             f"Sinkhorn did not converge in {self.far_from_tol} of {self.batches} batches so far by more than "
             f"{WARN_FACTOR:g} times tol (latest: marginal error {error:.2g} > tol={tol:g} after {n_iter} iterations, "
-            f"reg={reg:g}). {verdict} Raise max_iter (e.g. to {2 * max_iter}), raise reg, or keep cost_scale='max' so "
-            "that reg is relative to the costs.",
+            f"reg={reg:g}). {verdict} In the loss's OTConfig, raise max_iter (e.g. to {2 * max_iter}), raise reg, or "
+            "keep cost_scale='max' so that reg is relative to the costs.",
             SinkhornConvergenceWarning,
-            stacklevel=4,
+            stacklevel=5,  # the line that called the loss: its forward or compute_loss_from_embeddings
         )
 
     def pop_means(self) -> dict[str, float]:

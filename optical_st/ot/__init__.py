@@ -19,11 +19,13 @@ The entropic problem solved by :func:`sinkhorn_log` is
 and the distillation loss is :math:`\\langle P^\\star, C \\rangle_F` with the plan held fixed (the envelope
 theorem gives :math:`\\partial L / \\partial C = P^\\star`), which is what :func:`ot_distance` computes.
 
-The package: :mod:`~optical_st.ot.costs` (costs and marginals), :mod:`~optical_st.ot.sinkhorn` (the entropic solver),
+The package: :mod:`~optical_st.ot.config` (:class:`OTConfig`, the settings of the distillation loss's problem),
+:mod:`~optical_st.ot.costs` (costs and marginals), :mod:`~optical_st.ot.sinkhorn` (the entropic solver),
 :mod:`~optical_st.ot.solve` (exact OT, solver choice, the distance), :mod:`~optical_st.ot.diagnostics` (how sharp a plan is,
 how well it meets its marginals, how the costs spread).
 """
 
+from optical_st.ot.config import OTConfig
 from optical_st.ot.costs import (
     COSTS,
     cosine_cost,
@@ -39,6 +41,7 @@ from optical_st.ot.solve import SOLVERS, emd, ot_distance, transport_plan
 __all__ = [
     "COSTS",
     "SOLVERS",
+    "OTConfig",
     "SinkhornLog",
     "check_reg",
     "cosine_cost",

@@ -35,6 +35,7 @@ import optical_st.hub
 from optical_st import (
     DynamicHardNegativeSampler,
     OpticalModelCardData,
+    OTConfig,
     OTDistillationLoss,
     build_optical_model,
     router_mapping,
@@ -124,7 +125,9 @@ def main() -> None:
         router_mapping=router_mapping(dataset),
         **extra,
     )
-    loss = OTDistillationLoss(model, reg=0.05, contrastive_weight=0.1 if args.dynamic_negatives else 0.0)
+    loss = OTDistillationLoss(
+        model, ot_config=OTConfig(reg=0.05), contrastive_weight=0.1 if args.dynamic_negatives else 0.0
+    )
     flops = FlopsCallback(model, loss, every_n_steps=1)  # the card's training FLOPs
     trainer = SentenceTransformerTrainer(
         model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[flops]

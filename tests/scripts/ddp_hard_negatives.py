@@ -21,7 +21,7 @@ import torch
 from conftest import leave_process_group, make_training_args, state_digest, tiny_sentence_transformer, toy_bitext
 from sentence_transformers import SentenceTransformerTrainer
 
-from optical_st import DynamicHardNegativeSampler, OTDistillationLoss, build_optical_model
+from optical_st import DynamicHardNegativeSampler, OTConfig, OTDistillationLoss, build_optical_model
 from optical_st.routes import find_router
 from optical_st.sampling import HardNegativeState, NegativesTransform
 
@@ -89,7 +89,7 @@ def main() -> None:
         num_train_epochs=2,
         batch_sampler=DynamicHardNegativeSampler.configure(num_negatives=2, refresh_steps=2),
     )
-    loss = RecordingOTLoss(model, reg=0.05, contrastive_weight=0.5)
+    loss = RecordingOTLoss(model, ot_config=OTConfig(reg=0.05), contrastive_weight=0.5)
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
     DynamicHardNegativeSampler.attach(trainer)
     trainer.train()

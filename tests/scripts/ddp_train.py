@@ -19,7 +19,7 @@ from conftest import PAIRS, leave_process_group, make_training_args, state_diges
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer
 
-from optical_st import OTDistillationLoss, build_optical_model
+from optical_st import OTConfig, OTDistillationLoss, build_optical_model
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
         num_train_epochs=2,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model, reg=0.05)
+        model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model, ot_config=OTConfig(reg=0.05))
     )
     trainer.train()
     rank = int(os.environ.get("RANK", 0))
