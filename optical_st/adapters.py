@@ -74,19 +74,21 @@ def _require_peft() -> None:
 
 
 def default_adapter_config() -> PeftConfig:
-    """The LoRA configuration ``build_optical_model(..., adapter=True)`` uses: rank 16 on the attention projections
-    and feed-forward layers of every encoder layer, ``lora_alpha`` 32 (a saved adapter of a few megabytes).
+    """The LoRA configuration ``build_optical_model(..., adapter=True)`` uses: rank 16 on the four projections of the
+    attention block (query, key, value, output) of every encoder layer, ``lora_alpha`` 32 (a saved adapter of a few
+    megabytes).
 
-    Why every linear layer: on the Chichewa task LoRA there kept up with full fine-tuning, at rank 16 as at rank 64,
-    where LoRA on query/value alone fell behind (sizes, memory, step times and scores: ``results/adapters/``). Train
-    adapters with a larger learning rate than full fine-tuning: an adapter's update starts at zero and hardly moves
-    at a full fine-tuning's learning rate."""
+    Why the attention block: on the Chichewa task LoRA there kept up with full fine-tuning in translation and
+    relevance, as LoRA on every linear layer did, with less training memory and a faster step, while LoRA on
+    query/value alone fell behind on relevance (sizes, memory, step times and scores: ``results/adapters/``). Train
+    adapters with a larger learning rate than full fine-tuning (``optical_st.recipe.Recipe.adapter_learning_rate``):
+    an adapter's update starts at zero and hardly moves at a full fine-tuning's learning rate."""
     _require_peft()
     from peft import LoraConfig
 
-    # a regex on module names: BERT / XLM-R encoders (multilingual-e5, LaBSE, MiniLM, ...) name their projections
-    # query/key/value/dense; the pooler's dense (unused by mean pooling) is left out. Other architectures: pass a config
-    return LoraConfig(r=16, lora_alpha=32, target_modules=r".*\.layer\.\d+\..*(query|key|value|dense)$")
+    # a regex on module names: BERT / XLM-R encoders (multilingual-e5, LaBSE, MiniLM, ...) name the attention block's
+    # projections attention.self.query/key/value and attention.output.dense. Other architectures: pass a config
+    return LoraConfig(r=16, lora_alpha=32, target_modules=r".*\.layer\.\d+\.attention\..*(query|key|value|dense)$")
 
 
 def _tuner_layers(model: nn.Module) -> list[nn.Module]:
