@@ -7,13 +7,16 @@ settings read from the loss, hard-negative mode, measured training FLOPs and cro
 lives in the template ``model_cards/optical_model_card_template.md`` (shipped as ``optical_st.model_cards``); this
 module only gathers the data it renders.
 
-No loss is imported here: the OT settings come from whichever training loss cites OPTICAL (``citation``), through
-its ``get_config_dict()``.
+The card data is passive: the trainer's callbacks fill it and it renders what they gave. No loss is imported here: the
+OT settings are the ``get_config_dict()`` of the training loss that holds an :class:`~optical_st.OTConfig`
+(:class:`OTTrainingLoss`), and the hard-negative mode is the one the sampler's callback reports
+(:attr:`OpticalModelCardData.negatives_mode`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.resources
 import logging
 import os
@@ -21,7 +24,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from huggingface_hub import EvalResult, ModelCard
 from huggingface_hub.utils import yaml_dump
@@ -36,6 +39,7 @@ from optical_st.model_index import (
     merge_eval_results,
     merged_model_index,
 )
+from optical_st.ot import OTConfig
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, column_routes, encoding_modules, find_router
 from optical_st.utils import as_float
 
@@ -47,6 +51,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MODEL_CARD_TEMPLATE",
     "OPTICAL_CITATION",
+    "OTTrainingLoss",
     "OpticalModelCardData",
     "hub_model_id",
     "model_card_template_path",
@@ -71,6 +76,22 @@ OPTICAL_CITATION = """
 """
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _ISO_639 = re.compile(r"^[a-z]{2,3}$")
+# sentence-transformers' fields that belong to one model object or one rendering of its card (filled from the model
+# the card is registered with, and at each save): a copy for another model starts them from their declared defaults
+_PER_MODEL_FIELDS = frozenset({"model", "model_id", "ir_model", "widget", "first_save", "_cached_dict"})
+# shared, not copied: an evaluator-keyed dict (its evaluators), the emissions tracker, the template's path
+_SHARED_FIELDS = frozenset({"eval_results_dict", "code_carbon_callback", "template_path"})
+
+
+@runtime_checkable
+class OTTrainingLoss(Protocol):
+    """What the card reads from the loss that trains with optimal transport (:class:`~optical_st.OTDistillationLoss`):
+    its :class:`~optical_st.OTConfig` (``ot_config``), which marks it, and ``get_config_dict()``, the settings the card
+    shows (the OT settings and the other terms' weights)."""
+
+    ot_config: OTConfig
+
+    def get_config_dict(self) -> dict[str, Any]: ...
 
 
 def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
@@ -155,7 +176,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
             dataset id), ``url``, ``pairs`` (number of sentence pairs) and ``description``. A single dict is
             accepted.
         negatives: how hard negatives were used: ``"none"``, ``"static"`` (mined once, stored as columns),
-            ``"dynamic"`` (re-mined during training), or a free description. Inferred when left ``None``.
+            ``"dynamic"`` (re-mined during training), or a free description. When left ``None``: the mode the
+            hard-negative sampler's callback reports (:attr:`negatives_mode`), else ``"static"`` when the training
+            columns route several English columns to the teacher, else ``"none"``.
         eval_results: evaluation results (``huggingface_hub.EvalResult``, see
             :func:`optical_st.hub.eval_results_from_metrics`), shown in the card and in its ``model-index`` metadata.
         training_flops: total training FLOPs, to override the measured value (e.g. a run spanning several sessions).
@@ -191,6 +214,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
 
     # filled from the loss (set_losses) and during training
     ot_config: dict[str, Any] = field(default_factory=dict, init=False)
+    # "static" / "dynamic": the HardNegativeConfig.mode of the DynamicHardNegativeSampler that trained the model, as
+    # its callback (optical_st.sampling.HardNegativeMiningCallback) reports it when training begins
+    negatives_mode: str | None = field(default=None, init=False)
     # per-phase totals from optical_st.evaluation.FlopsCallback (torch FlopCounterMode)
     measured_flops: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _train_router_mapping: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
@@ -220,8 +246,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     def set_losses(self, losses: list[nn.Module]) -> None:
         super().set_losses(losses)
         for loss in losses:
-            # the OT distillation loss is the one that cites OPTICAL; duck-typed so the card needs no loss class
-            if OPTICAL_CITATION_KEY in str(getattr(loss, "citation", "")) and hasattr(loss, "get_config_dict"):
+            # the OT distillation loss is the one holding an OTConfig (a Protocol: the card imports no loss class)
+            if isinstance(loss, OTTrainingLoss) and isinstance(loss.ot_config, OTConfig):
                 self.ot_config = dict(loss.get_config_dict())
                 if not isinstance(self.ot_config.get("teacher"), str):  # the separate-teacher module
                     self.ot_config["teacher"] = self.teacher_id or "separate teacher model"
@@ -271,7 +297,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         data.update(self._language_phrases())
         data["is_asymmetric"] = self.is_asymmetric
         data["query_route"], data["document_route"] = STUDENT_ROUTE, TEACHER_ROUTE
-        data["negatives"] = self.negatives or self._infer_negatives()
+        data["negatives"] = self.negatives or self.negatives_mode or self._negatives_from_columns()
         data["student_snippet"] = None if self.is_asymmetric else self._student_snippet()
         data["training_flops"] = self.training_flops
         data["adapter"] = self._adapter_description()
@@ -366,19 +392,25 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         self.eval_results = merge_eval_results(self.eval_results, eval_results)
 
     def for_student_export(self) -> OpticalModelCardData:
-        """A copy for :func:`optical_st.export_student`'s student-only model (same training record, new model)."""
-        new = copy.copy(self)
+        """A copy for :func:`optical_st.export_student`'s student-only model (same training record, new model).
+
+        Built field by field, without running ``__post_init__`` again (which would look the datasets up on the Hub
+        once more): the card's data and training record are copied; what belongs to the Router model or to one
+        rendering of its card starts from the field's declared default; and the dataset checks a loss installed on
+        this card's instance (:func:`optical_st.losses.checks.check_when_trainer_is_built`) stay with this card.
+        """
+        new = object.__new__(type(self))
         for f in fields(self):
-            if f.name in ("model", "code_carbon_callback", "eval_results_dict", "template_path"):
-                continue
-            setattr(new, f.name, copy.deepcopy(getattr(self, f.name)))
+            if f.name in _PER_MODEL_FIELDS:
+                value = _declared_default(f)
+            elif f.name in _SHARED_FIELDS:
+                value = getattr(self, f.name)
+            else:
+                value = copy.deepcopy(getattr(self, f.name))
+            setattr(new, f.name, value)
         new.eval_results_dict = dict(self.eval_results_dict or {})
         if self.model_name == self.get_default_model_name():  # derived from the Router model: derive it anew
             new.model_name = None
-        new.model, new.model_id, new.ir_model, new.widget = None, None, None, []
-        new.first_save, new._cached_dict = True, None
-        for name in ("extract_dataset_metadata", "set_losses"):  # the losses' trainer hooks belong to this card
-            new.__dict__.pop(name, None)
         return new
 
     def get_default_model_name(self) -> str:
@@ -461,10 +493,16 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         columns = [c for c, route in _flat_mapping(self._train_router_mapping).items() if route == STUDENT_ROUTE]
         return {"lrl_noun": noun, "lrl_adjective": adjective, "lrl_column": columns[0] if columns else None}
 
-    def _infer_negatives(self) -> str:
-        sampler = str(self.all_hyperparameters.get("batch_sampler", ""))
-        if "dynamic" in sampler.lower():
-            return "dynamic"
+    def _negatives_from_columns(self) -> str:
+        """``"static"`` when the training columns route several English columns (the text and mined negatives) to
+        the teacher, else ``"none"``."""
         if sum(route == TEACHER_ROUTE for route in _flat_mapping(self._train_router_mapping).values()) > 1:
             return "static"
         return "none"
+
+
+def _declared_default(f: dataclasses.Field) -> Any:
+    """The value a dataclass field starts with when ``__init__`` does not set it."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default

@@ -305,6 +305,30 @@ def test_optical_router_model_with_ot_loss_and_eval(teacher, wide_student, tmp_p
     assert fetches and all(len(f["rows"][0]) == 4 for f in fetches)
 
 
+class MinedNegativesSampler(DynamicHardNegativeSampler):
+    """A user's subclass: nothing in its name says how it mines."""
+
+
+@pytest.mark.parametrize(("refresh_steps", "mode"), [(1, "dynamic"), (None, "static")])
+def test_card_reports_the_samplers_configured_mode(teacher, wide_student, tmp_path, refresh_steps, mode):
+    """The card reads the mode from the sampler's HardNegativeConfig (its callback reports it), not from a name."""
+    model = build_optical_model(teacher, wide_student)
+    dataset = toy_bitext(16)
+    sampler = MinedNegativesSampler.configure(num_negatives=1, refresh_steps=refresh_steps, show_progress_bar=False)
+    trainer = make_trainer(
+        model=model,
+        args=make_args(tmp_path, router_mapping=router_mapping(dataset), batch_sampler=sampler, max_steps=1),
+        train_dataset=dataset,
+        loss=OTDistillationLoss(model, contrastive_weight=0.5),
+    )
+    trainer.train()
+    assert sampler.config.mode == mode
+    assert model.model_card_data.to_dict()["negatives"] == mode
+    model.save(str(tmp_path / "saved"))
+    readme = (tmp_path / "saved" / "README.md").read_text(encoding="utf8")
+    assert f"- **Hard negatives:** {mode}: " in readme
+
+
 @pytest.mark.parametrize("loss_cls", [OTDistillationLoss, ContrastiveDistillationLoss])
 def test_separate_teacher_mode_mines_english_negatives_for_the_lrl_side(teacher, tmp_path, fetches, loss_cls):
     """Without a Router there is no router_mapping to tell the sides apart: both distillation losses declare them

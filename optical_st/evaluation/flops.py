@@ -21,8 +21,8 @@ Phases
     such as ``mining`` (hard-negative re-encoding, see :meth:`FlopsCallback.counting`).
 
 :class:`FlopsCallback` measures training steps under the counter (every ``every_n_steps``-th step, default 10: the
-counter slows a step down by ~25% on CPU) and extrapolates to the whole run; mining and other one-off costs are summed
-exactly over every call.
+counter slows the steps it measures down: docs/research.md) and extrapolates to the whole run; mining and other one-off
+costs are summed exactly over every call.
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ class FlopsCallback(TrainerCallback):
         loss: the training loss (used to find a separate teacher, and for the analytic Sinkhorn estimate its
             ``last_solver_log``: the :class:`~optical_st.ot.SinkhornLog` of its last step, which
             :class:`~optical_st.OTDistillationLoss` keeps).
-        every_n_steps: measure one step in ``every_n_steps`` (1 = every step, exact but ~25% slower on CPU).
+        every_n_steps: measure one step in ``every_n_steps`` (1 = every step: exact, but every step is slowed down).
 
     Example::
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from transformers import TrainerCallback
 
+from optical_st.model_card import OpticalModelCardData
 from optical_st.modeling import document_route_frozen
 from optical_st.phases import MINING, work_phase
 from optical_st.routes import column_routes
@@ -213,6 +214,9 @@ class HardNegativeMiningCallback(TrainerCallback):
             )
         self._wire(sampler, args)
         model = model if model is not None else self._trainer().model
+        card = getattr(model, "model_card_data", None)
+        if isinstance(card, OpticalModelCardData):  # the card says how the negatives were mined
+            card.negatives_mode = self.config.mode
         if state.global_step > 0:
             # resumed: the checkpoint trainer.train() loaded is not passed to callbacks; look where scripts keep it
             resume = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None

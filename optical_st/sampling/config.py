@@ -122,6 +122,12 @@ class HardNegativeConfig:
         )
 
     @property
+    def mode(self) -> Literal["static", "dynamic"]:
+        """``"dynamic"``: the negatives are drawn again every ``refresh_steps`` during training; ``"static"``
+        (``refresh_steps=None``): once, before training. What the model card reports."""
+        return "static" if self.refresh_steps is None else "dynamic"
+
+    @property
     def negative_columns(self) -> list[str]:
         """``negative_1 .. negative_k``: the columns added to every training row."""
         return [f"{self.negative_column_prefix}_{i + 1}" for i in range(self.num_negatives)]
