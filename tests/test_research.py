@@ -295,9 +295,9 @@ def test_add_hard_negatives_matches_brute_force(tiny_dirs):
 
 @pytest.mark.parametrize(("batch_sampler", "grouped"), [("length-grouped", True), ("random", False)])
 def test_mined_arms_batch_like_the_rest_of_the_command(tiny_dirs, bitext, batch_sampler, grouped):
-    from optical_st import build_optical_model
     import argparse
 
+    from optical_st import build_optical_model
     from optical_st.research.cli import add_cli_arguments, config_from_args
     from optical_st.research.config import ExperimentConfig
     from optical_st.research.methods import ot_distillation

@@ -309,12 +309,16 @@ class MinedNegativesSampler(DynamicHardNegativeSampler):
     """A user's subclass: nothing in its name says how it mines."""
 
 
-@pytest.mark.parametrize(("refresh_steps", "mode"), [(1, "dynamic"), (None, "static")])
-def test_card_reports_the_samplers_configured_mode(teacher, wide_student, tmp_path, refresh_steps, mode):
+@pytest.mark.parametrize(
+    ("refresh_steps", "strategy", "mode"), [(1, "hard", "dynamic"), (None, "hard", "static"), (1, "random", "random")]
+)
+def test_card_reports_the_samplers_configured_mode(teacher, wide_student, tmp_path, refresh_steps, strategy, mode):
     """The card reads the mode from the sampler's HardNegativeConfig (its callback reports it), not from a name."""
     model = build_optical_model(teacher, wide_student)
     dataset = toy_bitext(16)
-    sampler = MinedNegativesSampler.configure(num_negatives=1, refresh_steps=refresh_steps, show_progress_bar=False)
+    sampler = MinedNegativesSampler.configure(
+        num_negatives=1, refresh_steps=refresh_steps, strategy=strategy, show_progress_bar=False
+    )
     trainer = make_trainer(
         model=model,
         args=make_args(tmp_path, router_mapping=router_mapping(dataset), batch_sampler=sampler, max_steps=1),

@@ -122,9 +122,12 @@ class HardNegativeConfig:
         )
 
     @property
-    def mode(self) -> Literal["static", "dynamic"]:
-        """``"dynamic"``: the negatives are drawn again every ``refresh_steps`` during training; ``"static"``
-        (``refresh_steps=None``): once, before training. What the model card reports."""
+    def mode(self) -> Literal["static", "dynamic", "random"]:
+        """``"dynamic"``: hard negatives mined again with the current model every ``refresh_steps`` during training;
+        ``"static"`` (``refresh_steps=None``): mined once, before training; ``"random"``: drawn uniformly
+        (``strategy="random"``), without the model. What the model card reports."""
+        if self.strategy == "random":
+            return "random"
         return "static" if self.refresh_steps is None else "dynamic"
 
     @property
