@@ -125,6 +125,14 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 running it again for texts it has already encoded (later epochs, or other losses with the same
                 teacher given the same cache). Changes no result beyond float rounding; ``None``: no cache.
 
+        Attributes:
+            ot_config: the :class:`~optical_st.OTConfig` in use.
+            last_solver_log: the :class:`optical_st.ot.SinkhornLog` of the latest batch (iterations, convergence,
+                marginal errors; ``None`` before the first batch or with ``solver="emd"``), read by the FLOPs counter's
+                analytic Sinkhorn estimate.
+            monitor: the :class:`~optical_st.losses.OTMonitor` collecting the plans' diagnostics for the trainer's
+                logs (:class:`~optical_st.losses.OTDiagnosticsCallback`).
+
         References:
             - Huang, Yu, Allan. Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal
               Transport Distillation. WSDM 2023. https://arxiv.org/abs/2301.12566
