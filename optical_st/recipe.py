@@ -1,8 +1,8 @@
 """OPTICAL's recommended training recipe, defined once: :data:`RECOMMENDED`.
 
 Every entry point trains with it: the ``optical-st train`` command (:mod:`optical_st.cli`), the README quickstart,
-``examples/train_chichewa.py``, ``examples/demo.py`` (whose default student produced the README's results) and the
-hard-negative docs. A test fails when one of them drifts from it (``tests/test_train_command.py``).
+``examples/train_chichewa.py``, ``examples/demo.py`` (whose default student produced the results in docs/demo.md)
+and the hard-negative docs. A test fails when one of them drifts from it (``tests/test_train_command.py``).
 
 What the recipe is, in the terms the project uses everywhere:
 
@@ -196,7 +196,7 @@ class Recipe:
 
 RECOMMENDED = Recipe()
 """The recommended recipe: OT + InfoNCE at the teacher's temperature with one mined hard negative (see the module
-docstring). The demo's default student (README results) was trained with exactly these settings."""
+docstring). The demo's default student (docs/demo.md) was trained with exactly these settings."""
 
 
 def _other_column(dataset: Dataset, english_column: str) -> str:
