@@ -36,21 +36,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from optical_st.research.report import METRICS as RESEARCH_QUALITY
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "docs/*.md")
 BLOCK = re.compile(r"(<!-- results (?P<attrs>.*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
 ATTRIBUTE = re.compile(r"(\w+)=(.*?)(?=\s+\w+=|$)", re.S)
-RESEARCH_QUALITY = (
-    "acc@1 LRL→En",
-    "acc@1 En→LRL",
-    "MRR@10",
-    "xref MAP@100",
-    "xref nDCG@10",
-    "xref R@100",
-    "MAP@100",
-    "mAP@20",
-    "nDCG@10",
-)
 LANGUAGES = {"nya": "Chichewa", "swh": "Swahili", "tgl": "Tagalog"}
 
 
