@@ -138,13 +138,18 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
     # the run's own threads count towards the load average; only a load well above them means shared cores
     shared = "other processes shared the cores" if max(loads, default=0) > threads + 0.5 else "the runs alone"
     eval_seconds = [r.get("eval_seconds", 0.0) for r in records]
+    recorded = config.to_dict()  # model folders as portable names, as results.json records them
     return "\n".join(
         [
             f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
             f"{threads} torch threads; load average during the runs {min(loads, default=0):.1f}–"
             f"{max(loads, default=0):.1f} ({shared}).",
-            f"- Teacher: `{config.to_dict()['teacher']}` (frozen; reads the English side); student: "
-            + (f"`{config.student}`." if config.student else "a trainable copy of the teacher (reads the LRL side)."),
+            f"- Teacher: `{recorded['teacher']}` (frozen; reads the English side); student: "
+            + (
+                f"`{recorded['student']}`."
+                if config.student
+                else "a trainable copy of the teacher (reads the LRL side)."
+            ),
             f"- Languages: {', '.join(_language_name(code) for code in config.languages)}.",
             f"- Training data: {config.train_data}, {_sizes(config)} pairs per language, "
             f"{config.epochs:g} epoch(s), batch {config.batch_size} ({_batches(config)}), lr "
