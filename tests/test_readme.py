@@ -44,3 +44,18 @@ def test_readme_quickstart_runs(tiny_dirs, tmp_path, monkeypatch):
         torch.as_tensor(model.encode_query(["Mulungu ndi chikondi"])),
         teacher.encode(["Mulungu ndi chikondi"], convert_to_tensor=True).cpu(),
     )
+
+
+def test_readme_is_a_users_outline():
+    text = README.read_text(encoding="utf8")
+    assert len(text.splitlines()) <= 250, "README stays a user's page; measurements and history go to docs/"
+    headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]
+    expected = ["Install", "Quickstart", "Train on your own bitext", "Usage", "Results", "Documentation", "Development",
+                "Citation"]  # fmt: skip
+    assert headings == expected
+    # every docs page is linked from the index, and every link points at a file that exists
+    root = README.parent
+    for page in sorted((root / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in text, f"docs/{page.name} is missing from the README's documentation index"
+    for target in re.findall(r"\]\(((?:docs|results)/[^)#]+)", text):
+        assert (root / target).exists(), target
