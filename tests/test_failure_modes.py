@@ -109,6 +109,22 @@ def test_ot_config_refuses_non_finite_and_out_of_range_numbers(kwargs):
         OTConfig(**kwargs)
 
 
+def test_transport_settings_as_keywords_still_work_with_a_future_warning(teacher):
+    model = build_optical_model(teacher)
+    with pytest.warns(FutureWarning, match=r"ot_config=OTConfig\(reg=0.02, max_iter=50\)"):
+        old = OTDistillationLoss(model, reg=0.02, max_iter=50)
+    assert old.ot_config == OTConfig(reg=0.02, max_iter=50)
+    assert (
+        old.get_config_dict() == OTDistillationLoss(model, ot_config=OTConfig(reg=0.02, max_iter=50)).get_config_dict()
+    )
+    with pytest.raises(ValueError, match="either ot_config"):
+        OTDistillationLoss(model, ot_config=OTConfig(), reg=0.02)
+    with pytest.raises(TypeError, match=r"\['regularisation'\].*OTConfig's fields"):
+        OTDistillationLoss(model, regularisation=0.02)
+    with pytest.raises(ValueError, match="reg"):  # the old keywords are checked like OTConfig's
+        OTDistillationLoss(model, reg=math.nan)
+
+
 @pytest.mark.parametrize("temperature", [math.inf, math.nan, 0.0, -1.0, True])
 def test_contrastive_loss_refuses_bad_temperature(teacher, temperature):
     with pytest.raises(ValueError, match="temperature"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +71,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         temperature: float = 0.05,
         symmetric: bool = False,
         teacher_cache: TeacherCache | None = None,
+        **ot_settings: Any,
     ) -> None:
         """
         OPTICAL's optimal-transport knowledge distillation (Huang, Yu & Allan, WSDM 2023).
@@ -124,6 +127,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             teacher_cache: a :class:`optical_st.TeacherCache` to read the frozen teacher's outputs from instead of
                 running it again for texts it has already encoded (later epochs, or other losses with the same
                 teacher given the same cache). Changes no result beyond float rounding; ``None``: no cache.
+            **ot_settings: deprecated: ``OTConfig``'s fields as keywords (``reg=0.02``), the form before
+                ``OTConfig``; still accepted, with a ``FutureWarning``. Not together with ``ot_config``.
 
         Attributes:
             ot_config: the :class:`~optical_st.OTConfig` in use.
@@ -188,7 +193,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 "ot_config=OTConfig(reg=0.02)."
             )
         self.model = model
-        self.ot_config = ot_config if ot_config is not None else OTConfig()
+        self.ot_config = _ot_config(ot_config, ot_settings)
         # every number checked (finite, in range) and stored as a plain float now, not at the first step: an inf or
         # NaN weight would otherwise wipe the student in one optimizer step (numpy / 0-d tensors accepted)
         self.sentence_weight = as_float("sentence_weight", sentence_weight, minimum=0.0)
@@ -344,3 +349,29 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
     @property
     def citation(self) -> str:
         return OPTICAL_CITATION
+
+
+def _ot_config(ot_config: OTConfig | None, ot_settings: dict[str, Any]) -> OTConfig:
+    """The loss's OTConfig; the transport settings passed one by one (``reg=0.02``), as before OTConfig grouped them,
+    still work with a FutureWarning so existing scripts and published recipes keep running."""
+    if not ot_settings:
+        return ot_config if ot_config is not None else OTConfig()
+    fields = {f.name for f in dataclasses.fields(OTConfig)}
+    unknown = sorted(set(ot_settings) - fields)
+    if unknown:
+        raise TypeError(
+            f"OTDistillationLoss got unexpected keyword argument(s) {unknown}; the transport settings are "
+            f"OTConfig's fields: {sorted(fields)}."
+        )
+    if ot_config is not None:
+        raise ValueError(
+            f"Pass the transport settings once: either ot_config=OTConfig(...) or {sorted(ot_settings)} as keywords, "
+            f"not both; e.g. ot_config=dataclasses.replace(ot_config, {', '.join(f'{k}=...' for k in ot_settings)})."
+        )
+    settings = ", ".join(f"{k}={v!r}" for k, v in ot_settings.items())
+    warnings.warn(
+        f"OTDistillationLoss({settings}) is deprecated: pass ot_config=OTConfig({settings}).",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return OTConfig(**ot_settings)
