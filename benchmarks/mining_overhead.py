@@ -7,6 +7,10 @@ cached teacher embeddings of the candidate pool; the one-off pool encoding is pa
 
     python benchmarks/mining_overhead.py                       # default refresh (200), 300 steps, 4000 pairs
     python benchmarks/mining_overhead.py --steps 60 --max-pairs 1000 --refresh-steps 20   # quick look
+    python benchmarks/mining_overhead.py --steps 250 --threads 2 --output \
+        --plot results/bench_mining_overhead/mining_overhead.png
+        # docs/hard_negatives.md's table and plot: writes results/bench_mining_overhead/results.json (a record, with
+        # the conditions and the raw numbers); then python scripts/results_tables.py
 
 Prints a markdown table: training wall time, mining wall time (first mining incl. pool encoding, refreshes) and
 the ratios. Timings depend on the machine and its load; the script prints the CPU count and load average.
@@ -26,6 +30,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from _record import add_output_argument, conditions, write_record  # benchmarks/_record.py, beside this script
+
+TARGET = 0.15  # mining's share of the training wall time
+
 
 def main() -> None:
     cli = _parser().parse_args()
@@ -35,9 +43,14 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     if cli.threads:
         torch.set_num_threads(cli.threads)
+    start = conditions()
     trainer, train, wall = _train(cli)
     results = _results(trainer, train, wall, cli)
-    _print_table(results, cli)
+    _print_table(results)
+    if cli.output:
+        header, rows = cost_table(results)
+        table = {"header": header, "rows": rows, "raw": results}
+        print(f"wrote {write_record(cli.output, {'cost': table}, start)}")
     if cli.json:
         Path(cli.json).parent.mkdir(parents=True, exist_ok=True)
         Path(cli.json).write_text(json.dumps(results, indent=2))
@@ -58,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--contrastive-weight", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output-dir", default="runs/bench_mining_overhead")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--json", default=None, help="also write the raw numbers alone to this JSON file")
+    add_output_argument(parser, "results/bench_mining_overhead/results.json")
     parser.add_argument("--plot", default=None, help="also draw the wall-time split to this PNG")
     return parser
 
@@ -102,6 +116,16 @@ def _results(trainer: Any, train: Any, wall: float, cli: argparse.Namespace) -> 
     import torch
 
     minings = [e for e in trainer.state.log_history if "hard_negatives/mining_seconds" in e]
+    per_mining = [
+        {
+            "step": e.get("step"),
+            "seconds": e["hard_negatives/mining_seconds"],
+            "anchors": e.get("hard_negatives/anchors_mined", 0.0),
+            "pool_seconds": e.get("hard_negatives/pool_seconds", 0.0),
+            "anchor_seconds": e.get("hard_negatives/anchor_seconds", 0.0),
+        }
+        for e in minings
+    ]
     first = minings[0]["hard_negatives/mining_seconds"]
     refreshes = sum(e["hard_negatives/mining_seconds"] for e in minings[1:])
     mining = first + refreshes
@@ -125,32 +149,52 @@ def _results(trainer: Any, train: Any, wall: float, cli: argparse.Namespace) -> 
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_avg_end": os.getloadavg(),
+        "minings": per_mining,
     }
 
 
-def _print_table(results: dict[str, Any], cli: argparse.Namespace) -> None:
-    wall, first, refreshes = results["train_wall_s"], results["mining_first_s"], results["mining_refresh_s"]
-    mining = results["mining_total_s"]
+def _print_table(results: dict[str, Any]) -> None:
     print()
     print(
         f"{results['pairs']} pairs (pool {results['pool']} English verses), {results['steps']} steps x "
-        f"{cli.batch_size}, {cli.num_negatives} negatives, refresh every {cli.refresh_steps} steps, "
-        f"{results['torch_threads']} torch threads on {results['cpus']} CPUs, load average at the end "
+        f"{results['batch_size']}, {results['num_negatives']} negatives, refresh every {results['refresh_steps']} "
+        f"steps, {results['torch_threads']} torch threads on {results['cpus']} CPUs, load average at the end "
         f"{results['load_avg_end'][0]:.1f}"
     )
     print()
-    print("| quantity | value |")
-    print("|---|---|")
-    print(f"| training wall time (incl. mining) | {wall:.1f} s |")
-    print(f"| first mining (pool encoding + first {cli.refresh_steps} steps of anchors) | {first:.1f} s |")
-    print(f"| {results['refreshes']} refresh(es) | {refreshes:.1f} s |")
-    print(f"| anchors encoded in total | {int(results['anchors_mined'])} |")
-    print(f"| **mining / training wall time** | **{results['mining_share']:.1%}** |")
-    print(f"| mining / (training wall time - mining) | {results['mining_overhead']:.1%} |")
-    pool = results["pool_encoding_s"]
-    print(f"| of which: pool encoding (teacher, once) / anchor encoding (student) | {pool:.1f} s / "
-          f"{results['anchor_encoding_s']:.1f} s |")  # fmt: skip
-    print(f"| mining without the one-off pool encoding / training wall time | {(mining - pool) / wall:.1%} |")
+    header, rows = cost_table(results)
+    print("\n".join("| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), *rows)))
+
+
+def cost_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The run as docs/hard_negatives.md shows it: wall times, each mining, the anchors encoded and the shares."""
+    wall, first, steps, refresh = (results[k] for k in ("train_wall_s", "mining_first_s", "steps", "refresh_steps"))
+    minings = results.get("minings") or []
+    pool_first = minings[0]["pool_seconds"] if minings else results["pool_encoding_s"]
+    rows = [
+        ["training wall time (incl. mining)", f"{wall:.0f} s"],
+        [
+            f"first mining: pool encoding (teacher, once) + anchors of the first {min(refresh or steps, steps)} steps",
+            f"{first:.0f} s ({pool_first:.0f} s + {first - pool_first:.0f} s)",
+        ],
+    ]
+    for mining in minings[1:]:
+        left = steps - int(mining["step"])
+        span = f"the last {left}" if left <= refresh else f"the next {refresh}"
+        what = f"refresh at step {int(mining['step'])} ({int(mining['anchors']):,} anchors for {span} steps)"
+        rows.append([what, f"{mining['seconds']:.0f} s"])
+    if not minings and results["refreshes"]:  # raw numbers of a run before the per-mining log was kept
+        rows.append([f"{results['refreshes']} refresh(es)", f"{results['mining_refresh_s']:.0f} s"])
+    without_pool = (results["mining_total_s"] - results["pool_encoding_s"]) / wall
+    rows += [
+        [
+            f"anchors encoded in total ({steps * results['batch_size']:,} rows served)",
+            f"{int(results['anchors_mined']):,}",
+        ],
+        ["**mining / training wall time**", f"**{results['mining_share']:.1%}** (target ≤ {TARGET:.0%})"],
+        ["mining without the one-off pool encoding / training wall time", f"{without_pool:.1%}"],
+    ]
+    return ["quantity", "value"], rows
 
 
 def plot(results: dict, path: str) -> None:

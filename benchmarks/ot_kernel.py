@@ -6,6 +6,9 @@ range of speed-ups of ``optical_st.ot.sinkhorn_log`` over ``ot.batch.solve_batch
 tolerances, widths and shapes (the claim a reader can check with the settings they would try); target >= 3x.
 
     python benchmarks/ot_kernel.py [--reg 0.05] [--tols 1e-4 1e-5 1e-6] [--dims 16 64] [--repeats 5] [--threads 2]
+    python benchmarks/ot_kernel.py --repeats 3 --threads 1 --shapes 32x32 32x64 128x32 128x64 --output
+        # docs/benchmarks.md's table: writes results/bench_ot_kernel/results.json (a record, with the conditions and
+        # raw timings); then python scripts/results_tables.py
 
 Costs: cosine distances between random Gaussian token embeddings of width ``--dim`` (default 16). That width is
 calibrated on real data: all-MiniLM-L6-v2 token embeddings of Chichewa vs English Bible verses give cosine costs in
@@ -22,9 +25,11 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import ot
 import torch
+from _record import add_output_argument, conditions, write_record  # benchmarks/_record.py, beside this script
 
 from optical_st.ot import cosine_cost, sinkhorn_log
 
@@ -48,7 +53,11 @@ def problem(B: int, n: int, dim: int, device: str, seed: int = 0) -> torch.Tenso
     return cosine_cost(x, y).to(device)
 
 
-def main() -> None:
+TIMINGS = ["B", "n=m", "iters", "optical_st ms", "POT batched ms", "POT per-pair loop ms", "speed-up vs POT batched"]
+CUDA_TIMINGS = ["optical_st CUDA ms", "POT batched CUDA ms", "CUDA speed-up"]
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reg", type=float, default=0.05)
     parser.add_argument("--tols", type=float, nargs="+", default=[1e-4, 1e-5, 1e-6])
@@ -60,53 +69,107 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--loop-max-batch", type=int, default=32, help="skip the slow per-pair loop above this B")
-    args = parser.parse_args()
+    add_output_argument(parser, "results/bench_ot_kernel/results.json")
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    start = conditions()
     cuda = torch.cuda.is_available()
     print(f"torch {torch.__version__}, POT {ot.__version__}, CPU threads {torch.get_num_threads()}, CUDA {cuda}")
     print(f"reg={args.reg}, tolerance on max_b ||P1 - a||_2 (POT's criterion), max_iter={args.max_iter}\n")
-    ratios: dict[tuple[float, int], list[float]] = {}
+    measurements = []
     for tol in args.tols:
         for dim in args.dims:
-            print(f"### tol={tol:g}, token width {dim}\n")
-            header = (
-                "| B | n=m | iters | optical_st ms | POT batched ms | POT per-pair loop ms | speed-up vs POT batched |"
-            )
-            sep = "|---|---|---|---|---|---|---|"
-            if cuda:
-                header += " optical_st CUDA ms | POT batched CUDA ms | CUDA speed-up |"
-                sep += "---|---|---|"
-            print(header)
-            print(sep)
+            print(f"### tol={tolerance(tol)}, token width {dim}\n")
+            print(_markdown(TIMINGS + (CUDA_TIMINGS if cuda else []), []))
             for shape in args.shapes:
                 B, n = (int(x) for x in shape.split("x"))
-                row, ratio = _row(args, B, n, dim, tol, cuda)
-                ratios.setdefault((tol, dim), []).append(ratio)
-                print(row, flush=True)
+                measurements.append(measure(args, B, n, dim, tol, cuda))
+                print(_markdown(None, [timing_cells(measurements[-1])]), flush=True)
             print()
-    every = [r for values in ratios.values() for r in values]
-    print("| tol | width | min speed-up | max speed-up |\n|---|---|---|---|")
-    for (tol, dim), values in ratios.items():
-        print(f"| {tol:g} | {dim} | {min(values):.1f}x | {max(values):.1f}x |")
+    every = [m["pot_batched_ms"] / m["optical_st_ms"] for m in measurements]
+    print("Speed-up of optical_st over POT batched (CPU):\n")
+    print(_markdown(*speedup_table(measurements)))
     verdict = "PASS" if min(every) >= 3 else "FAIL"
     print(
         f"\nspeed-up vs POT batched (CPU), all settings: {min(every):.1f}x–{max(every):.1f}x (target >= 3x): {verdict}"
     )
+    if args.output:
+        settings = {k: v for k, v in vars(args).items() if k != "output"}
+        print(f"wrote {write_record(args.output, record_tables(measurements, settings), start)}")
 
 
-def _row(args: argparse.Namespace, B: int, n: int, dim: int, tol: float, cuda: bool) -> tuple[str, float]:
+def _markdown(header: list[str] | None, rows: list[list[str]]) -> str:
+    """Markdown lines: the header and its rule (unless None), then the rows."""
+    lines = [] if header is None else ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def tolerance(value: float) -> str:
+    """1e-4, not 0.0001: tolerances as the docs write them."""
+    mantissa, exponent = f"{value:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def timing_cells(m: dict[str, Any]) -> list[str]:
+    """One measurement as the cells of the per-setting timing table."""
+    loop = "(skipped)" if m["pot_loop_ms"] is None else f"{m['pot_loop_ms']:.1f}"
+    ratio = m["pot_batched_ms"] / m["optical_st_ms"]
+    cells = [str(m["B"]), str(m["n"]), str(m["iters"]), f"{m['optical_st_ms']:.2f}", f"{m['pot_batched_ms']:.2f}"]
+    cells += [loop, f"{ratio:.1f}x"]
+    if "optical_st_cuda_ms" in m:
+        ours, pot = m["optical_st_cuda_ms"], m["pot_batched_cuda_ms"]
+        cells += [f"{ours:.2f}", f"{pot:.2f}", f"{pot / ours:.1f}x"]
+    return cells
+
+
+def speedup_table(measurements: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Speed-up over POT batched (CPU): a row per tolerance and width, a column per batch shape (docs/benchmarks.md)."""
+    shapes = list(dict.fromkeys((m["B"], m["n"]) for m in measurements))
+    settings = list(dict.fromkeys((m["tol"], m["dim"]) for m in measurements))
+    ratio = {(m["tol"], m["dim"], m["B"], m["n"]): m["pot_batched_ms"] / m["optical_st_ms"] for m in measurements}
+    header = ["tol", "width", *(f"B={B}, n=m={n}" for B, n in shapes)]
+    rows = [
+        [
+            tolerance(tol),
+            str(dim),
+            *(f"{ratio[tol, dim, B, n]:.1f}x" if (tol, dim, B, n) in ratio else "–" for B, n in shapes),
+        ]
+        for tol, dim in settings
+    ]
+    return header, rows
+
+
+def record_tables(measurements: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``--output`` record: the speed-up table and every timing, with the raw measurements."""
+    cuda = any("optical_st_cuda_ms" in m for m in measurements)
+    header, rows = speedup_table(measurements)
+    timings = [[tolerance(m["tol"]), str(m["dim"]), *timing_cells(m)] for m in measurements]
+    return {
+        "speed-up": {"header": header, "rows": rows, "raw": {"settings": settings, "measurements": measurements}},
+        "timings": {"header": ["tol", "width", *TIMINGS, *(CUDA_TIMINGS if cuda else [])], "rows": timings},
+    }
+
+
+def measure(args: argparse.Namespace, B: int, n: int, dim: int, tol: float, cuda: bool) -> dict[str, Any]:
+    """Median milliseconds per call of each solver on one problem (and the iterations optical_st needs)."""
     C = problem(B, n, dim, "cpu")
     a = torch.full((B, n), 1.0 / n)
     _, log = sinkhorn_log(C, a, a, reg=args.reg, max_iter=args.max_iter, tol=tol, return_log=True)
-    ours = timeit(lambda: sinkhorn_log(C, a, a, args.reg, args.max_iter, tol), args.repeats)
-    pot_batched = timeit(
+    m: dict[str, Any] = {"tol": tol, "dim": dim, "B": B, "n": n, "iters": int(log.n_iter)}
+    m["optical_st_ms"] = timeit(lambda: sinkhorn_log(C, a, a, args.reg, args.max_iter, tol), args.repeats)
+    m["pot_batched_ms"] = timeit(
         lambda: ot.batch.solve_batch(C, args.reg, a, a, max_iter=args.max_iter, tol=tol, method="log_sinkhorn"),
         args.repeats,
     )
+    m["pot_loop_ms"] = None
     if args.loop_max_batch >= B:
         Cn, an = C.double().numpy(), a[0].double().numpy()
-        loop = timeit(
+        m["pot_loop_ms"] = timeit(
             lambda: [
                 ot.sinkhorn(
                     an, an, Cn[i], args.reg, method="sinkhorn_log", numItermax=args.max_iter, stopThr=tol, warn=False
@@ -115,22 +178,18 @@ def _row(args: argparse.Namespace, B: int, n: int, dim: int, tol: float, cuda: b
             ],
             max(1, args.repeats // 2),
         )
-        loop_s = f"{loop:.1f}"
-    else:
-        loop_s = "(skipped)"
-    ratio = pot_batched / ours
-    row = f"| {B} | {n} | {log.n_iter} | {ours:.2f} | {pot_batched:.2f} | {loop_s} | {ratio:.1f}x |"
     if cuda:
         Cg, ag = C.cuda(), a.cuda()
         sync = torch.cuda.synchronize
-        ours_g = timeit(lambda: sinkhorn_log(Cg, ag, ag, args.reg, args.max_iter, tol), args.repeats, sync)
-        pot_g = timeit(
+        m["optical_st_cuda_ms"] = timeit(
+            lambda: sinkhorn_log(Cg, ag, ag, args.reg, args.max_iter, tol), args.repeats, sync
+        )
+        m["pot_batched_cuda_ms"] = timeit(
             lambda: ot.batch.solve_batch(Cg, args.reg, ag, ag, max_iter=args.max_iter, tol=tol, method="log_sinkhorn"),
             args.repeats,
             sync,
         )
-        row += f" {ours_g:.2f} | {pot_g:.2f} | {pot_g / ours_g:.1f}x |"
-    return row, ratio
+    return m
 
 
 if __name__ == "__main__":

@@ -22,6 +22,9 @@ Target: OT step <= 1.10x the MSE-KD (online) step.
 Usage:
     python benchmarks/step_overhead.py                     # CPU (+ CUDA when available), batch 32
     python benchmarks/step_overhead.py --batch-size 64 --max-seq-length 128 --repeats 20
+    python benchmarks/step_overhead.py --threads 2 --repeats 5 --warmup 2 --devices cpu --output
+        # docs/benchmarks.md's table: writes results/bench_step_overhead/results.json (a record, with the conditions
+        # and raw step times); then python scripts/results_tables.py
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import time
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from _record import add_output_argument, conditions, write_record  # benchmarks/_record.py, beside this script
 from sentence_transformers.sentence_transformer.losses import MSELoss
 
 from optical_st import ContrastiveDistillationLoss, OTConfig, OTDistillationLoss, build_optical_model, column_prompts
@@ -44,6 +48,7 @@ from optical_st.research.config import default_multilingual_model
 from optical_st.routes import STUDENT_ROUTE, model_routes, route_modules
 
 TARGET = 1.10
+REFERENCE = "MSE-KD (online)"  # the like-for-like baseline: every method runs the teacher once per step
 
 
 def make_features(model, english, lrl, device):
@@ -132,7 +137,7 @@ def time_steps(steps, device, warmup, repeats):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default=None, help="teacher (default: multilingual-e5-small, offline copy)")
     parser.add_argument("--student", default=None, help="student encoder (default: a copy of the teacher)")
@@ -143,10 +148,16 @@ def main() -> None:
     parser.add_argument("--reg", type=float, default=0.05, help="Sinkhorn regularisation of OTDistillationLoss")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when available")
-    args = parser.parse_args()
+    add_output_argument(parser, "results/bench_step_overhead/results.json")
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    start = conditions()
 
     base = build_optical_model(args.teacher or default_multilingual_model(), args.student, device="cpu")
     for modules in model_routes(base).values():
@@ -154,12 +165,11 @@ def main() -> None:
     pairs = load_bible_bitext({"train": range(40, 44)}, max_pairs={"train": args.batch_size}, seed=0)["train"]
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
 
-    results = {}
-    shapes = None
+    results, trainable, shapes = {}, {}, {}
     for name in devices:
         device = torch.device(name)
         feats = make_features(base, list(pairs["english"]), list(pairs["chichewa"]), device)
-        shapes = {k: tuple(v["input_ids"].shape) for k, v in feats.items()}
+        shapes = {k: list(v["input_ids"].shape) for k, v in feats.items()}
         steps, trainable = build_steps(base, feats, device, args.reg)
         results[name] = time_steps(steps, device, args.warmup, args.repeats)
 
@@ -169,26 +179,47 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.processor() or platform.machine()}, "
         f"load average {os.getloadavg()[0]:.2f}\n"
     )
-    header = "| method | trainable params | AdamW state MB | "
-    header += " | ".join(f"{d} ms/step | {d} × MSE-KD (online)" for d in devices) + " |"
-    print(header)
-    print("|" + "---|" * (3 + 2 * len(devices)))
-    for method in results[devices[0]]:
-        cells = [f"{trainable[method] / 1e6:.1f}M", f"{trainable[method] * 8 / 2**20:.0f}"]  # 2 fp32 moments
-        for d in devices:
-            ms = results[d][method] * 1e3
-            cells += [f"{ms:.1f}", f"{results[d][method] / results[d]['MSE-KD (online)']:.3f}"]
-        print(f"| {method} | " + " | ".join(cells) + " |")
+    header, rows = overhead_table(results, trainable)
+    print("\n".join(["| " + " | ".join(row) + " |" for row in (header, ["---"] * len(header), *rows)]))
     print()
     for d in devices:
         r = results[d]
-        ratio = r["OT-KD"] / r["MSE-KD (online)"]
+        ratio = r["OT-KD"] / r[REFERENCE]
         verdict = "meets" if ratio <= TARGET else "MISSES"
         print(
             f"[{d}] OT / MSE-KD (online) = {ratio:.3f} ({verdict} the {TARGET:.2f}x target); "
             f"OT / MSE-KD (precomputed) = {r['OT-KD'] / r['MSE-KD (precomputed)']:.3f}; "
             f"OT / Contrastive-KD = {r['OT-KD'] / r['Contrastive-KD']:.3f}"
         )
+    if args.output:
+        settings = {k: v for k, v in vars(args).items() if k != "output"}
+        raw = {
+            "settings": settings,
+            "token_shapes": shapes,
+            "trainable_params": trainable,
+            "seconds_per_step": results,
+        }
+        table = {"header": header, "rows": rows, "raw": raw}
+        print(f"wrote {write_record(args.output, {'step-time': table}, start)}")
+
+
+def overhead_table(
+    seconds: dict[str, dict[str, float]], trainable: dict[str, int]
+) -> tuple[list[str], list[list[str]]]:
+    """A row per method: trainable parameters, AdamW state (two fp32 moments per parameter), and per device the
+    median step in ms and its ratio to the MSE-KD (online) step. One device: its columns are not prefixed."""
+    devices = list(seconds)
+    header = ["method", "trainable params", "AdamW state"]
+    for d in devices:
+        prefix = "" if len(devices) == 1 else f"{d} "
+        header += [f"{prefix}ms/step", f"{prefix}× {REFERENCE}"]
+    rows = []
+    for method in seconds[devices[0]]:
+        cells = [method, f"{trainable[method] / 1e6:.1f}M", f"{trainable[method] * 8 / 2**20:.0f} MB"]
+        for d in devices:
+            cells += [f"{seconds[d][method] * 1e3:,.0f}", f"{seconds[d][method] / seconds[d][REFERENCE]:.2f}"]
+        rows.append(cells)
+    return header, rows
 
 
 if __name__ == "__main__":

@@ -8,17 +8,31 @@ this script rewrites what is between them::
     ...
     <!-- /results -->
 
+A marker may be indented (a table inside a list item): the table and the closing marker get the same indentation.
+
 Attributes (``key=value``, separated by spaces; a value runs to the next ``key=``, so it may hold spaces):
 
 - ``source``: a results file, relative to the repository: a research report (``aggregate`` rows: mean ± std over
-  seeds), a demo / ``optical-st train`` result (``results`` rows) or the adapter benchmark (``size`` / ``quality``).
-  Research reports may be several, comma-separated: their rows are pooled (a row already given by an earlier file,
-  same language, size and method, is not repeated), e.g. RQ1's arms beside RQ2's runs of the same losses.
+  seeds), a demo / ``optical-st train`` result (``results`` rows), the adapter benchmark (``size`` / ``quality``) or
+  a record (``tables``, below). Research reports may be several, comma-separated: their rows are pooled (a row
+  already given by an earlier file, same language, size and method, is not repeated), e.g. RQ1's arms beside RQ2's
+  runs of the same losses.
+- ``table``: the name of a record's table (records only, and required there).
 - ``columns``: comma-separated metric names as the file names them; also ``n``, ``pairs``, ``steps``,
   ``train FLOPs``, ``train s`` (research) and ``train pairs`` (demo). Default: every quality metric in the file.
 - ``methods``: comma-separated method (or adapter setting) names, in this order; default: all, in the file's order.
 - ``languages``: comma-separated language codes (research files); a ``language`` column is added when several.
 - ``pairs``: comma-separated training sizes (a learning curve's rows); ``0`` = the untrained rows.
+
+A record holds tables already formatted, each with how it was measured: what the benchmarks write with
+``--output`` (``benchmarks/_record.py``), and the historical runs whose output was not kept, transcribed with their
+provenance. It renders a table as stored, cell for cell; ``columns``, ``methods``, ``languages`` and ``pairs`` do not
+apply::
+
+    {"tables": {"<name>": {"header": ["cell", ...], "rows": [["cell", ...], ...],
+                           "measured": "what ran, where and when: command, commit, machine and its load",
+                           "raw": {...the numbers behind the cells (optional)...}}},
+     "conditions": {...the run's settings and machine (optional)...}}
 
 Usage::
 
@@ -40,7 +54,9 @@ from optical_st.research.report import METRICS as RESEARCH_QUALITY
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ("README.md", "docs/*.md")
-BLOCK = re.compile(r"(<!-- results (?P<attrs>.*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<open><!-- results (?P<attrs>.*?) -->)\n(?P<body>.*?)^[ \t]*<!-- /results -->", re.S | re.M
+)
 ATTRIBUTE = re.compile(r"(\w+)=(.*?)(?=\s+\w+=|$)", re.S)
 LANGUAGES = {"nya": "Chichewa", "swh": "Swahili", "tgl": "Tagalog"}
 
@@ -57,7 +73,7 @@ def parse_attributes(text: str) -> dict[str, str]:
 
 
 def _row(cells: Iterable[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+    return "|" + "|".join(f" {cell} " if cell else " " for cell in cells) + "|"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -160,6 +176,24 @@ def adapter_table(data: dict[str, Any], attrs: dict[str, str]) -> str:
     return _table(header, body)
 
 
+def record_table(data: dict[str, Any], attrs: dict[str, str]) -> str:
+    """A record's table as stored; it must say how it was measured."""
+    tables, name, source = data["tables"], attrs.get("table"), attrs["source"]
+    if name not in tables:
+        raise ValueError(f"{source}: no table {name!r} (table=...); its tables: {', '.join(tables)}")
+    ignored = [key for key in ("columns", "methods", "languages", "pairs") if key in attrs]
+    if ignored:
+        raise ValueError(f"{source}: a record's table renders as stored; {', '.join(ignored)} do not apply")
+    entry = tables[name]
+    if not str(entry.get("measured") or "").strip():
+        raise ValueError(f"{source}: table {name!r} does not say how it was measured ('measured')")
+    header, rows = entry["header"], entry["rows"]
+    for row in rows:
+        if len(row) != len(header) or not all(isinstance(cell, str) for cell in row):
+            raise ValueError(f"{source}: table {name!r}: a row is not {len(header)} strings: {row}")
+    return _table(header, rows)
+
+
 def render(attrs: dict[str, str], root: Path = ROOT) -> str:
     files = [json.loads((root / source).read_text(encoding="utf-8")) for source in _split(attrs["source"]) or []]
     if len(files) > 1:
@@ -167,21 +201,24 @@ def render(attrs: dict[str, str], root: Path = ROOT) -> str:
             raise ValueError(f"{attrs['source']}: only research reports can be pooled")
         files = [{"aggregate": [row for f in files for row in f["aggregate"]]}]
     data = files[0]
+    if "tables" in data:
+        return record_table(data, attrs)
     if "aggregate" in data:
         return research_table(data, attrs)
     if "quality" in data and "size" in data:
         return adapter_table(data, attrs)
     if "results" in data:
         return demo_table(data, attrs)
-    raise ValueError(f"{attrs['source']}: not a research, demo or adapter results file")
+    raise ValueError(f"{attrs['source']}: not a research, demo, adapter or record results file")
 
 
 def update(text: str, root: Path = ROOT) -> str:
     """``text`` with every marked table regenerated from its results file."""
 
     def replace(match: re.Match[str]) -> str:
-        table = render(parse_attributes(match["attrs"]), root)
-        return f"{match.group(1)}{table}\n{match.group(4)}"
+        indent = match["indent"]
+        table = "\n".join(indent + line for line in render(parse_attributes(match["attrs"]), root).split("\n"))
+        return f"{indent}{match['open']}\n{table}\n{indent}<!-- /results -->"
 
     return BLOCK.sub(replace, text)
 
