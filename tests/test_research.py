@@ -212,9 +212,11 @@ def test_conditions_say_whether_the_cores_were_shared(loads, wording):
     torch_threads = torch.get_num_threads()
     config = ExperimentConfig(device="cpu")
     # loads are relative to the run's own threads: 2 threads give a load of ~2 on an otherwise idle machine
-    records = [{"load_average": [x * torch_threads / 2 for x in loads]}]
+    records = [{"load_average": [x * torch_threads / 2 for x in loads], "train_seconds": 90.0, "eval_seconds": 30.0}]
     text = _conditions(config, records, wall=60.0)
-    assert wording in text and "Total wall time of the experiment: 1.0 min" in text
+    assert wording in text and "2.0 min of training and evaluation" in text and "this command: 1.0 min" in text
+    # a --report-only rewrite (nothing run) still states the runs' time, and no zero for the command
+    assert "this command" not in _conditions(config, records, wall=0.01)
 
 
 def test_cli_round_trips_the_config():

@@ -130,6 +130,14 @@ def _test_books(config: ExperimentConfig) -> str:
     return f" (Bible books {books[0]}–{books[-1]})"
 
 
+def _wall_time(records: Sequence[dict[str, Any]], wall: float) -> str:
+    """The runs' own training + evaluation time from their records, so a study resumed over several sessions (or a
+    ``--report-only`` rewrite) still states what it cost; this command's wall time beside it when it ran anything."""
+    runs = sum(r.get("train_seconds", 0.0) + r.get("eval_seconds", 0.0) for r in records) / 60
+    command = f"; this command: {wall / 60:.1f} min" if wall >= 1.0 else ""
+    return f"- Wall time: {runs:.1f} min of training and evaluation, summed over the runs' records{command}."
+
+
 def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:
     loads = [x for r in records for x in r.get("load_average", [])]
     device = resolve_device(config)
@@ -179,7 +187,7 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
                 if config.teacher_cache
                 else "every run computes the frozen teacher's outputs itself (no teacher cache)."
             ),
-            f"- Total wall time of the experiment: {wall / 60:.1f} min.",
+            _wall_time(records, wall),
         ]
     )
 
