@@ -14,7 +14,6 @@ The benchmarks import this module by its bare name: Python puts a script's own f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -22,6 +21,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from optical_st.research.runner import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,8 +103,6 @@ def write_record(path: str | Path, tables: dict[str, dict[str, Any]], cond: dict
         name: {"header": t["header"], "rows": t["rows"], "measured": line, **({"raw": t["raw"]} if "raw" in t else {})}
         for name, t in tables.items()
     }
-    record = {"tables": entries, "conditions": cond}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_json(path, {"tables": entries, "conditions": cond})
     return path

@@ -48,9 +48,10 @@ QUESTION = (
 )
 
 
-def map_only_record(config: ExperimentConfig, language: str) -> dict:
+def map_only_record(config: ExperimentConfig, language: str, compute: bool = True) -> dict | None:
     """The student with the closed-form map and no training: how far the map alone brings it (a record like the
-    runner's, written once to records/)."""
+    runner's, written once to records/). ``compute=False`` (a ``--report-only`` rewrite): the record if it is
+    there, else None."""
     from optical_st.evaluation.cache import EmbeddingCache
     from optical_st.modeling import build_optical_model
 
@@ -59,6 +60,8 @@ def map_only_record(config: ExperimentConfig, language: str) -> dict:
         import json
 
         return json.loads(path.read_text(encoding="utf-8"))
+    if not compute:
+        return None
     model = build_optical_model(config.resolved_teacher(), config.student, device="cpu")
     start = time.perf_counter()
     stats, flops = fit_map(model, load_train_pairs(config, language, pairs=config.train_pairs[0]), config)
@@ -111,10 +114,8 @@ def main() -> None:
     start = time.perf_counter()
     records = []
     if "map-only" in args.methods and config.student_map:  # first: cheap, and it says how far the map alone goes
-        for language in config.languages:
-            done = (Path(config.output_dir) / "records" / f"{language}-student-map-only.json").exists()
-            if done or not args.report_only:
-                records.append(map_only_record(config, language))
+        maps = (map_only_record(config, language, compute=not args.report_only) for language in config.languages)
+        records += [record for record in maps if record is not None]
     methods = [available[m] for m in args.methods if m in available]
     records += read_records(methods, config) if args.report_only else run_experiment(methods, config)
     table = write_report(
