@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import logging
 import os
 import time
@@ -51,9 +50,6 @@ def main() -> None:
         header, rows = cost_table(results)
         table = {"header": header, "rows": rows, "raw": results}
         print(f"wrote {write_record(cli.output, {'cost': table}, start)}")
-    if cli.json:
-        Path(cli.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(cli.json).write_text(json.dumps(results, indent=2))
     if cli.plot:
         plot(results, cli.plot)
 
@@ -71,7 +67,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--contrastive-weight", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output-dir", default="runs/bench_mining_overhead")
-    parser.add_argument("--json", default=None, help="also write the raw numbers alone to this JSON file")
     add_output_argument(parser, "results/bench_mining_overhead/results.json")
     parser.add_argument("--plot", default=None, help="also draw the wall-time split to this PNG")
     return parser
