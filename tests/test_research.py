@@ -219,6 +219,18 @@ def test_conditions_say_whether_the_cores_were_shared(loads, wording):
     assert "this command" not in _conditions(config, records, wall=0.01)
 
 
+def test_conditions_state_the_threads_each_run_recorded():
+    """A study resumed with another --threads states both counts from the records, not this process's."""
+    from optical_st.research import ExperimentConfig
+    from optical_st.research.report import _conditions
+
+    config = ExperimentConfig(device="cpu")
+    run = {"load_average": [3.0, 3.1], "train_seconds": 60.0, "eval_seconds": 0.0}  # above 2 threads + 0.5
+    mixed = _conditions(config, [{**run, "torch_threads": 2}, {**run, "torch_threads": 1}], wall=0.0)
+    assert "1 or 2 torch threads by run" in mixed and "(other processes shared the cores)" in mixed
+    assert "3 torch threads;" in _conditions(config, [{**run, "torch_threads": 3}], wall=0.0)
+
+
 def test_cli_round_trips_the_config():
     import argparse
 

@@ -80,7 +80,7 @@ def test_killed_study_resumes_and_matches_an_uninterrupted_one(tiny_dirs, tmp_pa
 @pytest.mark.slow
 def test_learning_curve_trains_every_size_and_plots_quality_against_pairs(tiny_dirs, tmp_path):
     out = tmp_path / "curve"
-    args = study_args(tiny_dirs, out, "--train-pairs", "8", "16", "--methods", "zero-shot", "ot")
+    args = study_args(tiny_dirs, out, "--train-pairs", "8", "16", "--methods", "zero-shot", "ot", "--threads", "1")
     done = run_study(args)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -91,6 +91,8 @@ def test_learning_curve_trains_every_size_and_plots_quality_against_pairs(tiny_d
     assert results["config"]["train_pairs"] == [8, 16] and results["config"]["precision"] == "fp32"
     table = (out / "results.md").read_text()
     assert "| method | pairs | n |" in table and "| OT-KD | 16 | 1 |" in table and "Precision: **fp32**" in table
+    assert ", 1 torch threads;" in table  # from the records: each states the threads it ran with
+    assert {json.loads(p.read_text())["torch_threads"] for p in (out / "records").iterdir()} == {1}
     for plot in ("quality_vs_pairs.png", "quality_vs_flops.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in (out / "records").iterdir()) == [

@@ -138,19 +138,30 @@ def _wall_time(records: Sequence[dict[str, Any]], wall: float) -> str:
     return f"- Wall time: {runs:.1f} min of training and evaluation, summed over the runs' records{command}."
 
 
+def _threads(records: Sequence[dict[str, Any]]) -> list[int]:
+    """The torch threads the runs' records state (records written before they did: this process's)."""
+    return sorted({r.get("torch_threads", torch.get_num_threads()) for r in records} or {torch.get_num_threads()})
+
+
+def _threads_text(threads: Sequence[int]) -> str:
+    if len(threads) == 1:
+        return f"{threads[0]} torch threads"
+    return f"{' or '.join(map(str, threads))} torch threads by run (`torch_threads` in each record)"
+
+
 def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:
     loads = [x for r in records for x in r.get("load_average", [])]
     device = resolve_device(config)
     hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"{os.cpu_count()} CPU cores"
-    threads = torch.get_num_threads()
+    threads = _threads(records)
     # the run's own threads count towards the load average; only a load well above them means shared cores
-    shared = "other processes shared the cores" if max(loads, default=0) > threads + 0.5 else "the runs alone"
+    shared = "other processes shared the cores" if max(loads, default=0) > max(threads) + 0.5 else "the runs alone"
     eval_seconds = [r.get("eval_seconds", 0.0) for r in records]
     recorded = config.to_dict()  # model folders as portable names, as results.json records them
     return "\n".join(
         [
             f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
-            f"{threads} torch threads; load average during the runs {min(loads, default=0):.1f}–"
+            f"{_threads_text(threads)}; load average during the runs {min(loads, default=0):.1f}–"
             f"{max(loads, default=0):.1f} ({shared}).",
             f"- Teacher: `{recorded['teacher']}` (frozen; reads the English side); student: "
             + (

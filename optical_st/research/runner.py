@@ -401,6 +401,7 @@ def run_one(
     wanted = {k: b for k, b in benches.items() if k.endswith(":english") == ceiling}
     record.update(evaluate_model(model, wanted, config, cache))
     record["load_average"] = [load_before, os.getloadavg()[0]]
+    record["torch_threads"] = torch.get_num_threads()  # of the process that finished the run (see resumed_from_step)
     return record
 
 
