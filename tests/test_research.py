@@ -231,6 +231,16 @@ def test_conditions_state_the_threads_each_run_recorded():
     assert "3 torch threads;" in _conditions(config, [{**run, "torch_threads": 3}], wall=0.0)
 
 
+def test_report_states_the_command_that_reproduces_the_study(tmp_path, monkeypatch):
+    from optical_st.research.report import command_line
+
+    monkeypatch.chdir(tmp_path)
+    script = str(tmp_path / "examples" / "rq2.py")
+    argv = [script, "--train-pairs", "800", "0", "--report-only", "--output-dir", "a dir"]
+    assert command_line(argv) == "python examples/rq2.py --train-pairs 800 0 --output-dir 'a dir'"
+    assert command_line(["rq2.py", "--seeds", "0"]) == "python rq2.py --seeds 0"
+
+
 def test_cli_round_trips_the_config():
     import argparse
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shlex
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,14 @@ def _threads_text(threads: Sequence[int]) -> str:
     return f"{' or '.join(map(str, threads))} torch threads by run (`torch_threads` in each record)"
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces a study: the script (relative to the working folder) and its arguments, less
+    ``--report-only``: run again, it reads the finished runs from ``records/`` and runs only what is missing."""
+    argv = list(sys.argv if argv is None else argv)
+    script = os.path.relpath(argv[0]) if argv and os.path.isabs(argv[0]) else (argv[0] if argv else "")
+    return shlex.join(["python", script, *[a for a in argv[1:] if a != "--report-only"]])
+
+
 def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:
     loads = [x for r in records for x in r.get("load_average", [])]
     device = resolve_device(config)
@@ -160,6 +170,8 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
     recorded = config.to_dict()  # model folders as portable names, as results.json records them
     return "\n".join(
         [
+            f"- Command: `{command_line()}` (re-run, it reads the finished runs from `records/` and runs what is "
+            "missing).",
             f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
             f"{_threads_text(threads)}; load average during the runs {min(loads, default=0):.1f}–"
             f"{max(loads, default=0):.1f} ({shared}).",
@@ -348,7 +360,13 @@ def write_report(
     ]  # (mean, std) pairs as lists
     save_json(
         out / "results.json",
-        {"config": config.to_dict(), "aggregate": json_rows, "runs": list(records), "wall_seconds": wall_seconds},
+        {
+            "command": command_line(),
+            "config": config.to_dict(),
+            "aggregate": json_rows,
+            "runs": list(records),
+            "wall_seconds": wall_seconds,
+        },
     )
     partial = out / "runs.partial.json"
     if partial.exists():
