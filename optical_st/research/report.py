@@ -159,7 +159,10 @@ def command_line(argv: Sequence[str] | None = None) -> str:
     return shlex.join(["python", script, *[a for a in argv[1:] if a != "--report-only"]])
 
 
-def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float) -> str:
+def _conditions(
+    config: ExperimentConfig, records: Sequence[dict[str, Any]], wall: float, command: str | None = None
+) -> str:
+    command = command or command_line()
     loads = [x for r in records for x in r.get("load_average", [])]
     device = resolve_device(config)
     hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"{os.cpu_count()} CPU cores"
@@ -170,8 +173,7 @@ def _conditions(config: ExperimentConfig, records: Sequence[dict[str, Any]], wal
     recorded = config.to_dict()  # model folders as portable names, as results.json records them
     return "\n".join(
         [
-            f"- Command: `{command_line()}` (re-run, it reads the finished runs from `records/` and runs what is "
-            "missing).",
+            f"- Command: `{command}` (re-run, it reads the finished runs from `records/` and runs what is missing).",
             f"- Hardware: {hardware} ({platform.machine()}), torch {torch.__version__}, "
             f"{_threads_text(threads)}; load average during the runs {min(loads, default=0):.1f}–"
             f"{max(loads, default=0):.1f} ({shared}).",
@@ -324,6 +326,7 @@ def write_report(
     """Write ``results.md`` (question, a table per language, conditions), ``results.json`` (config, every run,
     aggregates) and a quality-vs-FLOPs plot per language into ``config.output_dir``; return the tables."""
     out = Path(config.output_dir)
+    command = command_line()  # one line for results.md and results.json
     rows = aggregate(records)
     languages = list(dict.fromkeys(row["language"] for row in rows))
     sections, tables = [], []
@@ -349,7 +352,7 @@ def write_report(
             f"# {title}",
             question,
             *sections,
-            "## Conditions\n\n" + _conditions(config, records, wall_seconds),
+            "## Conditions\n\n" + _conditions(config, records, wall_seconds, command),
             "## Methods\n\n" + "\n".join(f"- **{method}**: {description}" for method, description in descriptions),
         ]
     )
@@ -361,7 +364,7 @@ def write_report(
     save_json(
         out / "results.json",
         {
-            "command": command_line(),
+            "command": command,
             "config": config.to_dict(),
             "aggregate": json_rows,
             "runs": list(records),
