@@ -2,7 +2,7 @@
 
 All three solve the same entropic problems (cosine costs between random token embeddings, uniform marginals) to the
 same tolerance on the marginal error, starting from zero potentials. Prints a markdown table per tolerance and the
-range of speed-ups of ``optical_st.ot.sinkhorn_log`` over ``ot.batch.solve_batch(method="log_sinkhorn")`` across
+range of speed-ups of ``optical_st.transport.sinkhorn_log`` over ``ot.batch.solve_batch(method="log_sinkhorn")`` across
 tolerances, widths and shapes (the claim a reader can check with the settings they would try); target >= 3x.
 
     python benchmarks/ot_kernel.py [--reg 0.05] [--tols 1e-4 1e-5 1e-6] [--dims 16 64] [--repeats 5] [--threads 2]
@@ -31,7 +31,7 @@ import ot
 import torch
 from _record import add_output_argument, conditions, write_record  # benchmarks/_record.py, beside this script
 
-from optical_st.ot import cosine_cost, sinkhorn_log
+from optical_st.transport import cosine_cost, sinkhorn_log
 
 
 def timeit(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> float:

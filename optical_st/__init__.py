@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from optical_st import hub, ot
+from optical_st import hub, transport
 from optical_st.hub import HubPushError
 from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss, TeacherCache, check_bitext
 from optical_st.model_card import OpticalModelCardData
@@ -16,8 +16,8 @@ from optical_st.modeling import (
     load_optical_model,
     router_mapping,
 )
-from optical_st.ot import OTConfig
 from optical_st.sampling import DynamicHardNegativeSampler
+from optical_st.transport import OTConfig
 
 __all__ = [
     "ContrastiveDistillationLoss",
@@ -35,6 +35,6 @@ __all__ = [
     "export_student",
     "hub",
     "load_optical_model",
-    "ot",
     "router_mapping",
+    "transport",
 ]

@@ -39,8 +39,8 @@ from optical_st.model_index import (
     merge_eval_results,
     merged_model_index,
 )
-from optical_st.ot import OTConfig
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, column_routes, encoding_modules, find_router
+from optical_st.transport import OTConfig
 from optical_st.utils import as_float
 
 if TYPE_CHECKING:

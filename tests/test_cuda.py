@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from optical_st import OTDistillationLoss, TeacherCache
-from optical_st.ot import cosine_cost, sinkhorn_log, token_marginals
+from optical_st.transport import cosine_cost, sinkhorn_log, token_marginals
 
 pytestmark = [
     pytest.mark.cuda,

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_sentence_transformer
 
 from optical_st import OTDistillationLoss, build_optical_model, column_prompts
-from optical_st.ot import special_tokens_mask
+from optical_st.transport import special_tokens_mask
 
 
 def _with_prompts(model, **prompts):

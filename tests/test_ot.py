@@ -1,4 +1,4 @@
-"""optical_st.ot against POT as the oracle."""
+"""optical_st.transport against POT as the oracle."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import ot as pot
 import pytest
 import torch
 
-from optical_st.ot import (
+from optical_st.transport import (
     cosine_cost,
     emd,
     ot_distance,
@@ -97,7 +97,7 @@ def test_float32_small_reg_is_finite_and_feasible(reg):
 def test_log_domain_fallback_gives_pot_iterates(monkeypatch):
     """A block whose scalings under/overflow is redone with exact log-sum-exp steps: force that path everywhere and
     the iterates must still be POT's."""
-    import optical_st.ot.sinkhorn as optical_ot
+    import optical_st.transport.sinkhorn as optical_ot
 
     C, a, b = ragged_problem(9)
     monkeypatch.setattr(optical_ot, "_scaling_health", lambda u, *args: torch.tensor([1.0, 0.0, 0.0], dtype=u.dtype))

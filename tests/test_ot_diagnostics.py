@@ -1,4 +1,4 @@
-"""optical_st.ot.diagnostics against hand-computed plans."""
+"""optical_st.transport.diagnostics against hand-computed plans."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from optical_st.ot import cost_statistics, plan_statistics, sinkhorn_log
+from optical_st.transport import cost_statistics, plan_statistics, sinkhorn_log
 
 
 def test_independent_coupling_is_maximally_diffuse():

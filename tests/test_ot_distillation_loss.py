@@ -14,7 +14,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 
 from optical_st import OTConfig, OTDistillationLoss, build_optical_model, export_student, router_mapping
 from optical_st.losses import TokenEmbeddings
-from optical_st.ot import cosine_cost, sinkhorn_log, token_marginals
+from optical_st.transport import cosine_cost, sinkhorn_log, token_marginals
 
 # the maths tests solve to tolerances fp32 cannot reach (exactness against oracles); the warning has its own tests
 pytestmark = pytest.mark.filterwarnings("ignore::optical_st.losses.SinkhornConvergenceWarning")
@@ -137,7 +137,7 @@ def test_cost_scale_max_makes_reg_relative_to_the_largest_cost(teacher):
 
 
 def pairwise(cost: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    from optical_st.ot import pairwise_cost
+    from optical_st.transport import pairwise_cost
 
     return pairwise_cost(x, y, cost)[0]
 

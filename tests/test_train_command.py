@@ -147,7 +147,7 @@ def test_the_held_out_split_is_deterministic(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["train", "--train-file", str(tsv), "--english-column", "english", "--lrl-column",
                               "swahili", "--output-dir", str(tmp_path)])  # fmt: skip
-    from optical_st.cli import _split
+    from optical_st.cli.train import _split
 
     columns = {"english_column": "english", "lrl_column": "swahili"}
     first = _split(load_bitext(train_file=str(tsv), **columns), args, columns)

@@ -39,9 +39,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from transformers import TrainerCallback
 
-from optical_st.ot import SinkhornLog
 from optical_st.phases import observe_phases
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
+from optical_st.transport import SinkhornLog
 
 __all__ = [
     "EXTRA_FLOP_FORMULAS",
@@ -186,7 +186,7 @@ def encoder_phases(model: nn.Module, loss: nn.Module | None = None) -> dict[str,
 def sinkhorn_elementwise_flops(
     batch: int, n: int, m: int, *, absorptions: int = 0, log_domain_blocks: int = 0, check_every: int = 10
 ) -> int:
-    """Analytic estimate (not a measurement) of the elementwise work of :func:`optical_st.ot.sinkhorn_log` plus the
+    """Analytic estimate (not a measurement) of the elementwise work of :func:`optical_st.transport.sinkhorn_log` plus the
     OT loss on a ``(batch, n, m)`` cost, i.e. what ``FlopCounterMode`` does not see.
 
     Per cost entry: the cosine cost ``1 - S T^T`` (1), the log-kernel ``-C / reg`` (1), the padding mask (1), the first
@@ -194,7 +194,7 @@ def sinkhorn_elementwise_flops(
     ``exp(K + f + g)`` and its transposed copy (5; once, plus once per absorption and per log-domain fallback), each
     fallback's ``check_every`` log-domain iterations (10 each), the final plan (3) and the loss ``sum(P * C)`` (2).
     The scaling iterations themselves are batched row-vector x matrix products (``bmm``), measured by the counter.
-    Follows the implementation in ``optical_st/ot/sinkhorn.py``; update it with the solver.
+    Follows the implementation in ``optical_st/transport/sinkhorn.py``; update it with the solver.
     """
     kernels = 1 + absorptions + log_domain_blocks
     per_entry = 1 + 1 + 1 + 10 + 5 * kernels + log_domain_blocks * check_every * 10 + 3 + 2
@@ -267,7 +267,7 @@ class FlopsCallback(TrainerCallback):
     Args:
         model: the model being trained (an OPTICAL Router model or a plain student).
         loss: the training loss (used to find a separate teacher, and for the analytic Sinkhorn estimate its
-            ``last_solver_log``: the :class:`~optical_st.ot.SinkhornLog` of its last step, which
+            ``last_solver_log``: the :class:`~optical_st.transport.SinkhornLog` of its last step, which
             :class:`~optical_st.OTDistillationLoss` keeps).
         every_n_steps: measure one step in ``every_n_steps`` (1 = every step: exact, but every step is slowed down).
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optical_st import ot
+from optical_st import transport
 from optical_st.losses import checks
 from optical_st.losses._sides import Encoder
 from optical_st.routes import LABEL_COLUMNS, column_routes, text_columns
@@ -29,7 +29,7 @@ BatchCheck = Callable[[list[dict[str, Any]], Tensor | None], None]
 def check_no_empty_rows(features: dict[str, Any], side: Encoder, name: str) -> None:
     """A ``ValueError`` naming the rows of a tokenized column that hold special tokens only (an empty string
     tokenizes to ``[CLS][SEP]``: nothing to align, whatever ``exclude_special_tokens`` says)."""
-    content = features["attention_mask"].bool() & ~ot.special_tokens_mask(features["input_ids"], side.special_ids)
+    content = features["attention_mask"].bool() & ~transport.special_tokens_mask(features["input_ids"], side.special_ids)
     empty = (content.sum(-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(

@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
 
-from optical_st import ot
+from optical_st import transport
 from optical_st.losses._sides import Encoder
 from optical_st.losses._teacher import TeacherStudentMixin
 from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
 from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.model_card import OPTICAL_CITATION
-from optical_st.ot import OTConfig
+from optical_st.transport import OTConfig
 from optical_st.utils import as_float
 
 __all__ = ["OTDistillationLoss", "TokenEmbeddings"]
@@ -79,7 +79,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         The student encoder reads the low-resource-language (LRL) side of a bitext pair, the frozen English teacher
         reads the English side. For every pair the loss builds the cost matrix ``C`` between the student's and the
         teacher's token embeddings, solves the entropic OT problem for a plan ``P`` (batched log-domain Sinkhorn,
-        :func:`optical_st.ot.sinkhorn_log`) and returns the batch mean of ``<P, C>_F``. The plan is held fixed
+        :func:`optical_st.transport.sinkhorn_log`) and returns the batch mean of ``<P, C>_F``. The plan is held fixed
         (envelope theorem: ``dL/dC = P``), so no graph is kept through the Sinkhorn iterations. The student thus
         learns to place its LRL tokens where the teacher puts their English counterparts, without word alignments.
 
@@ -132,7 +132,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
 
         Attributes:
             ot_config: the :class:`~optical_st.OTConfig` in use.
-            last_solver_log: the :class:`optical_st.ot.SinkhornLog` of the latest batch (iterations, convergence,
+            last_solver_log: the :class:`optical_st.transport.SinkhornLog` of the latest batch (iterations, convergence,
                 marginal errors; ``None`` before the first batch or with ``solver="emd"``), read by the FLOPs counter's
                 analytic Sinkhorn estimate.
             monitor: the :class:`~optical_st.losses.OTMonitor` collecting the plans' diagnostics for the trainer's
@@ -205,7 +205,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 "symmetric=True adds the reverse direction to the InfoNCE term, which contrastive_weight=0 switches "
                 "off; set contrastive_weight > 0 (e.g. 1.0) or drop symmetric=True."
             )
-        self.last_solver_log: ot.SinkhornLog | None = None
+        self.last_solver_log: transport.SinkhornLog | None = None
         self.monitor = OTMonitor()
 
         # optical_st/losses/_teacher.py, shared with ContrastiveDistillationLoss
@@ -230,7 +230,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
     def _exclude_mask(self, features: dict[str, Any], side: Encoder) -> Tensor | None:
         if not self.ot_config.exclude_special_tokens:
             return None
-        return ot.special_tokens_mask(features["input_ids"], side.special_ids, features.get("prompt_length"))
+        return transport.special_tokens_mask(features["input_ids"], side.special_ids, features.get("prompt_length"))
 
     # ----------------------------------------------------------------------------------------------
     def forward(
@@ -299,19 +299,19 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         student.check_padded("student")
         teacher.check_padded("teacher")
         config = self.ot_config
-        a = ot.token_marginals(student.mask, student.exclude, name="lrl column (student)")
-        b = ot.token_marginals(teacher.mask, teacher.exclude, name="english column (teacher)")
+        a = transport.token_marginals(student.mask, student.exclude, name="lrl column (student)")
+        b = transport.token_marginals(teacher.mask, teacher.exclude, name="english column (teacher)")
         student_tokens, teacher_tokens = student.tokens, teacher.tokens.detach()
         if config.center and student_tokens.shape[-1] == teacher_tokens.shape[-1]:  # else the cost names the fix
             # the mass-weighted mean teacher token of the batch: a constant shift for both sides (fp32, no gradient)
             mean = (teacher_tokens.float() * b.unsqueeze(-1)).sum((0, 1)) / b.sum()
             student_tokens, teacher_tokens = student_tokens.float() - mean, teacher_tokens.float() - mean
-        cost = ot.pairwise_cost(student_tokens, teacher_tokens, config.cost)
+        cost = transport.pairwise_cost(student_tokens, teacher_tokens, config.cost)
         if config.cost_scale == "max":
             valid = (a.unsqueeze(2) > 0) & (b.unsqueeze(1) > 0)  # padding and excluded tokens do not set the scale
             largest = cost.detach().masked_fill(~valid, 0).amax(dim=(1, 2), keepdim=True)
             cost = cost / largest.clamp_min(1e-12)
-        distances, plan, self.last_solver_log = ot.ot_distance(
+        distances, plan, self.last_solver_log = transport.ot_distance(
             cost, a, b, reg=config.reg, solver=config.solver, max_iter=config.max_iter, tol=config.tol, return_log=True
         )
         self._watch(plan, cost, a, b)
@@ -321,7 +321,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         """Record the plan's diagnostics (see :class:`~optical_st.losses.OTDiagnosticsCallback`) and warn when
         Sinkhorn stopped before converging."""
         log = self.last_solver_log
-        stats = {**ot.plan_statistics(plan, a, b), "cost_std": ot.cost_statistics(cost, a, b)["cost_std"]}
+        stats = {**transport.plan_statistics(plan, a, b), "cost_std": transport.cost_statistics(cost, a, b)["cost_std"]}
         if log is not None:
             stats["sinkhorn_iters"] = log.n_iter
         self.monitor.record(stats)

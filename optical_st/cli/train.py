@@ -36,7 +36,7 @@ from optical_st.losses import check_bitext
 from optical_st.model_card import HUB_ID, OpticalModelCardData
 from optical_st.recipe import RECOMMENDED
 
-__all__ = ["Bitext", "BitextError", "build_parser", "load_bitext", "main", "train"]
+__all__ = ["Bitext", "BitextError", "add_parser", "load_bitext", "run", "train"]
 
 logger = logging.getLogger("optical_st.train")
 
@@ -235,17 +235,15 @@ def _bad_rows(pairs: dict[str, list[Any]]) -> list[tuple[int, str, str]]:
 # ------------------------------------------------------------------------------------------------------------------
 # the command
 # ------------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="optical-st", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Register ``train`` on the ``optical-st`` sub-command set."""
     p = commands.add_parser(
         "train",
         help="train an OPTICAL query encoder on your bitext, evaluate it, save it with its card",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.set_defaults(run=run)
     data = p.add_argument_group("data")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--train-file", help="a .tsv, .csv, .jsonl or .parquet file with a header naming the columns")
@@ -290,16 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--push-to-hub", action="store_true", help="upload the saved model and its card")
     hub.add_argument("--hub-model-id", default=None, help="namespace/name on the Hub (needed with --push-to-hub)")
     hub.add_argument("--hub-private-repo", action="store_true", help="create the repository as private")
-    return parser
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``optical-st`` console script; returns the exit status (0 done, 1 the push failed, 2 bad input)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", level=logging.INFO
-    )
+def run(args: argparse.Namespace) -> int:
+    """``optical-st train``; returns the exit status (0 done, 1 the push failed, 2 bad input)."""
     try:
         result = train(args)
     except BitextError as error:
@@ -594,6 +587,3 @@ def _report(result: dict[str, Any], out: Path) -> None:
         print(f"Push failed: {result['push_error']}\nThe model is saved in {out}; push it later with "
               f"`python examples/push_to_hub.py {out} --repo-id <namespace/name>`.")  # fmt: skip
 
-
-if __name__ == "__main__":
-    sys.exit(main())

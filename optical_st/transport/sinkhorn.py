@@ -139,7 +139,7 @@ def sinkhorn_log(
     Example::
 
         >>> import torch
-        >>> from optical_st.ot import sinkhorn_log
+        >>> from optical_st.transport import sinkhorn_log
         >>> C = torch.rand(4, 5, 7)
         >>> P = sinkhorn_log(C, reg=0.05)
         >>> torch.allclose(P.sum(-1), torch.full((4, 5), 1 / 5), atol=1e-5)

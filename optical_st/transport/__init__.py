@@ -19,14 +19,14 @@ The entropic problem solved by :func:`sinkhorn_log` is
 and the distillation loss is :math:`\\langle P^\\star, C \\rangle_F` with the plan held fixed (the envelope
 theorem gives :math:`\\partial L / \\partial C = P^\\star`), which is what :func:`ot_distance` computes.
 
-The package: :mod:`~optical_st.ot.config` (:class:`OTConfig`, the settings of the distillation loss's problem),
-:mod:`~optical_st.ot.costs` (costs and marginals), :mod:`~optical_st.ot.sinkhorn` (the entropic solver),
-:mod:`~optical_st.ot.solve` (exact OT, solver choice, the distance), :mod:`~optical_st.ot.diagnostics` (how sharp a plan is,
+The package: :mod:`~optical_st.transport.config` (:class:`OTConfig`, the settings of the distillation loss's problem),
+:mod:`~optical_st.transport.costs` (costs and marginals), :mod:`~optical_st.transport.sinkhorn` (the entropic solver),
+:mod:`~optical_st.transport.solve` (exact OT, solver choice, the distance), :mod:`~optical_st.transport.diagnostics` (how sharp a plan is,
 how well it meets its marginals, how the costs spread).
 """
 
-from optical_st.ot.config import OTConfig
-from optical_st.ot.costs import (
+from optical_st.transport.config import OTConfig
+from optical_st.transport.costs import (
     COSTS,
     cosine_cost,
     pairwise_cost,
@@ -34,9 +34,9 @@ from optical_st.ot.costs import (
     sqeuclidean_cost,
     token_marginals,
 )
-from optical_st.ot.diagnostics import cost_statistics, plan_statistics
-from optical_st.ot.sinkhorn import SinkhornLog, check_reg, sinkhorn_log
-from optical_st.ot.solve import SOLVERS, emd, ot_distance, transport_plan
+from optical_st.transport.diagnostics import cost_statistics, plan_statistics
+from optical_st.transport.sinkhorn import SinkhornLog, check_reg, sinkhorn_log
+from optical_st.transport.solve import SOLVERS, emd, ot_distance, transport_plan
 
 __all__ = [
     "COSTS",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from optical_st.ot.sinkhorn import SinkhornLog, _as_batch, _validate, sinkhorn_log
+from optical_st.transport.sinkhorn import SinkhornLog, _as_batch, _validate, sinkhorn_log
 
 __all__ = ["SOLVERS", "emd", "ot_distance", "transport_plan"]
 

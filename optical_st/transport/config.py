@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from optical_st.ot.costs import COSTS
-from optical_st.ot.sinkhorn import check_reg
-from optical_st.ot.solve import SOLVERS
+from optical_st.transport.costs import COSTS
+from optical_st.transport.sinkhorn import check_reg
+from optical_st.transport.solve import SOLVERS
 from optical_st.utils import as_float, as_int
 
 __all__ = ["OTConfig"]
