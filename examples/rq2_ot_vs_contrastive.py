@@ -27,6 +27,7 @@ from optical_st.research import (
     mse_distillation,
     ot_distillation,
     run_and_report,
+    score_distillation,
     zero_shot,
 )
 
@@ -45,13 +46,26 @@ def main() -> None:
         "--temperature", type=float, default=0.01, help="InfoNCE temperature (multilingual-e5 was trained with 0.01)"
     )
     parser.add_argument(
+        "--score-temperature", type=float, default=0.03, help="score distillation: softmax temperature, both sides"
+    )
+    parser.add_argument(
+        "--num-candidates", type=int, default=15, help="score distillation: teacher candidates per pair"
+    )
+    parser.add_argument(
+        "--pool",
+        default="train-books",
+        choices=["train-books", "pairs"],
+        help="score distillation: candidates from the English of every training book, or of the sampled pairs only",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=["zero-shot", "ot", "contrastive", "contrastive+ot", "mse"],
-        choices=["zero-shot", "ot", "contrastive", "contrastive+ot", "mse"],
+        choices=["zero-shot", "ot", "contrastive", "contrastive+ot", "mse", "score", "score+ot"],
     )
     args = parser.parse_args()
     config = config_from_args(args)
+    score = {"temperature": args.score_temperature, "num_candidates": args.num_candidates, "pool": args.pool}
     available = {
         "zero-shot": zero_shot(),
         "ot": ot_distillation(),  # OT alone: OTDistillationLoss's defaults (the paper's OT term, centred costs)
@@ -59,6 +73,9 @@ def main() -> None:
         # the same InfoNCE (weight 1, same temperature) plus OPTICAL's token-level OT term
         "contrastive+ot": ot_distillation("Contrastive-KD + OT", contrastive_weight=1.0, temperature=args.temperature),
         "mse": mse_distillation(),
+        # the teacher's ranking of English candidates for the English side, distilled into the student (KL)
+        "score": score_distillation(**score),
+        "score+ot": score_distillation("Score-KD + OT", with_ot=True, **score),
     }
     run_and_report(
         [available[name] for name in args.methods],

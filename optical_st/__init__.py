@@ -6,7 +6,13 @@ __version__ = "0.1.0"
 
 from optical_st import hub, transport
 from optical_st.hub import HubPushError
-from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss, TeacherCache, check_bitext
+from optical_st.losses import (
+    ContrastiveDistillationLoss,
+    OTDistillationLoss,
+    ScoreDistillationLoss,
+    TeacherCache,
+    check_bitext,
+)
 from optical_st.model_card import OpticalModelCardData
 from optical_st.modeling import (
     add_projection,
@@ -26,6 +32,7 @@ __all__ = [
     "OTConfig",
     "OTDistillationLoss",
     "OpticalModelCardData",
+    "ScoreDistillationLoss",
     "TeacherCache",
     "__version__",
     "add_projection",

@@ -7,12 +7,14 @@ from optical_st.losses.checks import check_bitext
 from optical_st.losses.contrastive_distillation import ContrastiveDistillationLoss
 from optical_st.losses.ot_distillation import OTDistillationLoss, TokenEmbeddings
 from optical_st.losses.ot_monitor import OTDiagnosticsCallback, SinkhornConvergenceWarning
+from optical_st.losses.score_distillation import ScoreDistillationLoss
 from optical_st.losses.teacher_cache import TeacherCache
 
 __all__ = [
     "ContrastiveDistillationLoss",
     "OTDiagnosticsCallback",
     "OTDistillationLoss",
+    "ScoreDistillationLoss",
     "SinkhornConvergenceWarning",
     "TeacherCache",
     "TokenEmbeddings",

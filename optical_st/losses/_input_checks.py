@@ -55,9 +55,12 @@ class InputChecks:
     # ------------------------------------------------------------------------------------------------
     # every batch
     # ------------------------------------------------------------------------------------------------
-    def check_labels_and_routes(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
-        """No label column, and in Router mode (english, lrl, *negatives) routed to (teacher, student, *teacher)."""
-        if labels is not None:
+    def check_labels_and_routes(
+        self, features: list[dict[str, Any]], labels: Tensor | None, *, takes_labels: bool = False
+    ) -> None:
+        """No label column (unless the loss ``takes_labels``), and in Router mode (english, lrl, *negatives) routed to
+        (teacher, student, *teacher)."""
+        if labels is not None and not takes_labels:
             raise ValueError(
                 f"{self.loss_name} takes no labels, but the dataset has a label/score column; remove it with "
                 "`dataset.remove_columns(...)`."

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
@@ -17,6 +18,7 @@ from optical_st.losses._sides import Encoder
 from optical_st.losses._teacher import TeacherStudentMixin
 from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
+from optical_st.losses.score_kl import score_kl
 from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.model_card import OPTICAL_CITATION
 from optical_st.transport import OTConfig
@@ -71,6 +73,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         temperature: float = 0.05,
         symmetric: bool = False,
         teacher_cache: TeacherCache | None = None,
+        score_weight: float = 0.0,
+        score_temperature: float = 0.03,
         **ot_settings: Any,
     ) -> None:
         """
@@ -127,6 +131,12 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             teacher_cache: a :class:`optical_st.TeacherCache` to read the frozen teacher's outputs from instead of
                 running it again for texts it has already encoded (later epochs, or other losses with the same
                 teacher given the same cache). Changes no result beyond float rounding; ``None``: no cache.
+            score_weight: weight of an extra score-distillation term (:func:`optical_st.losses.score_kl.score_kl`):
+                the student's LRL embedding must rank the batch's candidate English documents (the English column and
+                the extra columns) as the teacher ranks them for the English text read as a query, whose embedding
+                the ``label`` column holds (:func:`optical_st.sampling.add_teacher_candidates` builds such data).
+                ``0`` (default): none. :class:`~optical_st.ScoreDistillationLoss` is this term alone.
+            score_temperature: softmax temperature of the score term, both sides.
             **ot_settings: deprecated: ``OTConfig``'s fields as keywords (``reg=0.02``), the form before
                 ``OTConfig``; still accepted, with a ``FutureWarning``. Not together with ``ot_config``.
 
@@ -156,6 +166,10 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             +-------------------------------------------------------------+--------+
             | (english, lrl, negative_1, ..., negative_k), with           | none   |
             | ``contrastive_weight > 0`` (negatives are English texts)    |        |
+            +-------------------------------------------------------------+--------+
+            | (english, lrl, candidate_1, ..., candidate_k), with         | teacher|
+            | ``score_weight > 0``                                        | query  |
+            |                                                             | embed. |
             +-------------------------------------------------------------+--------+
 
         Relations:
@@ -200,6 +214,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self.contrastive_weight = as_float("contrastive_weight", contrastive_weight, minimum=0.0)
         self.temperature = check_temperature(temperature)
         self.symmetric = bool(symmetric)
+        self.score_weight = as_float("score_weight", score_weight, minimum=0.0)
+        self.score_temperature = check_temperature(score_temperature)
         if self.symmetric and self.contrastive_weight == 0:  # the reverse direction belongs to the InfoNCE term
             raise ValueError(
                 "symmetric=True adds the reverse direction to the InfoNCE term, which contrastive_weight=0 switches "
@@ -214,7 +230,12 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
     # ----------------------------------------------------------------------------------------------
     def _check_inputs(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
         n_expected = 2
-        if self.contrastive_weight > 0:
+        if self.score_weight > 0 and labels is None:
+            raise ValueError(
+                "score_weight > 0 needs the teacher's query embeddings of the English side in a `label` column. Build "
+                "the dataset with optical_st.sampling.add_teacher_candidates(dataset, model, pool=...)."
+            )
+        if self.contrastive_weight > 0 or self.score_weight > 0:
             if len(features) < n_expected:
                 raise ValueError(
                     f"OTDistillationLoss expects (english, lrl, *english_negatives) text columns, got {len(features)}."
@@ -225,7 +246,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 "Select them with `dataset.select_columns(['english', 'lrl'])`, or set contrastive_weight > 0 to "
                 "use extra columns as hard negatives."
             )
-        self._check_labels_and_routes(features, labels)
+        self._inputs.check_labels_and_routes(features, labels, takes_labels=self.score_weight > 0)
 
     def _exclude_mask(self, features: dict[str, Any], side: Encoder) -> Tensor | None:
         if not self.ot_config.exclude_special_tokens:
@@ -251,12 +272,19 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         # only the pooled embedding of a negative is used; no graph, like the positive's
         negative_sentences = [self._run_teacher_frozen(negative)["sentence_embedding"] for negative in negatives]
         loss = self.compute_loss_from_embeddings(
-            student=student, teacher=teacher, negative_sentences=negative_sentences or None
+            student=student,
+            teacher=teacher,
+            negative_sentences=negative_sentences or None,
+            teacher_queries=labels if self.score_weight > 0 else None,
         )
         return self._finite(loss)  # a NaN/inf loss raises instead of wiping the student (_teacher.py)
 
     def compute_loss_from_embeddings(
-        self, student: TokenEmbeddings, teacher: TokenEmbeddings, negative_sentences: Sequence[Tensor] | None = None
+        self,
+        student: TokenEmbeddings,
+        teacher: TokenEmbeddings,
+        negative_sentences: Sequence[Tensor] | None = None,
+        teacher_queries: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
         """The loss from embeddings, kept apart from ``forward`` so the maths can be tested on hand-made tensors.
 
@@ -265,20 +293,21 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 ``sentence_weight > 0`` or ``contrastive_weight > 0``.
             teacher: the teacher's side (English texts), likewise.
             negative_sentences: teacher embeddings of the hard negatives, one ``(B, d)`` tensor per negative column
-                (used by the contrastive term).
+                (used by the contrastive term), or of the candidates (the score term).
+            teacher_queries: ``(B, d)`` the teacher's query embeddings of the English texts (the score term).
 
         Returns:
             The scalar loss, or a dict of weighted components (``"ot"``, ``"sentence"``, ``"contrastive"``) when an
             extra term is on (the trainer sums and logs them).
         """
         ot_loss = self._ot_term(student, teacher)
-        if self.sentence_weight == 0 and self.contrastive_weight == 0:
+        if self.sentence_weight == 0 and self.contrastive_weight == 0 and self.score_weight == 0:
             if negative_sentences:
                 raise ValueError("Hard-negative embeddings were given but contrastive_weight is 0.")
             return ot_loss
         if student.sentence is None or teacher.sentence is None:
             raise ValueError(
-                "sentence_weight > 0 or contrastive_weight > 0 needs pooled 'sentence_embedding' outputs from both "
+                "sentence_weight, contrastive_weight or score_weight > 0 needs pooled 'sentence_embedding' outputs from both "
                 "encoders."
             )
         losses = {"ot": ot_loss}
@@ -292,6 +321,12 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 student.sentence, teacher.sentence, negative_sentences, self.temperature, symmetric=self.symmetric
             )
             losses["contrastive"] = self.contrastive_weight * contrastive
+        if self.score_weight > 0:
+            if teacher_queries is None:
+                raise ValueError("score_weight > 0 needs teacher_queries (the label column).")
+            candidates = torch.stack([teacher.sentence, *(negative_sentences or [])], dim=1)
+            score = score_kl(student.sentence, teacher_queries, candidates, self.score_temperature)
+            losses["score"] = self.score_weight * score
         return losses
 
     def _ot_term(self, student: TokenEmbeddings, teacher: TokenEmbeddings) -> Tensor:
@@ -344,6 +379,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             "contrastive_weight": self.contrastive_weight,
             "temperature": self.temperature,
             "symmetric": self.symmetric,
+            **({"score_weight": self.score_weight, "score_temperature": self.score_temperature} if self.score_weight else {}),
         }
 
     @property

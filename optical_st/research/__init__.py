@@ -28,6 +28,7 @@ from optical_st.research.methods import (
     english_ceiling,
     mse_distillation,
     ot_distillation,
+    score_distillation,
     zero_shot,
 )
 from optical_st.research.report import (
@@ -84,6 +85,7 @@ __all__ = [
     "run_and_report",
     "run_experiment",
     "run_one",
+    "score_distillation",
     "summarize",
     "timed_evaluation",
     "train_one",

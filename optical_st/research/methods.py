@@ -1,6 +1,6 @@
 """The methods a research run compares: a :class:`Method` turns a fresh OPTICAL model and the bitext into a
 :class:`TrainSetup` (loss, training columns, optional batch sampler). Built-ins: :func:`zero_shot`,
-:func:`ot_distillation`, :func:`contrastive_distillation`, :func:`mse_distillation`."""
+:func:`ot_distillation`, :func:`contrastive_distillation`, :func:`mse_distillation`, :func:`score_distillation`."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from sentence_transformers.sentence_transformer.losses import MSELoss
 from torch import nn
 
 from optical_st.evaluation.flops import PhaseFlopCounter
-from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss
+from optical_st.losses import ContrastiveDistillationLoss, OTDistillationLoss, ScoreDistillationLoss
 from optical_st.modeling import router_mapping
 from optical_st.phases import MINING
 from optical_st.research.config import ExperimentConfig
-from optical_st.sampling import DynamicHardNegativeSampler, LengthGroupedBatchSampler
+from optical_st.research.pool import english_pool, teacher_encoder
+from optical_st.sampling import DynamicHardNegativeSampler, LengthGroupedBatchSampler, add_teacher_candidates
 
 __all__ = [
     "ENGLISH_CEILING",
@@ -28,6 +29,7 @@ __all__ = [
     "english_ceiling",
     "mse_distillation",
     "ot_distillation",
+    "score_distillation",
     "zero_shot",
 ]
 
@@ -119,6 +121,37 @@ def mse_distillation(name: str = "MSE-KD") -> Method:
         )
 
     return Method(name, setup, "sentence_transformers MSELoss on precomputed teacher embeddings of the English side")
+
+
+def score_distillation(
+    name: str = "Score-KD",
+    temperature: float = 0.03,
+    num_candidates: int = 15,
+    with_ot: bool = False,
+    pool: str = "train-books",
+    **loss_kwargs: Any,
+) -> Method:
+    """Score distillation (:class:`~optical_st.ScoreDistillationLoss`): the teacher's query embedding of each English
+    side scores the pair's English verse and its ``num_candidates`` nearest English texts of ``pool``
+    (:func:`optical_st.research.pool.english_pool`); the student's LRL embedding must give the same softmax. With
+    ``with_ot``, OPTICAL's OT term too: ``OTDistillationLoss(score_weight=1.0)`` (``loss_kwargs`` go to the loss).
+    The pool's and the queries' teacher embeddings are computed once (cached on disk; counted as one-off FLOPs)."""
+
+    def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
+        encode, flops = teacher_encoder(model, config)
+        texts = english_pool(config, train, pool)
+        data = add_teacher_candidates(train, model, texts, num_candidates=num_candidates, encode=encode)
+        if with_ot:
+            kwargs = {"score_weight": 1.0, **loss_kwargs}
+            loss: nn.Module = OTDistillationLoss(model, score_temperature=temperature, **kwargs)
+        else:
+            loss = ScoreDistillationLoss(model, temperature=temperature, **loss_kwargs)
+        mapping = router_mapping(data.remove_columns("label"))
+        return TrainSetup(loss, data, mapping, one_off_flops={"teacher_precompute": flops()})
+
+    settings = {"temperature": temperature, "num_candidates": num_candidates, "pool": pool, **loss_kwargs}
+    loss_name = "OTDistillationLoss(score_weight=1.0, ...)" if with_ot else "ScoreDistillationLoss"
+    return Method(name, setup, f"{loss_name}, teacher candidates ({_kwargs_text(settings)})")
 
 
 def _attach_sampler(plan: TrainSetup, settings: dict[str, Any], config: ExperimentConfig) -> None:

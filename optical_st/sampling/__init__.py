@@ -1,7 +1,8 @@
 """Negative mining for training: :class:`DynamicHardNegativeSampler` (hard negatives re-mined with the model being
 trained, static or random negatives with the same interface), the pure nearest-neighbour miner behind it, the
 callback that wires it into the trainer and refreshes, logs and checkpoints the negatives table, and batch
-composition (length-grouped batches, batches of mutually hard anchors)."""
+composition (length-grouped batches, batches of mutually hard anchors); score-distillation data (candidates from an
+English pool and the teacher's query embeddings)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from optical_st.sampling.mining import (
     search_topk,
 )
 from optical_st.sampling.sampler import DynamicHardNegativeSampler
+from optical_st.sampling.score_targets import add_teacher_candidates, frozen_teacher_encoder, teacher_candidates
 from optical_st.sampling.table import CHECKPOINT_FILE, HardNegativeState, NegativesTransform, NegativeTable
 
 __all__ = [
@@ -30,11 +32,14 @@ __all__ = [
     "MinedNegatives",
     "NegativeTable",
     "NegativesTransform",
+    "add_teacher_candidates",
     "compose_hard_batches",
     "default_range_max",
     "document_route_frozen",
     "fill_missing",
+    "frozen_teacher_encoder",
     "mine_negatives",
     "random_negatives",
     "search_topk",
+    "teacher_candidates",
 ]
