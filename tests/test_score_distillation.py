@@ -199,7 +199,9 @@ def test_research_score_methods_train_on_training_books_only(tiny_dirs, tmp_path
 
     monkeypatch.setattr("optical_st.research.methods.add_teacher_candidates", spy)
     out = tmp_path / "rq2"
-    argv = tiny_args(tiny_dirs, out, "--methods", "score", "score+ot", "--seeds", "0", "--num-candidates", "3")
+    argv = tiny_args(tiny_dirs, out, "--methods", "zero-shot", "score", "score+ot", "--seeds", "0")
+    argv += ["--num-candidates", "3"]
+    argv += ["--track-every", "2"]
     monkeypatch.setattr(sys, "argv", ["rq2", *argv])
     load_script("rq2_ot_vs_contrastive").main()
     results = json.loads((out / "results.json").read_text())
@@ -208,6 +210,11 @@ def test_research_score_methods_train_on_training_books_only(tiny_dirs, tmp_path
     for run in (runs["Score-KD"], runs["Score-KD + OT"]):
         assert run["steps"] == 3 and run["flops"]["one_off"]["teacher_precompute"] > 0
         assert all(math.isfinite(v) for v in run["metrics"].values())
+        # where relevance stalls: the ranking agreement with the teacher, at the end and every 2 steps
+        assert 0 <= run["agreement"]["overlap@100"] <= 1 and -1 <= run["agreement"]["spearman"] <= 1
+        assert [log["step"] for log in run["tracking"]] == [2, 3]  # every 2 steps and the last
+        assert {"eval_agreement_overlap@100", "eval_agreement_spearman"} <= set(run["tracking"][0])
+    assert "overlap@10" in runs["zero-shot"]["agreement"]
     # every text that reached training (pairs, candidates, pool) is from the training books; the test split's
     # verses (by id: identical texts recur across books) are not, in any role
     splits = load_bible_bitext(with_ids=True)

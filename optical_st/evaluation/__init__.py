@@ -1,5 +1,7 @@
-"""Evaluation: cross-lingual retrieval (XTREME-style), benchmark loaders, training FLOPs."""
+"""Evaluation: cross-lingual retrieval (XTREME-style), benchmark loaders, training FLOPs, agreement with the teacher's
+ranking."""
 
+from optical_st.evaluation.agreement import RankingAgreementEvaluator, ranking_agreement
 from optical_st.evaluation.benchmarks import (
     RetrievalBenchmark,
     load_benchmark,
@@ -31,6 +33,7 @@ __all__ = [
     "FlopReport",
     "FlopsCallback",
     "PhaseFlopCounter",
+    "RankingAgreementEvaluator",
     "RetrievalBenchmark",
     "bitext_to_ir",
     "count_flops",
@@ -40,6 +43,7 @@ __all__ = [
     "load_lareqa",
     "load_mewsli_x",
     "load_tatoeba",
+    "ranking_agreement",
     "sinkhorn_elementwise_flops",
     "trec_eval_metrics",
 ]

@@ -116,6 +116,11 @@ class ExperimentConfig:
         "same --output-dir skips finished runs (records/) and resumes an interrupted one from its checkpoint",
     )
     logging_steps: int = _field(10, "a training log line every n steps")
+    track_every: int = _field(
+        0,
+        "every n training steps, evaluate the relevance task (MAP@100) and how close the student's ranking is to the "
+        "teacher's English-query ranking (optical_st.evaluation.RankingAgreementEvaluator); 0: never",
+    )
 
     def __post_init__(self) -> None:
         pairs = self.train_pairs if isinstance(self.train_pairs, (tuple, list)) else (self.train_pairs,)
@@ -167,7 +172,7 @@ class ExperimentConfig:
         where things go, which runs the study holds (languages, sizes, seeds, reference rows) and bookkeeping."""
         skip = {
             "output_dir", "languages", "train_pairs", "seeds", "english_ceiling", "threads", "cache_dir",
-            "teacher_cache", "save_steps", "device", "bf16",
+            "teacher_cache", "save_steps", "device", "bf16", "track_every",
         }  # fmt: skip
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 

@@ -27,6 +27,7 @@ from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from optical_st.alignment import fit_student_map
+from optical_st.evaluation.agreement import RankingAgreementEvaluator
 from optical_st.evaluation.benchmarks import RetrievalBenchmark, load_benchmark
 from optical_st.evaluation.cache import EmbeddingCache
 from optical_st.evaluation.flops import FlopsCallback, PhaseFlopCounter
@@ -237,6 +238,7 @@ def train_one(
     train: Dataset,
     teacher_cache: TeacherCache | None = None,
     run_dir: str | Path | None = None,
+    tracker: Any = None,
 ) -> tuple[SentenceTransformer, dict[str, Any]]:
     """Train one method with one seed (or, for a method without training, load its model): ``(model, record)``, the
     record holding what training cost (steps, seconds, measured FLOPs, the training logs). ``teacher_cache`` is given
@@ -246,6 +248,8 @@ def train_one(
     ``run_dir``: the trainer's output folder (default ``<output_dir>/runs/<method>-seed<seed>``). With
     ``config.save_steps`` the run checkpoints there, and a run whose folder holds a checkpoint resumes from the last
     one (weights, optimizer, scheduler, RNG, data position, a sampler's negatives table, the FLOPs and seconds so far).
+    ``tracker``: an evaluator run every ``config.track_every`` steps (:func:`relevance_tracker`); its logs go to the
+    record's ``tracking``.
     """
     device = resolve_device(config)
     set_seed(seed)
@@ -263,7 +267,7 @@ def train_one(
     start = time.perf_counter()
     plan = _set_up(method, model, train, config, record)
     cache_counts = _share_teacher_cache(plan.loss, teacher_cache)
-    args = _training_arguments(config, model, plan, run_dir, seed, device)
+    args = _training_arguments(config, model, plan, run_dir, seed, device, tracker is not None)
     flops, resume = _measurements(model, plan, config, start, checkpoint)
     if checkpoint is not None:
         logger.info("Resuming %s seed %d from %s", method.name, seed, checkpoint)
@@ -271,7 +275,12 @@ def train_one(
     if isinstance(plan.loss, OTDistillationLoss):
         callbacks.append(OTDiagnosticsCallback(plan.loss))
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=callbacks
+        model=model,
+        args=args,
+        train_dataset=plan.train_dataset,
+        loss=plan.loss,
+        callbacks=callbacks,
+        evaluator=tracker,
     )
     if plan.batch_sampler is not None:
         DynamicHardNegativeSampler.attach(trainer)
@@ -307,9 +316,17 @@ def _share_teacher_cache(loss: nn.Module, teacher_cache: TeacherCache | None) ->
 
 
 def _training_arguments(
-    config: ExperimentConfig, model: SentenceTransformer, plan: TrainSetup, run_dir: Path, seed: int, device: str
+    config: ExperimentConfig,
+    model: SentenceTransformer,
+    plan: TrainSetup,
+    run_dir: Path,
+    seed: int,
+    device: str,
+    tracking: bool = False,
 ) -> SentenceTransformerTrainingArguments:
     return SentenceTransformerTrainingArguments(
+        eval_strategy="steps" if tracking else "no",
+        eval_steps=config.track_every or None,
         output_dir=str(run_dir),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -358,6 +375,7 @@ def _training_record(
         "epochs": trainer.state.epoch or 0.0,
         "train_loss": [log["loss"] for log in logs],
         "train_logs": logs,
+        "tracking": [log for log in trainer.state.log_history if any(k.startswith("eval_") for k in log)],
         "flops": flops.report.to_dict(),
         "resumed_from_step": int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else None,
     }
@@ -395,14 +413,53 @@ def run_one(
 ) -> dict[str, Any]:
     """Train (unless zero-shot) and evaluate one method with one seed; returns a JSON-able record."""
     load_before = os.getloadavg()[0]
-    model, record = train_one(method, config, seed, train, teacher_cache, run_dir)
+    cache = cache if cache is not None else EmbeddingCache(config.cache_dir)
+    tracker = relevance_tracker(benches, config, cache) if config.track_every else None
+    model, record = train_one(method, config, seed, train, teacher_cache, run_dir, tracker)
     # the English ceiling reads the English version of the queries; every other method the low-resource one
     ceiling = method.name == ENGLISH_CEILING
     wanted = {k: b for k, b in benches.items() if k.endswith(":english") == ceiling}
     record.update(evaluate_model(model, wanted, config, cache))
+    agreement = None if ceiling else agreement_evaluator(benches, config, cache)
+    if agreement is not None:  # how far the student's ranking is from the teacher's English-query ranking
+        record["agreement"] = {k.split("_", 1)[1]: v for k, v in agreement(model).items()}
     record["load_average"] = [load_before, os.getloadavg()[0]]
     record["torch_threads"] = torch.get_num_threads()  # of the process that finished the run (see resumed_from_step)
     return record
+
+
+def agreement_evaluator(
+    benches: dict[str, RetrievalBenchmark], config: ExperimentConfig, cache: EmbeddingCache
+) -> RankingAgreementEvaluator | None:
+    """The ranking agreement on the first relevance benchmark that has English queries (``None`` without one): its
+    LRL queries read by the student against the same queries in English read by the teacher."""
+    for name, bench in benches.items():
+        english = benches.get(f"{name}:english")
+        if english is not None and not name.endswith(":english"):
+            qids = [q for q in bench.queries if q in english.queries]
+            return RankingAgreementEvaluator(
+                [bench.queries[q] for q in qids],
+                [english.queries[q] for q in qids],
+                list(bench.corpus.values()),
+                batch_size=config.eval_batch_size,
+                embedding_cache=cache,
+                name="agreement",
+            )
+    return None
+
+
+def relevance_tracker(benches: dict[str, RetrievalBenchmark], config: ExperimentConfig, cache: EmbeddingCache) -> Any:
+    """What ``track_every`` evaluates during training: the relevance benchmark's metrics and the ranking agreement."""
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+    agreement = agreement_evaluator(benches, config, cache)
+    if agreement is None:
+        raise ValueError("track_every needs a relevance benchmark with English queries (bible-xref, english_ceiling).")
+    xref = next(b for k, b in benches.items() if f"{k}:english" in benches)
+    relevance = xref.evaluator(
+        batch_size=config.eval_batch_size, map_at_k=[100], ndcg_at_k=[10], embedding_cache=cache, write_csv=False
+    )
+    return SequentialEvaluator([relevance, agreement])
 
 
 def run_id(language: str, pairs: int | None, method: Method, seed: int) -> str:
