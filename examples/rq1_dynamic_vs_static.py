@@ -26,11 +26,14 @@ from optical_st.research import (
     config_from_args,
     ot_distillation,
     run_and_report,
+    score_distillation,
 )
 
 QUESTION = (
     "**RQ1.** Does re-mining hard negatives with the student while it trains (dynamic) give a better OT-distilled "
-    "student than mining them once before training (static), or than using none, and at what extra cost?"
+    "student than mining them once before training (static), or than using none, and at what extra cost? And with "
+    "soft labels (the teacher's scores over the candidates, score distillation), where a relevant candidate is no "
+    "false negative?"
 )
 
 
@@ -54,16 +57,24 @@ def main() -> None:
         "--methods",
         nargs="+",
         default=["none", "static", "dynamic"],
-        choices=["none", "in-batch", "static", "dynamic", "random", "static-unfiltered", "dynamic-unfiltered"],
-        help="none: OT alone (OTDistillationLoss's defaults); in-batch: + InfoNCE without mined negatives; static / dynamic / random: + "
-        "InfoNCE with mined-once / re-mined / random negatives; *-unfiltered: without the false-negative filter",
-    )
+        choices=[
+            "none", "in-batch", "static", "dynamic", "random", "static-unfiltered", "dynamic-unfiltered",
+            "score-teacher", "score-static", "score-dynamic",
+        ],
+        help="none: OT alone (OTDistillationLoss's defaults); in-batch: + InfoNCE without mined negatives; static / "
+        "dynamic / random: + InfoNCE with mined-once / re-mined / random negatives; *-unfiltered: without the "
+        "false-negative filter; score-*: OT + score distillation (soft labels) over candidates mined once by the "
+        "teacher, once by the student before training, or re-mined with the student (--refresh-steps)",
+    )  # fmt: skip
+    parser.add_argument("--score-temperature", type=float, default=0.03, help="score distillation temperature")
+    parser.add_argument("--num-candidates", type=int, default=15, help="score distillation: candidates per pair")
     args = parser.parse_args()
     config = config_from_args(args)
     contrastive = {"contrastive_weight": args.contrastive_weight, "temperature": args.temperature}
     mined = {"num_negatives": args.num_negatives, "range_min": args.range_min}
     filtered = {**mined, "max_positive_similarity": args.max_positive_similarity}
     static, dynamic = {"refresh_steps": None}, {"refresh_steps": args.refresh_steps}
+    score = {"temperature": args.score_temperature, "num_candidates": args.num_candidates}
     available = {
         "none": ot_distillation("OT (no negatives)"),
         "in-batch": ot_distillation("OT + in-batch InfoNCE", **contrastive),
@@ -79,6 +90,14 @@ def main() -> None:
         ),
         "dynamic-unfiltered": ot_distillation(
             "OT + dynamic hard negatives, unfiltered", sampler={**mined, **dynamic}, **contrastive
+        ),
+        # soft labels: the teacher scores every candidate, so a relevant "negative" is no longer a false negative
+        "score-teacher": score_distillation("Score-KD + OT, teacher candidates", with_ot=True, **score),
+        "score-static": score_distillation(
+            "Score-KD + OT, static student candidates", with_ot=True, sampler=static, **score
+        ),
+        "score-dynamic": score_distillation(
+            "Score-KD + OT, dynamic student candidates", with_ot=True, sampler=dynamic, **score
         ),
     }
     run_and_report(

@@ -333,3 +333,19 @@ def test_mined_arms_batch_like_the_rest_of_the_command(tiny_dirs, bitext, batch_
     method = ot_distillation(sampler={"num_negatives": 1, "refresh_steps": None}, contrastive_weight=1.0)
     plan = method.setup(model, bitext, config)
     assert plan.batch_sampler.config.group_by_length is grouped
+
+
+@pytest.mark.slow
+def test_rq1_script_with_soft_labels(tiny_dirs, tmp_path, monkeypatch):
+    """Score distillation over candidates mined by the teacher, or by the student once / every step."""
+    out = tmp_path / "rq1"
+    methods = ("score-teacher", "score-static", "score-dynamic")
+    argv = tiny_args(tiny_dirs, out, "--methods", *methods, "--refresh-steps", "1", "--seeds", "0")
+    monkeypatch.setattr(sys, "argv", ["rq1", *argv, "--num-candidates", "2", "--train-pairs", "16"])
+    load_script("rq1_dynamic_vs_static").main()
+    names = [f"Score-KD + OT, {kind} candidates" for kind in ("teacher", "static student", "dynamic student")]
+    results = check_outputs(out, {**dict.fromkeys(names, 1), "English queries (ceiling)": 1})
+    runs = {r["method"]: r for r in results["runs"] if r["steps"]}
+    assert runs[names[0]]["flops"]["one_off"].get("mining", 0) == 0  # the teacher's candidates: no re-mining
+    assert 0 < runs[names[1]]["flops"]["one_off"]["mining"] < runs[names[2]]["flops"]["one_off"]["mining"]
+    assert all(r["flops"]["one_off"]["teacher_precompute"] > 0 for r in runs.values())

@@ -129,29 +129,42 @@ def score_distillation(
     num_candidates: int = 15,
     with_ot: bool = False,
     pool: str = "train-books",
+    sampler: dict[str, Any] | None = None,
     **loss_kwargs: Any,
 ) -> Method:
     """Score distillation (:class:`~optical_st.ScoreDistillationLoss`): the teacher's query embedding of each English
     side scores the pair's English verse and its ``num_candidates`` nearest English texts of ``pool``
     (:func:`optical_st.research.pool.english_pool`); the student's LRL embedding must give the same softmax. With
     ``with_ot``, OPTICAL's OT term too: ``OTDistillationLoss(score_weight=1.0)`` (``loss_kwargs`` go to the loss).
-    The pool's and the queries' teacher embeddings are computed once (cached on disk; counted as one-off FLOPs)."""
+    The pool's and the queries' teacher embeddings are computed once (cached on disk; counted as one-off FLOPs).
+
+    ``sampler``: instead of the teacher's candidates, ``DynamicHardNegativeSampler.configure`` settings: the pool's
+    texts nearest to the *student's* LRL embedding, mined before training (``refresh_steps=None``) or re-mined during
+    it, scored by the teacher in the loss (soft labels)."""
 
     def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
         encode, flops = teacher_encoder(model, config)
         texts = english_pool(config, train, pool)
-        data = add_teacher_candidates(train, model, texts, num_candidates=num_candidates, encode=encode)
+        if sampler is None:
+            data = add_teacher_candidates(train, model, texts, num_candidates=num_candidates, encode=encode)
+        else:  # the sampler adds the candidate columns; the label is the teacher's query embedding
+            labels = encode([str(t) for t in train["english"]], "query").float().tolist()
+            data = train.select_columns(["english", "lrl"]).add_column("label", labels)
         if with_ot:
             kwargs = {"score_weight": 1.0, **loss_kwargs}
             loss: nn.Module = OTDistillationLoss(model, score_temperature=temperature, **kwargs)
         else:
             loss = ScoreDistillationLoss(model, temperature=temperature, **loss_kwargs)
-        mapping = router_mapping(data.remove_columns("label"))
-        return TrainSetup(loss, data, mapping, one_off_flops={"teacher_precompute": flops()})
+        plan = TrainSetup(loss, data, router_mapping(data.remove_columns("label")))
+        if sampler is not None:
+            _attach_sampler(plan, {"num_negatives": num_candidates, "corpus": texts, **sampler}, config)
+        plan.one_off_flops["teacher_precompute"] = flops()
+        return plan
 
     settings = {"temperature": temperature, "num_candidates": num_candidates, "pool": pool, **loss_kwargs}
     loss_name = "OTDistillationLoss(score_weight=1.0, ...)" if with_ot else "ScoreDistillationLoss"
-    return Method(name, setup, f"{loss_name}, teacher candidates ({_kwargs_text(settings)})")
+    source = "student-mined candidates" + _sampler_text(sampler) if sampler is not None else "teacher candidates"
+    return Method(name, setup, f"{loss_name}, {source} ({_kwargs_text(settings)})")
 
 
 def _attach_sampler(plan: TrainSetup, settings: dict[str, Any], config: ExperimentConfig) -> None:
