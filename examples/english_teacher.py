@@ -27,6 +27,7 @@ from optical_st.research import (
     config_from_args,
     contrastive_distillation,
     ot_distillation,
+    score_distillation,
     write_report,
     zero_shot,
 )
@@ -99,7 +100,15 @@ def main() -> None:
     add_cli_arguments(parser, defaults)
     parser.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature (MiniLM's: 0.05)")
     parser.add_argument("--sentence-weight", type=float, default=1.0, help="pooled cosine term's weight")
-    parser.add_argument("--methods", nargs="+", default=["zero-shot", "map-only", "contrastive+ot"])
+    parser.add_argument(
+        "--score-temperature", type=float, default=0.05, help="score distillation temperature (MiniLM's scores)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["zero-shot", "map-only", "contrastive+ot"],
+        choices=["zero-shot", "map-only", "ot", "contrastive", "contrastive+ot", "score", "score+ot"],
+    )
     args = parser.parse_args()
     config = config_from_args(args)
     pooled = {"temperature": args.temperature}
@@ -110,6 +119,9 @@ def main() -> None:
         "contrastive+ot": ot_distillation(
             "Contrastive-KD + OT + cosine", contrastive_weight=1.0, sentence_weight=args.sentence_weight, **pooled
         ),
+        # MiniLM's own ranking of English candidates (relational targets), not its positions
+        "score": score_distillation(temperature=args.score_temperature),
+        "score+ot": score_distillation("Score-KD + OT", temperature=args.score_temperature, with_ot=True),
     }
     start = time.perf_counter()
     records = []

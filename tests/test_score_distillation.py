@@ -170,6 +170,13 @@ def test_trains_with_the_trainer_and_the_teacher_stays_frozen(teacher, wide_stud
     assert losses and all(math.isfinite(v) for v in losses)
     after = model[0].sub_modules["document"].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # the card names the loss, its settings and its citation
+    model.save_pretrained(str(tmp_path / "saved"))
+    card = (tmp_path / "saved" / "README.md").read_text()
+    if use_ot:
+        assert "OTDistillationLoss" in card and '"score_weight": 1.0' in card and "huang2023optical" in card
+    else:
+        assert "ScoreDistillationLoss" in card and '"temperature": 0.1' in card and "lin2020distilling" in card
 
 
 # ------------------------------------------------------------------------------------------------
