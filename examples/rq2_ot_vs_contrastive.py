@@ -52,6 +52,9 @@ def main() -> None:
         "--num-candidates", type=int, default=15, help="score distillation: teacher candidates per pair"
     )
     parser.add_argument(
+        "--score-objective", default="kl", choices=["kl", "margin-mse"], help="score distillation: KL or MarginMSE"
+    )
+    parser.add_argument(
         "--pool",
         default="train-books",
         choices=["train-books", "pairs"],
@@ -66,6 +69,8 @@ def main() -> None:
     args = parser.parse_args()
     config = config_from_args(args)
     score = {"temperature": args.score_temperature, "num_candidates": args.num_candidates, "pool": args.pool}
+    if args.score_objective != "kl":  # a loss setting: runs without it keep their names and records
+        score["objective"] = args.score_objective
     available = {
         "zero-shot": zero_shot(),
         "ot": ot_distillation(),  # OT alone: OTDistillationLoss's defaults (the paper's OT term, centred costs)
