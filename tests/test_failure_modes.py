@@ -23,8 +23,8 @@ from optical_st import (
     build_optical_model,
     check_bitext,
     load_optical_model,
-    ot,
     router_mapping,
+    transport,
 )
 from optical_st.hub import eval_results_from_metrics
 from optical_st.sampling import HardNegativeConfig
@@ -143,8 +143,8 @@ def test_numpy_and_tensor_scalars_are_accepted_as_floats(teacher):
     for name in ("reg", "tol"):
         assert type(getattr(loss.ot_config, name)) is float, name
     assert type(loss.ot_config.max_iter) is int
-    assert ot.check_reg(np.float32(0.25)) == 0.25
-    assert ot.sinkhorn_log(torch.rand(2, 3, 4), reg=torch.tensor(0.1)).shape == (2, 3, 4)
+    assert transport.check_reg(np.float32(0.25)) == 0.25
+    assert transport.sinkhorn_log(torch.rand(2, 3, 4), reg=torch.tensor(0.1)).shape == (2, 3, 4)
 
 
 def test_a_non_finite_loss_raises_instead_of_being_returned(teacher, bitext):
@@ -175,11 +175,11 @@ def test_a_non_finite_loss_raises_instead_of_being_returned(teacher, bitext):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_empty_problems_give_empty_plans_from_both_solvers(shape, dtype):
     cost = torch.rand(shape, dtype=dtype)
-    plan, log = ot.sinkhorn_log(cost, reg=np.float64(0.05), return_log=True)
-    exact = ot.emd(cost)
+    plan, log = transport.sinkhorn_log(cost, reg=np.float64(0.05), return_log=True)
+    exact = transport.emd(cost)
     assert plan.shape == exact.shape == shape and plan.dtype == exact.dtype == dtype
     assert log.converged and log.err.shape == (shape[0],)
-    values, _ = ot.ot_distance(cost, reg=torch.tensor(0.05))
+    values, _ = transport.ot_distance(cost, reg=torch.tensor(0.05))
     assert values.shape == (shape[0],) and values.eq(0).all()
 
 
