@@ -46,13 +46,14 @@ def read_pairs(args: argparse.Namespace) -> TrainingPairs:
         train_file=args.train_file, dataset_name=args.dataset_name, dataset_config=args.dataset_config,
         split=args.split, **read,
     )  # fmt: skip
-    train, held = bitext, None
+    train, held, duplicates = bitext, None, bitext.duplicates
     if args.eval_file or args.eval_split:
         held = load_bitext(
             train_file=args.eval_file, dataset_name=args.dataset_name if args.eval_split else None,
             dataset_config=args.dataset_config, split=args.eval_split or "train", **read,
         )  # fmt: skip
         held_out = f"held-out split {args.eval_split}" if args.eval_split else f"held-out file {held.name}"
+        duplicates += held.duplicates
     elif args.eval_fraction > 0:
         train, held = _split(bitext, args.eval_fraction, args.seed)
         held_out = f"{args.eval_fraction:.0%} held out (seed {args.seed})"
@@ -62,7 +63,7 @@ def read_pairs(args: argparse.Namespace) -> TrainingPairs:
         train = train.select(range(min(args.max_train_samples, len(train))))
     if held is not None and args.max_eval_samples:
         held = held.select(range(min(args.max_eval_samples, len(held))))
-    findings: dict[str, Any] = {"duplicate_pairs_dropped": bitext.duplicates + (held.duplicates if held else 0)}
+    findings: dict[str, Any] = {"duplicate_pairs_dropped": duplicates}
     if held is not None:
         held, findings["held_out_overlap"] = _without_overlap(train, held, args)
     return TrainingPairs(train, held, held_out, findings)
