@@ -137,26 +137,33 @@ def _readers(model: Any, columns: list[str], max_length: int) -> list[TextColumn
 
 def check_tokenized(pairs: TrainingPairs, model: Any, max_length: int, skip: bool) -> TrainingPairs:
     """Every training and held-out text tokenized as training reads it (prompt first, at most ``max_length``
-    tokens): a text with no token of its own (special tokens only, or nothing beyond the prompt) is named by its
-    line, or with ``skip`` left out with a warning."""
+    tokens): texts with no token of their own (special tokens only, or nothing beyond the prompt) are named by their
+    lines, training and held-out ones in one error, or with ``skip`` left out with a warning."""
     readers = _readers(model, pairs.train.dataset.column_names, max_length)
+    parts = [part for part in (pairs.train, pairs.held) if part is not None]
+    found = [_in_file_order(find_bad_rows(part.dataset, readers), part) for part in parts]
+    if any(found) and not skip:
+        named = [bad_rows_message(bad, part.source, part.where) for part, bad in zip(parts, found, strict=True) if bad]
+        raise BitextError(
+            f"{' '.join(named)} Training reads each text after its prompt, so these hold nothing to align. Fix or delete them, "
+            "or pass --skip-bad-rows to leave them out."
+        )
+    kept = [_without(part, bad) for part, bad in zip(parts, found, strict=True)]
+    return replace(pairs, train=kept[0], held=kept[1] if pairs.held is not None else None)
 
-    def checked(bitext: Bitext) -> Bitext:
-        bad = find_bad_rows(bitext.dataset, readers)
-        if not bad:
-            return bitext
-        if not skip:
-            raise BitextError(
-                f"{bad_rows_message(bad, bitext.source, bitext.where)} Training reads each text after its prompt, "
-                "so these hold nothing to align. Fix or delete them, or pass --skip-bad-rows to leave them out."
-            )
-        rows = {row for row, _, _ in bad}
-        keep = [row for row in range(len(bitext)) if row not in rows]
-        if not keep:
-            raise BitextError(f"{bitext.source}: no pairs left once the texts without a token are left out.")
-        logger.warning("Leaving out %d pair(s) of %s (--skip-bad-rows), e.g. %s.", len(rows), bitext.source,
-                       bitext.where(bad[0][0]))  # fmt: skip
-        return bitext.select(keep)
 
-    held = checked(pairs.held) if pairs.held is not None else None
-    return replace(pairs, train=checked(pairs.train), held=held)
+def _in_file_order(bad: list[tuple[int, str, str]], bitext: Bitext) -> list[tuple[int, str, str]]:
+    """Findings by file line (a held-out split lists its rows in random order)."""
+    return sorted(bad, key=lambda found: (bitext.lines[found[0]] if bitext.lines else found[0], found[1]))
+
+
+def _without(bitext: Bitext, bad: list[tuple[int, str, str]]) -> Bitext:
+    if not bad:
+        return bitext
+    rows = {row for row, _, _ in bad}
+    keep = [row for row in range(len(bitext)) if row not in rows]
+    if not keep:
+        raise BitextError(f"{bitext.source}: no pairs left once the texts without a token of their own are left out.")
+    logger.warning("Leaving out %d pair(s) of %s (--skip-bad-rows), e.g. %s.", len(rows), bitext.source,
+                   bitext.where(bad[0][0]))  # fmt: skip
+    return bitext.select(keep)

@@ -212,14 +212,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     del teacher
     gc.collect()
 
-    # 4-6. hard negatives, training, the trained model on the same held-out pairs, the card, the model
-    result = _train_and_save(args, recipe, model, card, pairs, rows, evaluator, checkpoint, record)
+    # 4-6. hard negatives, training, the trained model on the same held-out pairs; then the model, its card, results
+    result = _train_and_evaluate(args, recipe, model, card, pairs, rows, evaluator, checkpoint, record)
     _save(model, args, result, rows, start)
     _report(result, Path(args.output_dir))
     return result
 
 
-def _train_and_save(
+def _train_and_evaluate(
     args: argparse.Namespace, recipe: Any, model: Any, card: OpticalModelCardData, pairs: TrainingPairs,
     rows: dict[str, Any], evaluator: Any, checkpoint: str | None, record: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip

@@ -124,15 +124,10 @@ def find_bad_rows(dataset: Any, columns: Sequence[TextColumn]) -> list[BadRow]:
                 bad.append((row, side.column, problem))
             elif side.tokenizer is not None and side.may_be_empty(text):
                 suspicious.append(row)
-        empty = [
-            row
-            for row, no_text in zip(suspicious, side.without_content([texts[i] for i in suspicious]), strict=True)
-            if no_text
-        ]
-        bad.extend(
-            (row, side.column, problem)
-            for row, problem in zip(empty, _why_empty(side, [texts[i] for i in empty]), strict=True)
-        )
+        no_text = side.without_content([texts[i] for i in suspicious])
+        empty = [row for row, none in zip(suspicious, no_text, strict=True) if none]
+        reasons = _why_empty(side, [texts[i] for i in empty])
+        bad.extend((row, side.column, why) for row, why in zip(empty, reasons, strict=True))
     return sorted(bad)
 
 
