@@ -25,6 +25,7 @@ __all__ = [
     "model_routes",
     "module_state",
     "route_modules",
+    "route_tokenizer",
     "task_route",
     "text_columns",
 ]
@@ -87,6 +88,14 @@ def route_modules(model: nn.Module, route: str) -> list[nn.Module]:
     if route not in routes:
         raise ValueError(f"The model has no {route!r} route; build it with optical_st.build_optical_model().")
     return routes[route]
+
+
+def route_tokenizer(modules: Iterable[nn.Module]) -> Any:
+    """The tokenizer of a route (e.g. ``route_modules(model, "query")``): that of its first module that has one."""
+    for module in modules:
+        if getattr(module, "tokenizer", None) is not None:
+            return module.tokenizer
+    return None
 
 
 def encoding_modules(model: nn.Module, route: str | None) -> list[nn.Module]:

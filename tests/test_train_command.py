@@ -120,7 +120,8 @@ def test_bad_rows_are_named_before_training(e5_like, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "line 4, column 'swahili': empty" in error and "--skip-bad-rows" in error
     assert not (tmp_path / "run").exists()
-    # a text of special tokens only passes the reading but not the loss's check, still named by its line
+    # a text of special tokens only passes the reading but not the check of the texts as training tokenizes them,
+    # still named by its line
     rows = _pairs(6)
     rows[3] = ("[SEP]", rows[3][1])
     tsv = _tsv(tmp_path / "special.tsv", rows)
@@ -128,7 +129,7 @@ def test_bad_rows_are_named_before_training(e5_like, tmp_path, capsys):
                  "swahili")  # fmt: skip
     assert main(args) == 2
     error = capsys.readouterr().err
-    assert "special tokens only" in error and "row 3 is line 5" in error
+    assert "line 5, column 'swahili': special tokens only" in error
     assert not (tmp_path / "run").exists()
     # jsonl: a missing key is named by its line; --skip-bad-rows leaves the pair out
     jsonl = tmp_path / "pairs.jsonl"
@@ -147,13 +148,14 @@ def test_the_held_out_split_is_deterministic(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["train", "--train-file", str(tsv), "--english-column", "english", "--lrl-column",
                               "swahili", "--output-dir", str(tmp_path)])  # fmt: skip
-    from optical_st.cli.train import _split
+    from optical_st.cli._train_data import read_pairs
 
-    columns = {"english_column": "english", "lrl_column": "swahili"}
-    first = _split(load_bitext(train_file=str(tsv), **columns), args, columns)
-    second = _split(load_bitext(train_file=str(tsv), **columns), args, columns)
-    assert first[1]["english"] == second[1]["english"] and len(first[1]) == 3
-    assert not set(first[0]["english"]) & set(first[1]["english"])
+    first, second = read_pairs(args), read_pairs(args)
+    assert first.held.dataset["english"] == second.held.dataset["english"] and len(first.held) == 3
+    assert not set(first.train.dataset["english"]) & set(first.held.dataset["english"])
+    # each held-out pair still named by its line of the file
+    row = first.held.lines[0] - 2  # line 1 is the header
+    assert first.held.dataset["english"][0] == _pairs(30)[row][1]
 
 
 # ------------------------------------------------------------------------------------------------------------------

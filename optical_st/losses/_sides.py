@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from optical_st.losses.teacher_cache import TeacherCache, weights_versions
+from optical_st.routes import route_tokenizer
 
 __all__ = ["Encoder", "FrozenTeacher", "route_tokenizer"]
 
@@ -83,11 +84,3 @@ class FrozenTeacher(Encoder):
                 self._cache.bind(self.modules)
                 self._bound_versions = versions
             return self._cache.run(features, self.run)
-
-
-def route_tokenizer(modules: Iterable[nn.Module]) -> Any:
-    """The tokenizer of a route: that of its first module that has one."""
-    for module in modules:
-        if getattr(module, "tokenizer", None) is not None:
-            return module.tokenizer
-    return None

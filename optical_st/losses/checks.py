@@ -1,5 +1,6 @@
 """Checks of a training dataset against the loss that will read it, run once before training: rows that would fail
-hours in (:func:`find_bad_rows`) and bitext read in the wrong direction (:func:`direction_evidence`).
+hours in (:func:`find_bad_rows`, whose home is :mod:`optical_st.data.rows`, shared with the ``optical-st train``
+command) and bitext read in the wrong direction (:func:`direction_evidence`).
 
 The losses call these from ``check_dataset`` (see :func:`check_bitext`). Every OPTICAL loss has them run when a
 ``SentenceTransformerTrainer`` is built with it, whatever the model and its card data
@@ -12,13 +13,14 @@ import re
 import sys
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from optical_st.data.rows import TextColumn, bad_rows_message, find_bad_rows
 from optical_st.routes import column_routes
 
 __all__ = [
     "TextColumn",
+    "bad_rows_error",
     "check_bitext",
     "check_when_trainer_is_built",
     "direction_evidence",
@@ -88,17 +90,7 @@ ENGLISH_FUNCTION_WORDS = frozenset(
         "if",
     ]
 )
-_WORD = re.compile(r"\w")
 _TOKEN = re.compile(r"[^\W\d_]+")  # letters only: words for the function-word share
-
-
-@dataclass
-class TextColumn:
-    """One text column as a loss reads it: the dataset column and the tokenizer that reads it."""
-
-    column: str
-    tokenizer: Any
-    special_ids: frozenset[int]
 
 
 def check_bitext(dataset: Any, loss: Any, *, router_mapping: dict[str, Any] | None = None) -> None:
@@ -242,47 +234,10 @@ def transform_error(dataset: Any, dataset_name: str) -> ValueError | None:
     )
 
 
-def _special_pattern(tokenizer: Any) -> re.Pattern[str] | None:
-    tokens = [t for t in getattr(tokenizer, "all_special_tokens", []) or [] if t]
-    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))) if tokens else None
-
-
-def find_bad_rows(dataset: Any, columns: Sequence[TextColumn]) -> list[tuple[int, str, str]]:
-    """``(row, column, problem)`` for every row that a loss could not train on.
-
-    One pass over the text columns: ``None``, non-strings, empty or whitespace-only strings; then the few texts
-    without a letter or digit outside special-token strings are tokenized, and those that give special tokens only
-    (nothing to align) are reported too. Cost: a regular-expression search per text.
-    """
-    plain = dataset.with_format(None)  # raw rows: no transform, no torch formatting
-    bad: list[tuple[int, str, str]] = []
-    for side in columns:
-        texts = list(plain[side.column])
-        specials = _special_pattern(side.tokenizer)
-        suspicious: list[int] = []
-        for row, text in enumerate(texts):
-            if text is None:
-                bad.append((row, side.column, "None"))
-            elif not isinstance(text, str):
-                bad.append((row, side.column, f"not a string ({type(text).__name__})"))
-            elif not text.strip():
-                bad.append((row, side.column, "empty" if not text else "whitespace only"))
-            elif not _WORD.search(text if specials is None else specials.sub(" ", text)):
-                suspicious.append(row)  # punctuation, symbols, special-token strings: tokenize to be sure
-        if suspicious and side.tokenizer is not None:
-            ids = side.tokenizer([texts[i] for i in suspicious], add_special_tokens=False)["input_ids"]
-            bad.extend(
-                (row, side.column, "special tokens only")
-                for row, row_ids in zip(suspicious, ids, strict=True)
-                if all(i in side.special_ids for i in row_ids)
-            )
-    return sorted(bad)
-
-
 def bad_rows_error(bad: list[tuple[int, str, str]], dataset_name: str, columns: Sequence[str]) -> ValueError:
-    """The error for :func:`find_bad_rows`' findings: rows, columns, problems, and the filter that drops them."""
+    """The error for :func:`find_bad_rows`' findings, in its one wording, with the rows and the filter that drops
+    them."""
     rows = sorted({row for row, _, _ in bad})
-    first = "; ".join(f"row {row}, column {column!r}: {problem}" for row, column, problem in bad[:5])
     shown = rows if len(rows) <= 20 else [*rows[:20], "..."]
     fix = (
         f"`{dataset_name} = {dataset_name}.filter(lambda row: all(isinstance(row[c], str) and re.search(r'\\w', "
@@ -291,8 +246,8 @@ def bad_rows_error(bad: list[tuple[int, str, str]], dataset_name: str, columns: 
     if len(rows) <= 20:
         fix += f", or by row: `.filter(lambda row, i: i not in {set(rows)!r}, with_indices=True)`"
     return ValueError(
-        f"{dataset_name} has {len(rows)} row(s) the loss cannot train on ({first}). Rows: {shown}. Every text must "
-        f"be a string with at least one token that is not special. Drop them before training, e.g. {fix}."
+        f"{bad_rows_message(bad, dataset_name)} Rows: {shown}. Every text must be a string with at least one token "
+        f"that is not special. Drop them before training, e.g. {fix}."
     )
 
 
