@@ -30,7 +30,7 @@ def test_evaluator_reads_the_student_for_lrl_and_the_teacher_for_english(teacher
     """A student that is the teacher's own copy, given the English texts as "LRL" queries, agrees fully; a different
     student does not (so queries go through the student)."""
     texts = ["god is love", "the light was good", "day and night", "the water and the earth", "god created"]
-    corpus = texts + ["the heavens", "night was good", "the day"]
+    corpus = [*texts, "the heavens", "night was good", "the day"]
     copy = build_optical_model(teacher)
     cache = EmbeddingCache(tmp_path / "cache")
     same = RankingAgreementEvaluator(texts, texts, corpus, k_values=(3,), embedding_cache=cache)(copy)
