@@ -12,7 +12,7 @@ from sentence_transformers import SentenceTransformerTrainer
 
 from optical_st import OTDistillationLoss, ScoreDistillationLoss, TeacherCache, build_optical_model, router_mapping
 from optical_st.losses.score_kl import score_kl
-from optical_st.sampling import add_teacher_candidates, teacher_candidates
+from optical_st.sampling import TeacherCandidates, teacher_candidates
 
 
 def _unit(*rows):
@@ -62,7 +62,7 @@ def test_margin_mse_by_hand():
 
 
 def test_shapes_are_checked_with_the_fix():
-    with pytest.raises(ValueError, match="add_teacher_candidates"):
+    with pytest.raises(ValueError, match="TeacherCandidates"):
         score_kl(torch.randn(2, 4), torch.randn(2, 3), torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match="objective"):
         score_kl(torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 3, 4), objective="mse")
@@ -84,84 +84,113 @@ def test_teacher_candidates_are_the_nearest_pool_texts_without_the_positive():
         teacher_candidates(queries, pool[:5], positives[:5], k=5)
 
 
-def test_add_teacher_candidates_builds_the_loss_data(teacher, wide_student, bitext):
+def _data(model, bitext, pool=(), k=2):
+    candidates = TeacherCandidates.build(model, [*bitext["english"], *pool], show_progress_bar=False)
+    return candidates, candidates.attach(bitext, model, num_candidates=k)
+
+
+def test_teacher_candidates_build_the_loss_data(teacher, wide_student, bitext):
     model = build_optical_model(teacher, wide_student)
     pool = ["the light and the water", "night was good", "god created the day"]
-    data = add_teacher_candidates(bitext, model, pool=pool, num_candidates=3, show_progress_bar=False)
-    assert data.column_names == ["english", "lrl", "candidate_1", "candidate_2", "candidate_3", "label"]
-    every = set(bitext["english"]) | set(pool)
-    for row in data:
-        candidates = [row[f"candidate_{j}"] for j in (1, 2, 3)]
-        assert row["english"] not in candidates and set(candidates) <= every and len(set(candidates)) == 3
-    # the label is the teacher's query embedding of the English side (no prompts on these tiny models)
+    candidates, data = _data(model, bitext, pool, k=3)
+    assert data.column_names == ["english", "lrl", "label"] and len(candidates.texts) == len(bitext) + 3
+    # the label: the teacher's query embedding of the English side (no prompts on these tiny models), then the ids
+    # of the 3 nearest pool texts other than the pair's own English (brute force)
     expected = model.encode(list(bitext["english"]), task="document", normalize_embeddings=True, convert_to_tensor=True)
-    torch.testing.assert_close(torch.tensor(data["label"]), expected.float(), atol=1e-5, rtol=1e-5)
+    labels = torch.tensor(data["label"])
+    torch.testing.assert_close(labels[:, :32], expected.float(), atol=1e-5, rtol=1e-5)
+    for i, row in enumerate(labels):
+        scores = candidates.embeddings @ row[:32]
+        order = [j for j in scores.argsort(descending=True).tolist() if candidates.texts[j] != bitext["english"][i]]
+        assert row[32:].long().tolist() == order[:3]
     with pytest.raises(ValueError, match="english_column"):
-        add_teacher_candidates(bitext.rename_column("english", "en"), model)
+        candidates.attach(bitext.rename_column("english", "en"), model)
+    with pytest.raises(ValueError, match="at least 2"):
+        TeacherCandidates.build(model, ["only one", " "])
 
 
 # ------------------------------------------------------------------------------------------------
 # the losses
 # ------------------------------------------------------------------------------------------------
-def test_loss_reads_the_student_for_queries_and_the_teacher_for_candidates(teacher, wide_student, bitext):
+def test_loss_reads_the_student_for_queries_and_the_table_for_candidates(teacher, wide_student, bitext):
     model = build_optical_model(teacher, wide_student).eval()
-    data = add_teacher_candidates(bitext, model, num_candidates=2, show_progress_bar=False)
-    mapping = router_mapping(data)
-    features = features_for(model, data.remove_columns("label"), mapping)
+    candidates, data = _data(model, bitext)
+    features = features_for(model, data.remove_columns("label"), router_mapping(data))
     labels = torch.tensor(data["label"])
-    loss = ScoreDistillationLoss(model, temperature=0.1)
+    loss = ScoreDistillationLoss(model, temperature=0.1, candidates=candidates)
     with torch.no_grad():
         got = loss(features, labels)
         student = model.encode(list(data["lrl"]), task="query", convert_to_tensor=True)
-        docs = [
-            model.encode(list(data[c]), task="document", convert_to_tensor=True)
-            for c in ("english", "candidate_1", "candidate_2")
-        ]
-    expected = score_kl(student, labels, torch.stack(docs, 1), 0.1)
+        positive = model.encode(list(data["english"]), task="document", convert_to_tensor=True)
+    docs = torch.cat(
+        [torch.nn.functional.normalize(positive, dim=-1).unsqueeze(1), candidates.lookup(labels[:, 32:])], 1
+    )
+    expected = score_kl(student, labels[:, :32], docs, 0.1)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     config = loss.get_config_dict()
-    assert config["temperature"] == 0.1 and config["objective"] == "kl" and "Lin" in loss.citation
+    assert config["temperature"] == 0.1 and config["candidate_pool"] == len(bitext) and "Lin" in loss.citation
+
+
+def test_text_columns_give_the_same_loss_as_the_table(teacher, wide_student, bitext):
+    """The candidates as text columns, run through the frozen teacher: the same loss as their precomputed ids."""
+    model = build_optical_model(teacher, wide_student).eval()
+    candidates, data = _data(model, bitext)
+    labels = torch.tensor(data["label"])
+    texts = data.remove_columns("label")
+    for j in range(2):
+        texts = texts.add_column(f"candidate_{j + 1}", [candidates.texts[int(i)] for i in labels[:, 32 + j]])
+    with torch.no_grad():
+        table = ScoreDistillationLoss(model, candidates=candidates)(
+            features_for(model, data.remove_columns("label"), router_mapping(data)), labels
+        )
+        columns = ScoreDistillationLoss(model)(features_for(model, texts, router_mapping(texts)), labels[:, :32])
+    torch.testing.assert_close(table, columns, atol=1e-5, rtol=1e-5)
 
 
 def test_ot_loss_adds_the_score_term(teacher, wide_student, bitext):
     model = build_optical_model(teacher, wide_student).eval()
-    data = add_teacher_candidates(bitext, model, num_candidates=2, show_progress_bar=False)
+    candidates, data = _data(model, bitext)
     mapping = router_mapping(data)
     labels = torch.tensor(data["label"])
-    both = OTDistillationLoss(model, score_weight=0.5, score_temperature=0.1)
-    alone = ScoreDistillationLoss(model, temperature=0.1)
+    both = OTDistillationLoss(model, score_weight=0.5, temperature=0.1, candidates=candidates)
+    alone = ScoreDistillationLoss(model, temperature=0.1, candidates=candidates)
     with torch.no_grad():
         out = both(features_for(model, data.remove_columns("label"), mapping), labels)
         score = alone(features_for(model, data.remove_columns("label"), mapping), labels)
     assert set(out) == {"ot", "score"}
     torch.testing.assert_close(out["score"], 0.5 * score, atol=1e-5, rtol=1e-5)
     assert both.get_config_dict()["score_weight"] == 0.5
-    with pytest.raises(ValueError, match="add_teacher_candidates"):
+    with pytest.raises(ValueError, match="TeacherCandidates"):
         both(features_for(model, data.remove_columns("label"), mapping), None)
 
 
 def test_bad_labels_are_refused(teacher, wide_student, bitext):
     model = build_optical_model(teacher, wide_student)
-    data = add_teacher_candidates(bitext, model, num_candidates=2, show_progress_bar=False)
+    candidates, data = _data(model, bitext)
     features = features_for(model, data.remove_columns("label"), router_mapping(data))
-    loss = ScoreDistillationLoss(model)
     with pytest.raises(ValueError, match="label"):
-        loss(features, None)
+        ScoreDistillationLoss(model, candidates=candidates)(features, None)
     nan = torch.tensor(data["label"])
     nan[0, 0] = math.nan
     with pytest.raises(ValueError, match="NaN"):
-        loss(features, nan)
+        ScoreDistillationLoss(model, candidates=candidates)(features, nan)
+    foreign = torch.tensor(data["label"])
+    foreign[0, -1] = len(candidates.texts) + 5
+    with pytest.raises(ValueError, match="another TeacherCandidates"):
+        ScoreDistillationLoss(model, candidates=candidates)(features, foreign)
+    with pytest.raises(ValueError, match="candidate table"):  # ids in the label but no table given
+        ScoreDistillationLoss(model)(features, torch.tensor(data["label"]))
 
 
 @pytest.mark.parametrize("use_ot", [False, True])
 def test_trains_with_the_trainer_and_the_teacher_stays_frozen(teacher, wide_student, bitext, tmp_path, use_ot):
     model = build_optical_model(teacher, wide_student)
-    data = add_teacher_candidates(bitext, model, num_candidates=2, show_progress_bar=False)
+    candidates, data = _data(model, bitext)
     cache = TeacherCache()
     loss = (
-        OTDistillationLoss(model, score_weight=1.0, teacher_cache=cache)
+        OTDistillationLoss(model, score_weight=1.0, candidates=candidates, teacher_cache=cache)
         if use_ot
-        else ScoreDistillationLoss(model, temperature=0.1, teacher_cache=cache)
+        else ScoreDistillationLoss(model, temperature=0.1, candidates=candidates, teacher_cache=cache)
     )
     before = {k: v.clone() for k, v in model[0].sub_modules["document"].state_dict().items()}
     args = make_training_args(tmp_path, data, num_train_epochs=2)
@@ -197,14 +226,14 @@ def test_research_score_methods_train_on_training_books_only(tiny_dirs, tmp_path
     from optical_st.sampling import score_targets
 
     seen: list[set[str]] = []
-    original = score_targets.add_teacher_candidates
+    original = score_targets.TeacherCandidates.attach
 
-    def spy(dataset, model, pool=None, **kwargs):
-        data = original(dataset, model, pool, **kwargs)
-        seen.append({t for c in data.column_names if c != "label" for t in data[c]} | set(pool or []))
+    def spy(self, dataset, model, **kwargs):  # every text of the training data and of the pool
+        data = original(self, dataset, model, **kwargs)
+        seen.append({t for c in data.column_names if c != "label" for t in data[c]} | set(self.texts))
         return data
 
-    monkeypatch.setattr("optical_st.research.methods.add_teacher_candidates", spy)
+    monkeypatch.setattr(score_targets.TeacherCandidates, "attach", spy)
     out = tmp_path / "rq2"
     argv = tiny_args(tiny_dirs, out, "--methods", "zero-shot", "score", "score+ot", "--seeds", "0")
     argv += ["--num-candidates", "3"]

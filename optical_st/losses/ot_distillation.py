@@ -8,7 +8,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
@@ -18,7 +17,7 @@ from optical_st.losses._sides import Encoder
 from optical_st.losses._teacher import TeacherStudentMixin
 from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
-from optical_st.losses.score_kl import score_kl
+from optical_st.losses.score_kl import CandidateTable, check_score_labels, score_kl, score_targets
 from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.model_card import OPTICAL_CITATION
 from optical_st.transport import OTConfig
@@ -74,7 +73,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         symmetric: bool = False,
         teacher_cache: TeacherCache | None = None,
         score_weight: float = 0.0,
-        score_temperature: float = 0.03,
+        candidates: CandidateTable | None = None,
         **ot_settings: Any,
     ) -> None:
         """
@@ -119,7 +118,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 e.g. from :class:`optical_st.DynamicHardNegativeSampler`). Candidates identical to the positive
                 (repeated texts) are masked. ``0`` (default): OT alone, which then accepts no extra columns; the
                 recommended recipe uses ``1.0``.
-            temperature: softmax temperature of the InfoNCE term (``0.05`` = ST's MultipleNegativesRankingLoss
+            temperature: softmax temperature of the InfoNCE term and of the score term (``0.05`` = ST's MultipleNegativesRankingLoss
                 ``scale=20``). Match the teacher's training temperature: its similarities live in that range, and a
                 softer one pushes the student out of the teacher's space, which shows in the English -> LRL
                 direction (multilingual-e5 was trained with ``0.01``; the demo's runs at both temperatures are in
@@ -132,11 +131,13 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 running it again for texts it has already encoded (later epochs, or other losses with the same
                 teacher given the same cache). Changes no result beyond float rounding; ``None``: no cache.
             score_weight: weight of an extra score-distillation term (:func:`optical_st.losses.score_kl.score_kl`):
-                the student's LRL embedding must rank the batch's candidate English documents (the English column and
-                the extra columns) as the teacher ranks them for the English text read as a query, whose embedding
-                the ``label`` column holds (:func:`optical_st.sampling.add_teacher_candidates` builds such data).
-                ``0`` (default): none. :class:`~optical_st.ScoreDistillationLoss` is this term alone.
-            score_temperature: softmax temperature of the score term, both sides.
+                the student's LRL embedding must rank the batch's candidate English documents (the English column,
+                the extra columns and the ``candidates`` whose ids the label holds) as the teacher ranks them for the
+                English text read as a query, whose embedding the ``label`` column holds
+                (:class:`optical_st.sampling.TeacherCandidates` builds such data). ``0`` (default): none.
+                :class:`~optical_st.ScoreDistillationLoss` is this term alone; score distillation distils well near
+                ``temperature=0.03`` for multilingual-e5.
+            candidates: the :class:`~optical_st.sampling.TeacherCandidates` of the score term's label ids.
             **ot_settings: deprecated: ``OTConfig``'s fields as keywords (``reg=0.02``), the form before
                 ``OTConfig``; still accepted, with a ``FutureWarning``. Not together with ``ot_config``.
 
@@ -215,7 +216,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self.temperature = check_temperature(temperature)
         self.symmetric = bool(symmetric)
         self.score_weight = as_float("score_weight", score_weight, minimum=0.0)
-        self.score_temperature = check_temperature(score_temperature)
+        self.candidates = candidates  # a frozen table, not a submodule: not saved with the model
+        self._score_labels_checked = False
         if self.symmetric and self.contrastive_weight == 0:  # the reverse direction belongs to the InfoNCE term
             raise ValueError(
                 "symmetric=True adds the reverse direction to the InfoNCE term, which contrastive_weight=0 switches "
@@ -233,7 +235,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         if self.score_weight > 0 and labels is None:
             raise ValueError(
                 "score_weight > 0 needs the teacher's query embeddings of the English side in a `label` column. Build "
-                "the dataset with optical_st.sampling.add_teacher_candidates(dataset, model, pool=...)."
+                "the dataset with optical_st.sampling.TeacherCandidates.build(model, english).attach(dataset, model)."
             )
         if self.contrastive_weight > 0 or self.score_weight > 0:
             if len(features) < n_expected:
@@ -294,7 +296,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             teacher: the teacher's side (English texts), likewise.
             negative_sentences: teacher embeddings of the hard negatives, one ``(B, d)`` tensor per negative column
                 (used by the contrastive term), or of the candidates (the score term).
-            teacher_queries: ``(B, d)`` the teacher's query embeddings of the English texts (the score term).
+            teacher_queries: the label column: the teacher's query embeddings of the English texts (``(B, d)``), and
+                the candidates' ids with ``candidates`` (the score term).
 
         Returns:
             The scalar loss, or a dict of weighted components (``"ot"``, ``"sentence"``, ``"contrastive"``) when an
@@ -324,9 +327,12 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         if self.score_weight > 0:
             if teacher_queries is None:
                 raise ValueError("score_weight > 0 needs teacher_queries (the label column).")
-            candidates = torch.stack([teacher.sentence, *(negative_sentences or [])], dim=1)
-            score = score_kl(student.sentence, teacher_queries, candidates, self.score_temperature)
-            losses["score"] = self.score_weight * score
+            labels = teacher_queries.to(teacher.sentence.device)
+            if not self._score_labels_checked:  # once: it reads the device
+                self._score_labels_checked = True
+                check_score_labels(labels, teacher.sentence.shape[-1], self.candidates)
+            queries, documents = score_targets(labels, teacher.sentence, negative_sentences or [], self.candidates)
+            losses["score"] = self.score_weight * score_kl(student.sentence, queries, documents, self.temperature)
         return losses
 
     def _ot_term(self, student: TokenEmbeddings, teacher: TokenEmbeddings) -> Tensor:
@@ -379,7 +385,7 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             "contrastive_weight": self.contrastive_weight,
             "temperature": self.temperature,
             "symmetric": self.symmetric,
-            **({"score_weight": self.score_weight, "score_temperature": self.score_temperature} if self.score_weight else {}),
+            **({"score_weight": self.score_weight} if self.score_weight else {}),
         }
 
     @property

@@ -3,18 +3,16 @@ each pair, not only which document is the translation."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import cos_sim, similarity_fct_name
 from torch import Tensor, nn
 
 from optical_st.losses._teacher import TeacherStudentMixin
 from optical_st.losses.info_nce import check_temperature
-from optical_st.losses.score_kl import check_objective, score_kl
+from optical_st.losses.score_kl import CandidateTable, check_objective, check_score_labels, score_kl, score_targets
 from optical_st.losses.teacher_cache import TeacherCache
 
 SCORE_KD_CITATION = """
@@ -43,6 +41,7 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
         model: SentenceTransformer,
         teacher: SentenceTransformer | None = None,
         temperature: float = 0.03,
+        candidates: CandidateTable | None = None,
         in_batch: bool = True,
         objective: str = "kl",
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
@@ -55,15 +54,15 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
         the candidates (KL divergence). Unlike contrastive KD, the other relevant documents near the translation (what
         cross-references and relevance judgements point to) are not pushed away but ranked as the teacher ranks them.
 
-        Only the student runs in a training step in effect: the teacher's query embeddings come precomputed in the
-        ``label`` column, and its document embeddings of the candidates are read through ``teacher_cache`` (a
-        :class:`~optical_st.TeacherCache`) after their first encoding. Build the dataset with
-        :func:`optical_st.sampling.add_teacher_candidates`.
+        The teacher's side is precomputed once: :class:`optical_st.sampling.TeacherCandidates` encodes an English pool
+        and writes each pair's candidate ids and the teacher's query embedding into the ``label`` column, so a step
+        runs the student on the LRL column and the teacher on the English column only (the positive; a
+        ``teacher_cache`` serves it after the first epoch), and looks the candidates up.
 
         The label holds the teacher's query *embedding* (as in ``MSELoss``), not per-candidate scores (as in
         sentence-transformers' ``DistillKLDivLoss``): with it the loss scores every candidate of the batch (in-batch,
-        ``B * K`` per row), and candidates added during training (``DynamicHardNegativeSampler`` re-mining with the
-        student) get the teacher's scores too. For OPTICAL's token-level OT term on top, use
+        ``B * K`` per row), and extra candidate columns (``DynamicHardNegativeSampler`` re-mining with the student,
+        run through the frozen teacher) get the teacher's scores too. For OPTICAL's token-level OT term on top, use
         :class:`~optical_st.OTDistillationLoss` with ``score_weight`` on the same dataset.
 
         Args:
@@ -72,6 +71,8 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
             teacher: the frozen teacher when ``model`` is a plain student; ``None`` for a Router model.
             temperature: softmax temperature of both sides (> 0). Around the spread of the teacher's scores over the
                 candidates; multilingual-e5 (trained at 0.01) distils best near 0.03 (docs/research_results.md).
+            candidates: the :class:`~optical_st.sampling.TeacherCandidates` whose ids the label column holds; ``None``
+                when the candidates are text columns (the label is then the query embedding alone).
             in_batch: every row scores the candidates of the whole batch; else only its own.
             objective: ``"kl"`` (default) or ``"margin-mse"`` (MarginMSE on each row's own candidates).
             similarity_fct: ``(B, d), (N, d) -> (B, N)`` similarity for both sides; cosine by default.
@@ -89,12 +90,15 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
         Requirements:
             1. Parallel data: an English text and its LRL translation per row.
             2. Candidate English documents per row and the teacher's query embedding of the English side
-               (:func:`optical_st.sampling.add_teacher_candidates` builds both from an English pool).
+               (:class:`optical_st.sampling.TeacherCandidates` builds both from an English pool).
 
         Inputs:
             +--------------------------------------------------+---------------------------------------------+
             | Texts                                            | Labels                                      |
             +==================================================+=============================================+
+            | (english, lrl), with ``candidates``              | teacher query embedding of english and the  |
+            |                                                  | candidates' pool ids, (d + K,)              |
+            +--------------------------------------------------+---------------------------------------------+
             | (english, lrl, candidate_1, ..., candidate_K)    | teacher query embedding of english, (d,)    |
             +--------------------------------------------------+---------------------------------------------+
 
@@ -110,16 +114,17 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
                 from datasets import Dataset
                 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
                 from optical_st import ScoreDistillationLoss, TeacherCache, build_optical_model, router_mapping
-                from optical_st.sampling import add_teacher_candidates
+                from optical_st.sampling import TeacherCandidates
 
                 model = build_optical_model("sentence-transformers/all-MiniLM-L6-v2")
                 bitext = Dataset.from_dict({
                     "english": ["God is love.", "Jesus wept.", "The Lord is my shepherd."],
                     "lrl": ["Mulungu ndi chikondi.", "Yesu analira.", "Yehova ndiye mbusa wanga."],
                 })
-                english_pool = ["Love is patient.", "He wept bitterly.", "I shall not want."]  # any English text
-                train_dataset = add_teacher_candidates(bitext, model, pool=english_pool, num_candidates=2)
-                loss = ScoreDistillationLoss(model, temperature=0.03, teacher_cache=TeacherCache())
+                more_english = ["Love is patient.", "He wept bitterly.", "I shall not want."]  # any English text
+                candidates = TeacherCandidates.build(model, list(bitext["english"]) + more_english)
+                train_dataset = candidates.attach(bitext, model, num_candidates=2)
+                loss = ScoreDistillationLoss(model, candidates=candidates, teacher_cache=TeacherCache())
                 args = SentenceTransformerTrainingArguments(
                     output_dir="out", router_mapping=router_mapping(train_dataset)
                 )
@@ -132,6 +137,7 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
         self.in_batch = bool(in_batch)
         self.objective = check_objective(objective)
         self.similarity_fct = similarity_fct
+        self.candidates = candidates  # a frozen table, not a submodule: not saved with the model
         self._labels_checked = False
         self._init_teacher(model, teacher, teacher_cache)  # optical_st/losses/_teacher.py
 
@@ -139,12 +145,13 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
         if len(features) < 2:
             raise ValueError(
                 f"ScoreDistillationLoss expects (english, lrl, *candidates) text columns, got {len(features)}. "
-                "Build the dataset with optical_st.sampling.add_teacher_candidates."
+                "Build the dataset with optical_st.sampling.TeacherCandidates."
             )
         if labels is None:
             raise ValueError(
                 "ScoreDistillationLoss needs the teacher's query embeddings of the English side in a `label` column. "
-                "Build the dataset with optical_st.sampling.add_teacher_candidates(dataset, model, pool=...)."
+                "Build the dataset with optical_st.sampling.TeacherCandidates.build(model, english).attach(dataset, "
+                "model)."
             )
         self._inputs.check_labels_and_routes(features, labels, takes_labels=True)
 
@@ -156,9 +163,12 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
         self._empty_rows_check(english, self._teacher, "english column (teacher)")
         self._empty_rows_check(lrl, self._student, "lrl column (student)")
         student = self._student.run(lrl)["sentence_embedding"]
-        documents = [self._run_teacher_frozen(column)["sentence_embedding"] for column in (english, *candidates)]
-        loss = self.compute_loss_from_embeddings(student, labels, torch.stack(documents, dim=1))
-        return self._finite(loss)  # a NaN/inf loss raises instead of wiping the student (_teacher.py)
+        positive, *extra = (self._run_teacher_frozen(column)["sentence_embedding"] for column in (english, *candidates))
+        if not self._labels_checked:  # once, like sentence-transformers' check_teacher_targets: it reads the device
+            self._labels_checked = True
+            check_score_labels(labels, positive.shape[-1], self.candidates)
+        queries, documents = score_targets(labels.to(student.device), positive, extra, self.candidates)
+        return self._finite(self.compute_loss_from_embeddings(student, queries, documents))  # a NaN/inf loss raises instead of wiping the student (_teacher.py)
 
     def compute_loss_from_embeddings(self, student: Tensor, teacher_queries: Tensor, candidates: Tensor) -> Tensor:
         """The loss from embeddings (testable on hand-made tensors): see :func:`optical_st.losses.score_kl.score_kl`.
@@ -168,9 +178,6 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
             teacher_queries: ``(B, d)`` the teacher's query embeddings of the English texts (the label column).
             candidates: ``(B, K, d)`` teacher document embeddings; ``candidates[:, 0]`` is the translation.
         """
-        if not self._labels_checked:  # once, like sentence-transformers' check_teacher_targets: it reads the device
-            self._labels_checked = True
-            check_teacher_queries(teacher_queries)
         return score_kl(
             student,
             teacher_queries.to(student.device),
@@ -188,20 +195,9 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
             "in_batch": self.in_batch,
             "objective": self.objective,
             "similarity_fct": similarity_fct_name(self.similarity_fct),
+            "candidate_pool": len(self.candidates.texts) if self.candidates is not None else None,
         }
 
     @property
     def citation(self) -> str:
         return SCORE_KD_CITATION
-
-
-def check_teacher_queries(teacher_queries: Tensor) -> None:
-    """The label column must hold finite embeddings (a NaN would make every gradient NaN)."""
-    if teacher_queries.dim() != 2 or not torch.isfinite(teacher_queries).all():
-        bad = "not (B, d)" if teacher_queries.dim() != 2 else "NaN or inf"
-        raise ValueError(
-            f"The label column must hold the teacher's query embeddings, finite, (B, d); got {bad} "
-            f"(shape {tuple(teacher_queries.shape)}). Rebuild it with optical_st.sampling.add_teacher_candidates."
-        )
-    if math.isclose(float(teacher_queries.float().norm(dim=-1).min()), 0.0, abs_tol=1e-12):
-        raise ValueError("The label column holds a zero embedding: the teacher's query embedding of an empty text?")

@@ -4,16 +4,72 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from sentence_transformers.util import cos_sim
 from torch import Tensor
 
-__all__ = ["OBJECTIVES", "check_objective", "score_kl"]
+__all__ = ["OBJECTIVES", "CandidateTable", "check_objective", "check_score_labels", "score_kl", "score_targets"]
 
 OBJECTIVES = ("kl", "margin-mse")
+
+
+class CandidateTable(Protocol):
+    """Precomputed teacher document embeddings looked up by id (:class:`optical_st.sampling.TeacherCandidates`)."""
+
+    texts: Sequence[str]
+
+    def lookup(self, ids: Tensor) -> Tensor: ...
+
+
+def score_targets(
+    labels: Tensor, positives: Tensor, extra: Sequence[Tensor], candidates: CandidateTable | None
+) -> tuple[Tensor, Tensor]:
+    """``(teacher_queries (B, d), candidates (B, K, d))`` of a score-distillation batch.
+
+    ``labels``: the teacher's query embeddings ``(B, d)``, followed by ``k`` candidate ids per row when
+    ``candidates`` is given (``(B, d + k)``, :meth:`TeacherCandidates.attach`); ``positives``: the teacher's embeddings
+    of the English column; ``extra``: teacher embeddings of extra text columns (e.g. a sampler's), ``(B, d)`` each.
+    Candidate 0 is the positive. With a table every candidate is L2-normalised (the table's are), so a dot-product
+    similarity sees the same geometry as the default cosine."""
+    dim = positives.shape[-1]
+    if candidates is None:
+        if labels.shape[-1] != dim:
+            raise ValueError(
+                f"The label column has {labels.shape[-1]} values per row; without a candidate table it must hold the "
+                f"teacher's query embedding ({dim}). For candidate ids in the label pass candidates=TeacherCandidates."
+            )
+        return labels, torch.stack([positives, *extra], dim=1)
+    if labels.shape[-1] <= dim:
+        raise ValueError(
+            f"The label column has {labels.shape[-1]} values per row: with candidates=TeacherCandidates it must hold "
+            f"the teacher's query embedding ({dim}) and candidate ids, as TeacherCandidates.attach writes it."
+        )
+    table = candidates.lookup(labels[:, dim:])
+    columns = [F.normalize(c.float(), dim=-1).unsqueeze(1) for c in (positives, *extra)]
+    return labels[:, :dim], torch.cat([*columns, table.to(columns[0].dtype)], dim=1)
+
+
+def check_score_labels(labels: Tensor, dim: int, candidates: CandidateTable | None) -> None:
+    """The label column, once: finite query embeddings, non-zero, and candidate ids inside the pool."""
+    queries = labels[:, :dim].float()
+    if not torch.isfinite(queries).all():
+        raise ValueError(
+            "The label column holds NaN or inf, so every gradient would be NaN. Rebuild it with "
+            "optical_st.sampling.TeacherCandidates.attach."
+        )
+    if bool((queries.norm(dim=-1) == 0).any()):
+        raise ValueError("The label column holds a zero query embedding: the teacher's embedding of an empty text?")
+    if candidates is not None:
+        ids = labels[:, dim:]
+        if bool(((ids < 0) | (ids >= len(candidates.texts)) | (ids != ids.round())).any()):
+            raise ValueError(
+                f"The label column's candidate ids are not ids of the given pool ({len(candidates.texts)} texts): the "
+                "dataset was attached to another TeacherCandidates. Use the same object for attach() and the loss."
+            )
 
 
 def check_objective(objective: str) -> str:
@@ -66,7 +122,7 @@ def score_kl(
     if teacher_queries.shape != (candidates.shape[0], candidates.shape[2]):
         raise ValueError(
             f"The teacher's query embeddings (the label column) must be (B, d) = {(candidates.shape[0], candidates.shape[2])}; "
-            f"got {tuple(teacher_queries.shape)}. Build the dataset with optical_st.sampling.add_teacher_candidates "
+            f"got {tuple(teacher_queries.shape)}. Build the dataset with optical_st.sampling.TeacherCandidates "
             "and the same teacher."
         )
     rows, k, dim = candidates.shape

@@ -19,7 +19,7 @@ from optical_st.modeling import router_mapping
 from optical_st.phases import MINING
 from optical_st.research.config import ExperimentConfig
 from optical_st.research.pool import english_pool, teacher_encoder
-from optical_st.sampling import DynamicHardNegativeSampler, LengthGroupedBatchSampler, add_teacher_candidates
+from optical_st.sampling import DynamicHardNegativeSampler, LengthGroupedBatchSampler, TeacherCandidates
 
 __all__ = [
     "ENGLISH_CEILING",
@@ -144,20 +144,21 @@ def score_distillation(
 
     def setup(model: SentenceTransformer, train: Dataset, config: ExperimentConfig) -> TrainSetup:
         encode, flops = teacher_encoder(model, config)
-        texts = english_pool(config, train, pool)
+        table = TeacherCandidates.build(model, english_pool(config, train, pool), encode=encode)
         if sampler is None:
-            data = add_teacher_candidates(train, model, texts, num_candidates=num_candidates, encode=encode)
-        else:  # the sampler adds the candidate columns; the label is the teacher's query embedding
-            labels = encode([str(t) for t in train["english"]], "query").float().tolist()
-            data = train.select_columns(["english", "lrl"]).add_column("label", labels)
+            data = table.attach(train, model, num_candidates=num_candidates, encode=encode)
+        else:  # the sampler adds candidate columns; the label is the teacher's query embedding alone
+            labels = table.query_embeddings([str(t) for t in train["english"]], model, encode=encode)
+            data = train.select_columns(["english", "lrl"]).add_column("label", labels.tolist())
+        candidates = table if sampler is None else None
         if with_ot:
             kwargs = {"score_weight": 1.0, **loss_kwargs}
-            loss: nn.Module = OTDistillationLoss(model, score_temperature=temperature, **kwargs)
+            loss: nn.Module = OTDistillationLoss(model, temperature=temperature, candidates=candidates, **kwargs)
         else:
-            loss = ScoreDistillationLoss(model, temperature=temperature, **loss_kwargs)
+            loss = ScoreDistillationLoss(model, temperature=temperature, candidates=candidates, **loss_kwargs)
         plan = TrainSetup(loss, data, router_mapping(data.remove_columns("label")))
         if sampler is not None:
-            _attach_sampler(plan, {"num_negatives": num_candidates, "corpus": texts, **sampler}, config)
+            _attach_sampler(plan, {"num_negatives": num_candidates, "corpus": list(table.texts), **sampler}, config)
         plan.one_off_flops["teacher_precompute"] = flops()
         return plan
 

@@ -19,7 +19,7 @@ from optical_st.sampling.mining import (
     search_topk,
 )
 from optical_st.sampling.sampler import DynamicHardNegativeSampler
-from optical_st.sampling.score_targets import add_teacher_candidates, frozen_teacher_encoder, teacher_candidates
+from optical_st.sampling.score_targets import TeacherCandidates, frozen_teacher_encoder, teacher_candidates
 from optical_st.sampling.table import CHECKPOINT_FILE, HardNegativeState, NegativesTransform, NegativeTable
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "MinedNegatives",
     "NegativeTable",
     "NegativesTransform",
-    "add_teacher_candidates",
+    "TeacherCandidates",
     "compose_hard_batches",
     "default_range_max",
     "document_route_frozen",
