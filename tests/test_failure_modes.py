@@ -18,14 +18,15 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from optical_st import (
     ContrastiveDistillationLoss,
     OpticalModelCardData,
+    OpticalTrainer,
     OTConfig,
     OTDistillationLoss,
     build_optical_model,
     check_bitext,
     load_optical_model,
-    ot,
     router_mapping,
 )
+from optical_st import transport as ot
 from optical_st.hub import eval_results_from_metrics
 from optical_st.sampling import HardNegativeConfig
 
@@ -81,7 +82,7 @@ def test_router_mapping_against_the_column_order_raises_before_training(teacher,
     dataset = _swapped(toy_bitext(8))
     args = make_training_args(tmp_path, router_mapping={"english": "document", "lrl": "query"})
     with pytest.raises(ValueError, match="routed to"):
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model))
+        OpticalTrainer(model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def test_bad_rows_stop_the_trainer_before_training_naming_the_dataset_row(teache
     lrl[37] = bad
     dataset = Dataset.from_dict({"english": dataset["english"], "lrl": lrl})
     with pytest.raises(ValueError, match=rf"train_dataset has 1 row\(s\).*row 37, column 'lrl': {problem}.*filter"):
-        SentenceTransformerTrainer(
+        OpticalTrainer(
             model=model,
             args=make_training_args(tmp_path, dataset),
             train_dataset=dataset,

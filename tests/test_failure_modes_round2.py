@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from optical_st import (
     ContrastiveDistillationLoss,
     DynamicHardNegativeSampler,
+    OpticalTrainer,
     OTDistillationLoss,
     TeacherCache,
     build_optical_model,
@@ -81,7 +82,7 @@ def test_a_dataset_with_a_transform_that_adds_columns_is_named(student, teacher)
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. the dataset is checked when the trainer is built, for every kind of model
+# 2. the dataset is checked when an OpticalTrainer is built, for every kind of model
 # ------------------------------------------------------------------------------------------------
 def _plain_student(teacher, student, tmp_path):
     return student, ContrastiveDistillationLoss(student, teacher=teacher), None
@@ -104,7 +105,7 @@ def test_bad_rows_stop_the_trainer_for_every_kind_of_model(teacher, student, tmp
     dataset = _with_empty_row(toy_bitext(32), 29)
     args = make_training_args(tmp_path, dataset if routed else None)
     with pytest.raises(ValueError, match=r"train_dataset has 1 row\(s\).*row 29, column 'lrl': empty"):
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+        OpticalTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def test_stale_staging_folders_of_killed_conversions_are_cleaned(tiny_e5, tmp_pa
 # ------------------------------------------------------------------------------------------------
 def test_sinkhorn_warns_only_for_errors_that_matter_worded_by_size():
     monitor = OTMonitor()
-    monitor.record({})
+    monitor.observe(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SinkhornConvergenceWarning)
         monitor.check_convergence(converged=False, n_iter=200, error=1.1e-4, reg=0.05, max_iter=200, tol=1e-4)
@@ -343,4 +344,4 @@ def test_an_empty_training_set_is_refused_when_the_trainer_is_built(teacher, stu
     )
     args = make_training_args(tmp_path, toy_bitext(4))
     with pytest.raises(ValueError, match="train_dataset is empty"):
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=empty, loss=OTDistillationLoss(model))
+        OpticalTrainer(model=model, args=args, train_dataset=empty, loss=OTDistillationLoss(model))

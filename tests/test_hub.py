@@ -34,7 +34,8 @@ from optical_st.hub import (
     push_folder_to_hub,
     push_to_hub,
 )
-from optical_st.model_card import hub_model_id, model_card_template_path
+from optical_st.origins import hub_model_id
+from optical_st.utils import model_card_template_path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "me/tiny-optical"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import FrozenInstanceError
 
 import numpy as np
@@ -76,6 +77,7 @@ def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
     kwargs = dict(reg=0.05, max_iter=2000, tol=1e-9, cost_scale=None)
     centered = ot_loss(teacher, teacher, center=True, **kwargs)
     plain = ot_loss(teacher, teacher, center=False, **kwargs)
+    centered.monitor.enabled = plain.monitor.enabled = True  # the plan statistics, read below
     # oracle: the mean of each sentence's mean teacher token (uniform mass over its real tokens), by hand
     mu = torch.stack([t[0, :5].mean(0), t[1, :3].mean(0)]).mean(0)
     value = centered.compute_loss_from_embeddings(*sides(s, s_mask, t, t_mask))
@@ -297,12 +299,24 @@ def test_bad_columns_raise(teacher, student):
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "[CLS] [SEP]"])
-def test_empty_or_special_only_rows_raise(teacher, student, bad):
+def test_empty_or_special_only_rows_get_no_weight_and_are_named_on_the_first_batch(teacher, student, bad, caplog):
+    """A row with nothing to transport does not stop training (issue 31, case 0): the loss is that of the other rows,
+    and the first batch names it in a warning."""
     loss = OTDistillationLoss(student, teacher=teacher)
-    with pytest.raises(ValueError, match=r"lrl column \(student\): row\(s\) \[1\]"):
-        loss(features(student, ["god", "light"], ["mulungu", bad]))
-    with pytest.raises(ValueError, match=r"english column \(teacher\): row\(s\) \[0\]"):
-        loss(features(student, [bad, "light"], ["mulungu", "madzi"]))
+    with caplog.at_level(logging.WARNING, logger="optical_st"):
+        value = loss(features(student, ["god", "light"], ["mulungu", bad]))
+    assert "lrl column (student): row(s) [1]" in caplog.text
+    alone = OTDistillationLoss(student, teacher=teacher)(features(student, ["god"], ["mulungu"]))
+    assert float(value) == pytest.approx(float(alone), abs=1e-6) and float(alone) > 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="optical_st"):
+        value = loss(features(student, [bad, "light"], ["mulungu", "madzi"]))
+    assert "row(s)" not in caplog.text  # the first batch only: later batches read nothing back
+    alone = OTDistillationLoss(student, teacher=teacher)(features(student, ["light"], ["madzi"]))
+    assert float(value) == pytest.approx(float(alone), abs=1e-6)
+    assert loss.monitor.rows_without_content == 2
+    nothing = OTDistillationLoss(student, teacher=teacher)(features(student, [bad], ["mulungu"]))
+    assert float(nothing) == 0.0  # no row with content: a zero loss, not NaN
 
 
 def test_dims_mismatch_without_projection_raises(teacher, tiny_dirs, tmp_path):
