@@ -260,8 +260,8 @@ def measure_quality(settings: list[str], output_dir: Path) -> dict[str, Any]:
     from optical_st import TeacherCache
     from optical_st.evaluation import EmbeddingCache
     from optical_st.research.config import ExperimentConfig
-    from optical_st.research.methods import ot_distillation
     from optical_st.research.evaluate import load_benchmarks
+    from optical_st.research.methods import ot_distillation
     from optical_st.research.runner import run_one
     from optical_st.research.training import load_train_pairs
 

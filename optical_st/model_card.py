@@ -352,8 +352,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         return {
             "model_id": self.model_id or MODEL_ID_PLACEHOLDER,
             "teacher_id": self.teacher_id or "the/english-teacher",
-            "query": self._format_snippet_value(examples[0]),
-            "documents": [self._format_snippet_value(doc) for doc in examples[1:]],
+            "query": repr(examples[0]),  # texts, quoted as Python literals
+            "documents": [repr(doc) for doc in examples[1:]],
         }
 
     def _query_document_examples(self, dataset: Dataset | DatasetDict) -> list[str] | None:

@@ -4,7 +4,6 @@ bad inputs."""
 from __future__ import annotations
 
 import logging
-
 import math
 
 import pytest

@@ -13,7 +13,7 @@ import torch
 from conftest import features_for, make_training_args, tiny_sentence_transformer, toy_bitext, write_tiny_bert
 from datasets import Dataset
 from huggingface_hub import EvalResult, ModelCard
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+from sentence_transformers import SentenceTransformer
 
 from optical_st import (
     ContrastiveDistillationLoss,
@@ -47,9 +47,7 @@ def test_swapped_columns_warn_when_the_trainer_is_built(teacher, tmp_path, caplo
     dataset = _swapped(toy_bitext(32))
     loss = OTDistillationLoss(model)
     with caplog.at_level(logging.WARNING, logger="optical_st"):
-        SentenceTransformerTrainer(
-            model=model, args=make_training_args(tmp_path, dataset), train_dataset=dataset, loss=loss
-        )
+        OpticalTrainer(model=model, args=make_training_args(tmp_path, dataset), train_dataset=dataset, loss=loss)
     assert SWAP_WARNING in caplog.text and "function words" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="optical_st"):  # one warning per loss, not one per batch

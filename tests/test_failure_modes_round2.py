@@ -155,6 +155,24 @@ def test_teacher_cache_sees_load_state_dict_on_the_same_loss(student, teacher, t
         loss(features_for(student, bitext.select(range(4))))
 
 
+def test_teacher_cache_sees_a_data_write_at_the_next_losss_first_batch(student, teacher, bitext):
+    """The teacher cache and the embedding cache detect changed weights with one mechanism
+    (optical_st.fingerprints.weights_signature), which sees writes through .data: a loss that starts using the cache
+    after such a write is refused instead of served the old teacher's outputs."""
+    from conftest import features_for
+
+    cache = TeacherCache()
+    features = features_for(student, bitext.select(range(4)))
+    ContrastiveDistillationLoss(student, teacher=teacher, teacher_cache=cache)(features)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.data.mul_(1.5)  # no version counter moves
+    with pytest.raises(ValueError, match="TeacherCache holds the outputs of another teacher"):
+        ContrastiveDistillationLoss(student, teacher=teacher, teacher_cache=cache)(
+            features_for(student, bitext.select(range(4)))
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # 6. an empty evaluation set is refused when the evaluator is built
 # ------------------------------------------------------------------------------------------------
