@@ -22,13 +22,13 @@ trained at 0.05.
 
 Example::
 
-    from sentence_transformers import SentenceTransformerTrainer
+    from optical_st import OpticalTrainer
     from optical_st.recipe import RECOMMENDED
 
     model = RECOMMENDED.build_model("intfloat/multilingual-e5-small")
     train = RECOMMENDED.mine_hard_negatives(train, model, english_column="english", lrl_column="swahili")
     args = RECOMMENDED.training_args("out", model, train)
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=RECOMMENDED.loss(model)).train()
+    OpticalTrainer(model=model, args=args, train_dataset=train, loss=RECOMMENDED.loss(model)).train()
 """
 
 from __future__ import annotations
