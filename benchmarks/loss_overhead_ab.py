@@ -79,8 +79,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = conditions()
     before = import_before(args.before)
-    from optical_st.data import default_teacher
     from sentence_transformers import SentenceTransformer
+
+    from optical_st.data import default_teacher
 
     teacher = SentenceTransformer(default_teacher(), device="cpu")  # the losses need a model; its weights stay unused
     shapes = {"batch": 32, "lrl": 96, "english": 55, "width": 384}

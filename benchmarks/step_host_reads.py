@@ -101,9 +101,7 @@ def main() -> None:
         batches = []
         for i in range(args.steps + 1):
             rows_i = data.select(range(i * args.batch_size, (i + 1) * args.batch_size))
-            batches.append(
-                [{**model.preprocess(rows_i[c], task=mapping[c]), "task": mapping[c]} for c in columns]
-            )
+            batches.append([{**model.preprocess(rows_i[c], task=mapping[c]), "task": mapping[c]} for c in columns])
         for i, features in enumerate(batches):
             if i == 1:
                 reads.clear()

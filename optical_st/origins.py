@@ -1,6 +1,7 @@
 """Where a model came from: the Hub id it is (a copy of), read from a name, a folder or a loaded model
 (:func:`hub_model_id`), and for a folder converted offline, what it is a copy of (:func:`model_conversion_origin`).
-The model card names the teacher and the base model with them, and :func:`optical_st.load_optical_model` its ``model_id``.
+The model card names the teacher and the base model with them, :func:`optical_st.load_optical_model` its
+``model_id``.
 """
 
 from __future__ import annotations

@@ -150,7 +150,11 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 marginal errors; ``None`` before the first batch or with ``solver="emd"``), read by the FLOPs counter's
                 analytic Sinkhorn estimate.
             monitor: the :class:`~optical_st.losses.OTMonitor` collecting the plans' diagnostics for the trainer's
-                logs (:class:`~optical_st.losses.OTDiagnosticsCallback`).
+                logs (:class:`~optical_st.losses.OTDiagnosticsCallback`) and counting the rows without content (all
+                special, prompt or padding tokens on a side), which get no transport weight.
+            input_checks: what the loss checks of its inputs: the routes of every batch, the prompts, the
+                direction, the rows without content and a finite loss on the first batch (``every_batch = True``: on
+                every batch, one host read each).
 
         References:
             - Huang, Yu, Allan. Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal

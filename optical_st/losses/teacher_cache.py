@@ -34,8 +34,8 @@ class TeacherCache:
     teacher's weights with the recorded ones, through the same change detection as the embedding cache
     (:func:`optical_st.fingerprints.weights_signature`, which also sees writes through ``.data``). A ``.data`` write
     moves no version counter, so one made while a loss is training is seen by the next loss to use the cache, not by
-    that loss: call ``cache.clear()`` after changing a teacher that way. Memory: ``tokens x hidden`` values per text (4 bytes
-    each in fp32); ``max_entries`` caps it (texts beyond it are encoded every time).
+    that loss: call ``cache.clear()`` after changing a teacher that way. Memory: ``tokens x hidden`` values per text
+    (4 bytes each in fp32); ``max_entries`` caps it (texts beyond it are encoded every time).
 
     Training FLOPs measured by :class:`optical_st.evaluation.FlopsCallback` stay the method's own: its measured
     steps bypass the cache (the teacher runs), so a method does not look cheaper for having run after another.
