@@ -21,6 +21,7 @@ import argparse
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -38,12 +39,13 @@ READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "num
 SOLVER = "_sinkhorn_stabilized"
 
 
-def count_reads() -> Counter:
-    """Patch the tensor class (for the rest of the process) to count reads by optical_st call site."""
+def count_reads(patch: Callable[[object, str, object], None] = setattr) -> Counter:
+    """Patch the tensor class with ``patch`` (``setattr``: for the rest of the process; pytest's
+    ``monkeypatch.setattr``: for one test) to count reads by optical_st call site, ``"<file>:<function>"``."""
     reads: Counter = Counter()
 
     def record() -> None:
-        caller = sys._getframe(2).f_code
+        caller = sys._getframe(2).f_code  # the code that called the tensor method
         path = Path(caller.co_filename).resolve()
         if path.is_relative_to(PACKAGE):
             reads[f"{path.relative_to(PACKAGE).as_posix()}:{caller.co_name}"] += 1
@@ -56,16 +58,16 @@ def count_reads() -> Counter:
         return method
 
     for name in READS:
-        setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+        patch(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
     getitem = torch.Tensor.__getitem__
 
     def masked_getitem(self, index):
         parts = index if isinstance(index, tuple) else (index,)
-        if any(torch.is_tensor(p) and p.dtype == torch.bool for p in parts):
+        if any(torch.is_tensor(p) and p.dtype == torch.bool for p in parts):  # the result's size is read back
             record()
         return getitem(self, index)
 
-    torch.Tensor.__getitem__ = masked_getitem
+    patch(torch.Tensor, "__getitem__", masked_getitem)
     return reads
 
 

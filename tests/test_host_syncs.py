@@ -11,56 +11,38 @@ simplex on the host, problem by problem: no GPU solver to keep waiting.)
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import features_for, toy_bitext
 from datasets import Dataset
 
-import optical_st
 from optical_st import ContrastiveDistillationLoss, OTDistillationLoss, build_optical_model, router_mapping
 from optical_st.losses import OTDiagnosticsCallback
 
-PACKAGE = Path(optical_st.__file__).resolve().parent
-READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu", "nonzero")
-SOLVER = ("transport/sinkhorn.py", "_sinkhorn_stabilized")  # the stopping rule's reads
+ROOT = Path(__file__).resolve().parents[1]
+SOLVER = "transport/sinkhorn.py:_sinkhorn_stabilized"  # the stopping rule's reads
 CHECK_EVERY = 10  # sinkhorn_log's default, which the loss uses
+
+
+def _counter():
+    """benchmarks/step_host_reads.py's counter (one home for it): its folder goes on sys.path, as when it runs."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("step_host_reads", ROOT / "benchmarks" / "step_host_reads.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.count_reads
 
 
 @pytest.fixture
 def host_reads(monkeypatch) -> Counter:
-    """``(file in optical_st, function) -> reads`` made by optical_st code while the fixture is active."""
-    reads: Counter = Counter()
-
-    def record() -> None:
-        caller = sys._getframe(2).f_code  # the code that called the tensor method
-        path = Path(caller.co_filename).resolve()
-        if path.is_relative_to(PACKAGE):
-            reads[(path.relative_to(PACKAGE).as_posix(), caller.co_name)] += 1
-
-    def counted(original):
-        def method(self, *args, **kwargs):
-            record()
-            return original(self, *args, **kwargs)
-
-        return method
-
-    for name in READS:
-        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
-    getitem = torch.Tensor.__getitem__
-
-    def masked_getitem(self, index):
-        parts = index if isinstance(index, tuple) else (index,)
-        if any(torch.is_tensor(p) and p.dtype == torch.bool for p in parts):  # the result's size is read back
-            record()
-        return getitem(self, index)
-
-    monkeypatch.setattr(torch.Tensor, "__getitem__", masked_getitem)
-    return reads
+    """``"<file in optical_st>:<function>" -> reads`` made by optical_st code while the test runs."""
+    return _counter()(monkeypatch.setattr)
 
 
 def _batches(model, negatives: bool) -> list[list[dict]]:
@@ -99,7 +81,7 @@ def test_no_host_read_in_a_step_after_the_first_batch(teacher, student, host_rea
         OTDiagnosticsCallback(loss)  # the plan statistics are computed: as tensors, read at log lines only
     first, *later = _batches(model, negatives="negative" in setup)
     _step(loss, first)
-    assert host_reads[("losses/_input_checks.py", "check_finite")] == 1  # the first batch is checked
+    assert host_reads["losses/_input_checks.py:check_finite"] == 1  # the first batch is checked
     host_reads.clear()
     solver = 0
     for features in later:
@@ -121,6 +103,6 @@ def test_every_batch_switch_checks_every_batch(teacher, student, host_reads):
     loss.input_checks.every_batch = True  # the debug switch
     for features in _batches(model, negatives=False):
         _step(loss, features)
-    assert host_reads[("losses/_input_checks.py", "check_finite")] == 4
+    assert host_reads["losses/_input_checks.py:check_finite"] == 4
     # .nonzero() and .tolist() of both columns, every batch
-    assert host_reads[("losses/_input_checks.py", "warn_rows_without_content")] == 4 * 2 * 2
+    assert host_reads["losses/_input_checks.py:warn_rows_without_content"] == 4 * 2 * 2
