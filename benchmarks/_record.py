@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from optical_st.research.runner import atomic_write_json
+from optical_st.utils import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

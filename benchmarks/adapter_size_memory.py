@@ -126,7 +126,7 @@ def child_train(setting: str, steps: int, batch_size: int, max_seq_length: int) 
 
     from optical_st import OTDistillationLoss, column_prompts, router_mapping
     from optical_st.research.config import ExperimentConfig
-    from optical_st.research.runner import load_train_pairs
+    from optical_st.research.training import load_train_pairs
     from optical_st.sampling import LengthGroupedBatchSampler
 
     _, lr, _ = SETTINGS[setting]
@@ -197,7 +197,7 @@ def measure_step_time(settings: list[str], repeats: int, batch_size: int, max_se
 
     from optical_st import OTDistillationLoss, column_prompts
     from optical_st.research.config import ExperimentConfig
-    from optical_st.research.runner import load_train_pairs
+    from optical_st.research.training import load_train_pairs
 
     batch = load_train_pairs(ExperimentConfig(), "nya", seed=0, pairs=batch_size)
     steps: dict[str, Callable[[], None]] = {}
@@ -244,24 +244,26 @@ def harness_builds(setting: str) -> Iterator[None]:
     """The harness builds every student with build_optical_model(teacher, student, train_word_embeddings=...);
     an adapter setting swaps in the same call with the adapter (the base stays the harness's own teacher)."""
     from optical_st import build_optical_model
-    from optical_st.research import runner
+    from optical_st.research import training
 
     adapter, _, _ = SETTINGS[setting]
-    original = runner.build_optical_model
+    original = training.build_optical_model
     if adapter is not None:
-        runner.build_optical_model = functools.partial(build_optical_model, adapter=adapter())
+        training.build_optical_model = functools.partial(build_optical_model, adapter=adapter())
     try:
         yield
     finally:
-        runner.build_optical_model = original
+        training.build_optical_model = original
 
 
 def measure_quality(settings: list[str], output_dir: Path) -> dict[str, Any]:
     from optical_st import TeacherCache
     from optical_st.evaluation import EmbeddingCache
     from optical_st.research.config import ExperimentConfig
+    from optical_st.research.evaluate import load_benchmarks
     from optical_st.research.methods import ot_distillation
-    from optical_st.research.runner import load_benchmarks, load_train_pairs, run_one
+    from optical_st.research.runner import run_one
+    from optical_st.research.training import load_train_pairs
 
     base_config = ExperimentConfig(output_dir=str(output_dir), languages=("nya",), seeds=(0,), device="cpu")
     method = ot_distillation("Contrastive-KD + OT", contrastive_weight=1.0, temperature=0.01)

@@ -22,7 +22,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from optical_st import build_optical_model, column_prompts, ot
+from optical_st import build_optical_model, column_prompts
+from optical_st import transport as ot
 from optical_st.data import load_bible_bitext, load_multilingual_e5
 from optical_st.losses import OTDistillationLoss
 

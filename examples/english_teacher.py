@@ -32,15 +32,10 @@ from optical_st.research import (
     zero_shot,
 )
 from optical_st.research.config import default_multilingual_model
-from optical_st.research.runner import (
-    atomic_write_json,
-    evaluate_model,
-    fit_map,
-    load_benchmarks,
-    load_train_pairs,
-    read_records,
-    run_experiment,
-)
+from optical_st.research.evaluate import evaluate_model, load_benchmarks
+from optical_st.research.runner import read_records, run_experiment
+from optical_st.research.training import fit_map, load_train_pairs
+from optical_st.utils import atomic_write_json
 
 QUESTION = (
     "**The paper's setting.** With an English-only retrieval model as the frozen teacher and a multilingual student, "

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from sentence_transformers import SentenceTransformerTrainer
-
-from optical_st import OpticalModelCardData
+from optical_st import OpticalModelCardData, OpticalTrainer
 from optical_st.data import load_bible_bitext, multilingual_e5_path
 from optical_st.evaluation import CrossLingualRetrievalEvaluator
 from optical_st.hub import HubPushError, push_to_hub
@@ -43,7 +41,8 @@ def main() -> None:
     loss = RECOMMENDED.loss(model)  # OT + InfoNCE at the teacher's temperature
     # english, negative_1 -> teacher; chichewa -> student; "passage: " / "query: " prompts as at search time
     training_args = RECOMMENDED.training_args(args.output_dir, model, train, save_strategy="no", report_to="none")
-    SentenceTransformerTrainer(model=model, args=training_args, train_dataset=train, loss=loss).train()
+    # SentenceTransformerTrainer that checks the dataset against the loss first (bad rows named by row and column)
+    OpticalTrainer(model=model, args=training_args, train_dataset=train, loss=loss).train()
 
     evaluator = CrossLingualRetrievalEvaluator.from_bitext(test["chichewa"], test["english"], name="nya-eng-test")
     print(evaluator(model))  # Chichewa verses (student) -> English verses (teacher), held-out books

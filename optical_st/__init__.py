@@ -23,6 +23,7 @@ from optical_st.modeling import (
     router_mapping,
 )
 from optical_st.sampling import DynamicHardNegativeSampler
+from optical_st.trainer import OpticalTrainer
 from optical_st.transport import OTConfig
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "OTConfig",
     "OTDistillationLoss",
     "OpticalModelCardData",
+    "OpticalTrainer",
     "ScoreDistillationLoss",
     "TeacherCache",
     "__version__",

@@ -27,9 +27,11 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import get_rank
 
-from optical_st.model_card import HUB_ID, MODEL_ID_PLACEHOLDER
+from optical_st import compat
+from optical_st.model_card import MODEL_ID_PLACEHOLDER
 from optical_st.model_index import merge_eval_results
 from optical_st.modeling import load_optical_model
+from optical_st.origins import HUB_ID
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +253,7 @@ def push_to_hub(
     model.save_pretrained(str(local_dir), safe_serialization=safe_serialization)
     # sentence-transformers writes the card the model was loaded with again when no trainer has touched it (a
     # reloaded model), and stock card data keeps no results: then the results go into the saved README here
-    reused = bool(getattr(model, "_model_card_text", None)) and "generated_from_trainer" not in (card.tags or [])
+    reused = bool(compat.loaded_card_text(model)) and "generated_from_trainer" not in (card.tags or [])
     if eval_results and (reused or not hasattr(card, "add_eval_results")) and (local_dir / "README.md").is_file():
         add_eval_results_to_card(local_dir, eval_results)
     logger.info(f"Saved {repo_id} to {local_dir}; uploading.")

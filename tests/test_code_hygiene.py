@@ -161,3 +161,121 @@ def test_the_scan_finds_measured_results(text):
 )
 def test_the_scan_leaves_definitions_alone(text):
     assert measured_phrase(text) is None, text
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# issue 33: no stack walking, another library's private attributes only in optical_st/compat.py, small files
+# ------------------------------------------------------------------------------------------------------------------
+MAX_FILE_LINES = 450
+# torch's private helpers the package reads, each for a reason: a tensor's version counter (fingerprints.py: weights
+# changed in place), the CPU's bf16 support (utils.py), the CPU attention ops' FLOP formulas and whether autograd is
+# running a backward pass (evaluation/flops.py). The rule of issue 33 covers sentence-transformers, transformers and
+# datasets, whose private attributes go through optical_st/compat.py only.
+TORCH_PRIVATE = {
+    "_version",
+    "_is_avx512_bf16_supported",
+    "_is_amx_tile_supported",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "_C",
+    "_current_graph_task_id",
+}
+
+
+def _package_trees() -> dict[Path, ast.Module]:
+    return {path: ast.parse(path.read_text(encoding="utf-8")) for path in sorted((ROOT / "optical_st").rglob("*.py"))}
+
+
+def _own_private_names(trees: dict[Path, ast.Module]) -> set[str]:
+    """The ``_names`` optical_st defines itself (functions, classes, attributes it assigns, variables, arguments)."""
+    own = set()
+    for path, tree in trees.items():
+        if path.name == "compat.py":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+            elif isinstance(node, ast.arg):
+                own.add(node.arg)
+            elif isinstance(node, ast.alias):
+                own.add(node.asname or node.name)
+    return {name for name in own if name.startswith("_")}
+
+
+def foreign_private_attributes(trees: dict[Path, ast.Module]) -> list[str]:
+    """``path:line: name`` of every private attribute read outside compat.py that optical_st does not define itself:
+    ``obj._name`` and ``getattr/hasattr/setattr/delattr(obj, "_name")``."""
+    own = _own_private_names(trees) | TORCH_PRIVATE
+    found = []
+    for path, tree in trees.items():
+        if path.name == "compat.py":
+            continue
+        for node in ast.walk(tree):
+            name = None
+            if isinstance(node, ast.Attribute):
+                name = node.attr
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr", "setattr", "delattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+            ):
+                name = node.args[1].value
+            dunder = name is not None and name.startswith("__") and name.endswith("__")
+            if name is not None and name.startswith("_") and not dunder and name not in own:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    return found
+
+
+def test_no_stack_frame_inspection_in_optical_st():
+    pattern = re.compile(r"sys\._getframe|inspect\.(stack|currentframe|getouterframes)|\bf_locals\b|\bf_back\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "optical_st").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, (
+        "Use a documented hook (OpticalTrainer, a TrainerCallback), not the caller's frame:\n" + "\n".join(found)
+    )
+
+
+def test_private_attributes_of_other_libraries_only_in_compat():
+    found = foreign_private_attributes(_package_trees())
+    assert not found, (
+        "A private attribute of sentence-transformers, transformers or datasets: use the public API, or add the symbol "
+        "to optical_st/compat.py with a test in tests/test_compat.py:\n" + "\n".join(found)
+    )
+
+
+def test_the_private_attribute_scan_finds_them():
+    source = (
+        "def f(model, dataset, card):\n"
+        "    a = model._model_card_text\n"
+        "    b = getattr(dataset, '_fingerprint', None)\n"
+        "    self._mine = 1\n"
+        "    return self._mine, card.__dict__\n"
+    )
+    found = foreign_private_attributes({ROOT / "optical_st" / "example.py": ast.parse(source)})
+    assert [entry.rsplit(": ", 1)[1] for entry in found] == ["_model_card_text", "_fingerprint"]
+
+
+# modules another change is splitting: remove the entry when it lands (the test says so once the file is short)
+BEING_SPLIT: dict[str, str] = {}
+
+
+def test_no_file_in_optical_st_over_the_line_limit():
+    lines = {
+        str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in sorted((ROOT / "optical_st").rglob("*.py"))
+    }
+    long = {name: n for name, n in lines.items() if n > MAX_FILE_LINES and name not in BEING_SPLIT}
+    assert not long, f"Split these modules (at most {MAX_FILE_LINES} lines each): {long}"
+    done = [name for name in BEING_SPLIT if lines.get(name, 0) <= MAX_FILE_LINES]
+    assert not done, f"{done} are within the limit now: remove them from BEING_SPLIT"

@@ -3,6 +3,7 @@ bad inputs."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -92,7 +93,7 @@ def test_separate_teacher_with_negative_column(teacher, student, bitext, tmp_pat
 # ------------------------------------------------------------------------------------------------
 # bad inputs
 # ------------------------------------------------------------------------------------------------
-def test_bad_inputs_raise_clear_errors(teacher, student, wide_student, bitext):
+def test_bad_inputs_raise_clear_errors(teacher, student, wide_student, bitext, caplog):
     with pytest.raises(ValueError, match="temperature"):
         ContrastiveDistillationLoss(student, teacher=teacher, temperature=0)
     with pytest.raises(ValueError, match="needs a teacher"):
@@ -106,8 +107,9 @@ def test_bad_inputs_raise_clear_errors(teacher, student, wide_student, bitext):
     with pytest.raises(ValueError, match="takes no labels"):
         loss(feats, torch.ones(len(bitext)))
     empty = Dataset.from_dict({"english": ["god is love", ""], "lrl": ["mulungu", "ndi"]})
-    with pytest.raises(ValueError, match=r"english column \(teacher\): row\(s\) \[1\]"):
-        loss(features_for(student, empty))
+    with caplog.at_level(logging.WARNING, logger="optical_st"):  # named on the first batch, not fatal
+        assert torch.isfinite(loss(features_for(student, empty)))
+    assert "english column (teacher): row(s) [1]" in caplog.text
     with pytest.raises(ValueError, match=r"\(B, K, d\)"):
         loss.compute_loss_from_embeddings(torch.randn(2, 4), torch.randn(2, 4), torch.randn(3, 1, 4))
     model = build_optical_model(teacher, wide_student)

@@ -13,11 +13,12 @@ import torch
 from conftest import features_for, make_training_args, tiny_sentence_transformer, toy_bitext, write_tiny_bert
 from datasets import Dataset
 from huggingface_hub import EvalResult, ModelCard
-from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+from sentence_transformers import SentenceTransformer
 
 from optical_st import (
     ContrastiveDistillationLoss,
     OpticalModelCardData,
+    OpticalTrainer,
     OTConfig,
     OTDistillationLoss,
     build_optical_model,
@@ -46,9 +47,7 @@ def test_swapped_columns_warn_when_the_trainer_is_built(teacher, tmp_path, caplo
     dataset = _swapped(toy_bitext(32))
     loss = OTDistillationLoss(model)
     with caplog.at_level(logging.WARNING, logger="optical_st"):
-        SentenceTransformerTrainer(
-            model=model, args=make_training_args(tmp_path, dataset), train_dataset=dataset, loss=loss
-        )
+        OpticalTrainer(model=model, args=make_training_args(tmp_path, dataset), train_dataset=dataset, loss=loss)
     assert SWAP_WARNING in caplog.text and "function words" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="optical_st"):  # one warning per loss, not one per batch
@@ -81,7 +80,7 @@ def test_router_mapping_against_the_column_order_raises_before_training(teacher,
     dataset = _swapped(toy_bitext(8))
     args = make_training_args(tmp_path, router_mapping={"english": "document", "lrl": "query"})
     with pytest.raises(ValueError, match="routed to"):
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model))
+        OpticalTrainer(model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +196,7 @@ def test_bad_rows_stop_the_trainer_before_training_naming_the_dataset_row(teache
     lrl[37] = bad
     dataset = Dataset.from_dict({"english": dataset["english"], "lrl": lrl})
     with pytest.raises(ValueError, match=rf"train_dataset has 1 row\(s\).*row 37, column 'lrl': {problem}.*filter"):
-        SentenceTransformerTrainer(
+        OpticalTrainer(
             model=model,
             args=make_training_args(tmp_path, dataset),
             train_dataset=dataset,

@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from optical_st import (
     ContrastiveDistillationLoss,
     DynamicHardNegativeSampler,
+    OpticalTrainer,
     OTDistillationLoss,
     TeacherCache,
     build_optical_model,
@@ -81,7 +82,7 @@ def test_a_dataset_with_a_transform_that_adds_columns_is_named(student, teacher)
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. the dataset is checked when the trainer is built, for every kind of model
+# 2. the dataset is checked when an OpticalTrainer is built, for every kind of model
 # ------------------------------------------------------------------------------------------------
 def _plain_student(teacher, student, tmp_path):
     return student, ContrastiveDistillationLoss(student, teacher=teacher), None
@@ -104,7 +105,7 @@ def test_bad_rows_stop_the_trainer_for_every_kind_of_model(teacher, student, tmp
     dataset = _with_empty_row(toy_bitext(32), 29)
     args = make_training_args(tmp_path, dataset if routed else None)
     with pytest.raises(ValueError, match=r"train_dataset has 1 row\(s\).*row 29, column 'lrl': empty"):
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+        OpticalTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,6 +153,24 @@ def test_teacher_cache_sees_load_state_dict_on_the_same_loss(student, teacher, t
     teacher.load_state_dict(other.state_dict())
     with pytest.raises(ValueError, match="TeacherCache holds the outputs of another teacher"):
         loss(features_for(student, bitext.select(range(4))))
+
+
+def test_teacher_cache_sees_a_data_write_at_the_next_losss_first_batch(student, teacher, bitext):
+    """The teacher cache and the embedding cache detect changed weights with one mechanism
+    (optical_st.fingerprints.weights_signature), which sees writes through .data: a loss that starts using the cache
+    after such a write is refused instead of served the old teacher's outputs."""
+    from conftest import features_for
+
+    cache = TeacherCache()
+    features = features_for(student, bitext.select(range(4)))
+    ContrastiveDistillationLoss(student, teacher=teacher, teacher_cache=cache)(features)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.data.mul_(1.5)  # no version counter moves
+    with pytest.raises(ValueError, match="TeacherCache holds the outputs of another teacher"):
+        ContrastiveDistillationLoss(student, teacher=teacher, teacher_cache=cache)(
+            features_for(student, bitext.select(range(4)))
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +336,7 @@ def test_stale_staging_folders_of_killed_conversions_are_cleaned(tiny_e5, tmp_pa
 # ------------------------------------------------------------------------------------------------
 def test_sinkhorn_warns_only_for_errors_that_matter_worded_by_size():
     monitor = OTMonitor()
-    monitor.record({})
+    monitor.observe(0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SinkhornConvergenceWarning)
         monitor.check_convergence(converged=False, n_iter=200, error=1.1e-4, reg=0.05, max_iter=200, tol=1e-4)
@@ -343,4 +362,4 @@ def test_an_empty_training_set_is_refused_when_the_trainer_is_built(teacher, stu
     )
     args = make_training_args(tmp_path, toy_bitext(4))
     with pytest.raises(ValueError, match="train_dataset is empty"):
-        SentenceTransformerTrainer(model=model, args=args, train_dataset=empty, loss=OTDistillationLoss(model))
+        OpticalTrainer(model=model, args=args, train_dataset=empty, loss=OTDistillationLoss(model))

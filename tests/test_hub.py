@@ -34,7 +34,8 @@ from optical_st.hub import (
     push_folder_to_hub,
     push_to_hub,
 )
-from optical_st.model_card import hub_model_id, model_card_template_path
+from optical_st.origins import hub_model_id
+from optical_st.utils import model_card_template_path
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "me/tiny-optical"
@@ -227,8 +228,10 @@ def test_card_without_trainer(teacher, wide_student, tmp_path, caplog):
     meta = front_matter(readme)
     assert meta["datasets"] == ["org/bible"]  # the bitext is linked on the Hub
     assert "[Bible](https://huggingface.co/datasets/org/bible): ~30k sentence pairs" in readme
-    # no trainer, so no loss citation: OPTICAL is cited anyway, and no compute is claimed
-    assert "#### OPTICAL" in readme and "huang2023optical" in readme
+    # no trainer, so no loss and no loss citation (each loss owns its BibTeX); the prose links the paper, and no
+    # compute is claimed
+    assert "huang2023optical" not in readme and "[OPTICAL](https://arxiv.org/abs/2301.12566)" in readme
+    assert "github.com/optical-st" not in readme  # no link to a repository that does not exist
     assert "Training compute" not in readme and "model-index" not in meta
 
 

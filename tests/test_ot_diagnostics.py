@@ -50,3 +50,29 @@ def test_padding_is_ignored_and_smaller_reg_gives_sharper_plans():
     assert ratios[0]["entropy_ratio"] > 0.99  # reg far above the cost spread: nearly the independent coupling
     assert all(r["marginal_error"] < 1e-5 for r in ratios)  # converged, up to fp32 sums
     assert math.isfinite(ratios[2]["argmax_mass"])
+
+
+def test_tensor_statistics_read_nothing_back_and_match_the_direct_formulas():
+    """The loss records these per step: masks instead of boolean indexing, so no host read; the values are torch.std
+    of the costs between tokens with mass, and the per-problem means over the rows asked for."""
+    from optical_st.transport import cost_std, plan_stats
+
+    g = torch.Generator().manual_seed(1)
+    cost = torch.rand(4, 6, 7, generator=g)
+    a = torch.rand(4, 6, generator=g)
+    b = torch.rand(4, 7, generator=g)
+    a[:, 4:], b[:, 6:] = 0, 0  # padding
+    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+    valid = (a.unsqueeze(2) > 0) & (b.unsqueeze(1) > 0)
+    std = cost_std(cost, a, b)
+    assert std.dim() == 0 and float(std) == pytest.approx(float(cost.double()[valid].std()), rel=1e-12)
+    assert float(cost_std(cost, torch.zeros_like(a), b)) == 0.0  # no pair carries mass
+    plan = sinkhorn_log(cost, a, b, reg=0.1)
+    rows = torch.tensor([True, False, True, True])
+    subset = plan_statistics(plan[rows], a[rows], b[rows])
+    masked = plan_stats(plan, a, b, rows)
+    assert all(value.dim() == 0 for value in masked.values())
+    for key, value in subset.items():
+        assert float(masked[key]) == pytest.approx(value, rel=1e-12), key
+    everything = plan_stats(plan, a, b, torch.ones(4, dtype=torch.bool))
+    assert {k: float(v) for k, v in everything.items()} == plan_statistics(plan, a, b)  # all rows: the plain means

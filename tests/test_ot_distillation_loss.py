@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import FrozenInstanceError
 
 import numpy as np
@@ -76,6 +77,7 @@ def test_centering_shifts_both_sides_by_the_mean_teacher_token(teacher):
     kwargs = dict(reg=0.05, max_iter=2000, tol=1e-9, cost_scale=None)
     centered = ot_loss(teacher, teacher, center=True, **kwargs)
     plain = ot_loss(teacher, teacher, center=False, **kwargs)
+    centered.monitor.enabled = plain.monitor.enabled = True  # the plan statistics, read below
     # oracle: the mean of each sentence's mean teacher token (uniform mass over its real tokens), by hand
     mu = torch.stack([t[0, :5].mean(0), t[1, :3].mean(0)]).mean(0)
     value = centered.compute_loss_from_embeddings(*sides(s, s_mask, t, t_mask))
@@ -134,6 +136,45 @@ def test_cost_scale_max_makes_reg_relative_to_the_largest_cost(teacher):
     raw = ot_loss(teacher, teacher, cost="sqeuclidean", cost_scale=None)
     with pytest.warns(UserWarning, match="did not converge"):
         raw.compute_loss_from_embeddings(*sides(big_s, s_mask, big_t, t_mask))
+
+
+def test_rows_without_content_get_no_weight_against_pot(teacher):
+    """A row whose tokens on one side are all excluded (special or prompt tokens only: an empty text, or one its prompt
+    swallowed) gets no OT weight, found with masks: the loss is the mean of <P, C> over the other rows, P from POT on
+    their centred (mean teacher token of the rows with content), max-scaled cosine costs; no gradient reaches the
+    rows without content, and nothing raises."""
+    import ot as pot
+
+    g = torch.Generator().manual_seed(7)
+    s = torch.randn(4, 5, 8, generator=g).requires_grad_()
+    t = torch.randn(4, 6, 8, generator=g) + 2.0
+    s_mask, t_mask = torch.ones(4, 5), torch.ones(4, 6)
+    t_mask[2, 4:] = 0  # padding
+    s_exclude, t_exclude = torch.zeros(4, 5, dtype=torch.bool), torch.zeros(4, 6, dtype=torch.bool)
+    s_exclude[:, 0] = t_exclude[:, 0] = True  # [CLS]
+    s_exclude[1] = True  # row 1: nothing on the student side
+    t_exclude[3] = True  # row 3: nothing on the teacher side
+    loss = ot_loss(teacher, teacher, reg=0.05, max_iter=5000, tol=1e-10)  # centred, max-scaled cosine costs
+    value = loss.compute_loss_from_embeddings(
+        TokenEmbeddings(s, s_mask, s_exclude), TokenEmbeddings(t, t_mask, t_exclude)
+    )
+    s_keep, t_keep = s_mask.bool() & ~s_exclude, t_mask.bool() & ~t_exclude
+    mean = torch.stack([t[i][t_keep[i]].mean(0) for i in (0, 2)]).mean(0)  # each row's tokens weigh 1 in all
+    expected = []
+    for i in (0, 2):
+        cost = cosine_cost((s[i][s_keep[i]] - mean).detach()[None], (t[i][t_keep[i]] - mean)[None])[0].double()
+        cost = (cost / cost.max()).numpy()
+        n, m = cost.shape
+        plan = pot.sinkhorn(np.full(n, 1 / n), np.full(m, 1 / m), cost, 0.05, method="sinkhorn_log", numItermax=5000)
+        expected.append(float((plan * cost).sum()))
+    assert float(value.detach()) == pytest.approx(sum(expected) / 2, abs=1e-5)
+    value.backward()
+    assert torch.isfinite(s.grad).all() and s.grad[[1, 3]].abs().max() == 0 and s.grad[[0, 2]].abs().max() > 0
+    assert loss.monitor.rows_without_content == 2
+    # every row without content: a zero loss, not an error or NaN
+    t_exclude[:] = True
+    nothing = loss.compute_loss_from_embeddings(TokenEmbeddings(s, s_mask), TokenEmbeddings(t, t_mask, t_exclude))
+    assert float(nothing.detach()) == 0.0
 
 
 def pairwise(cost: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -297,12 +338,24 @@ def test_bad_columns_raise(teacher, student):
 
 
 @pytest.mark.parametrize("bad", ["", "   ", "[CLS] [SEP]"])
-def test_empty_or_special_only_rows_raise(teacher, student, bad):
+def test_empty_or_special_only_rows_get_no_weight_and_are_named_on_the_first_batch(teacher, student, bad, caplog):
+    """A row with nothing to transport does not stop training (issue 31, case 0): the loss is that of the other rows,
+    and the first batch names it in a warning."""
     loss = OTDistillationLoss(student, teacher=teacher)
-    with pytest.raises(ValueError, match=r"lrl column \(student\): row\(s\) \[1\]"):
-        loss(features(student, ["god", "light"], ["mulungu", bad]))
-    with pytest.raises(ValueError, match=r"english column \(teacher\): row\(s\) \[0\]"):
-        loss(features(student, [bad, "light"], ["mulungu", "madzi"]))
+    with caplog.at_level(logging.WARNING, logger="optical_st"):
+        value = loss(features(student, ["god", "light"], ["mulungu", bad]))
+    assert "lrl column (student): row(s) [1]" in caplog.text
+    alone = OTDistillationLoss(student, teacher=teacher)(features(student, ["god"], ["mulungu"]))
+    assert float(value.detach()) == pytest.approx(float(alone.detach()), abs=1e-6) and float(alone.detach()) > 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="optical_st"):
+        value = loss(features(student, [bad, "light"], ["mulungu", "madzi"]))
+    assert "row(s)" not in caplog.text  # the first batch only: later batches read nothing back
+    alone = OTDistillationLoss(student, teacher=teacher)(features(student, ["light"], ["madzi"]))
+    assert float(value.detach()) == pytest.approx(float(alone.detach()), abs=1e-6)
+    assert loss.monitor.rows_without_content == 2
+    nothing = OTDistillationLoss(student, teacher=teacher)(features(student, [bad], ["mulungu"]))
+    assert float(nothing.detach()) == 0.0  # no row with content: a zero loss, not NaN
 
 
 def test_dims_mismatch_without_projection_raises(teacher, tiny_dirs, tmp_path):

@@ -19,7 +19,7 @@ def test_warning_is_rate_limited_to_powers_of_ten():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(150):
-            monitor.record({})
+            monitor.observe(0)
             monitor.check_convergence(converged=False, n_iter=100, error=0.2, reg=1e-3, max_iter=100, tol=1e-4)
     messages = [str(w.message) for w in caught if issubclass(w.category, SinkhornConvergenceWarning)]
     assert len(messages) == 3  # the 1st, 10th and 100th non-converged batch

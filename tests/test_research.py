@@ -283,19 +283,20 @@ def test_single_run_report_has_a_row_per_method(tmp_path):
     assert ratios(rows[2], rows[0], ["acc@1 LRL→En"]) == {"acc@1 LRL→En": pytest.approx(20.0)}
 
 
-def test_add_hard_negatives_matches_brute_force(tiny_dirs):
+def test_static_negatives_match_brute_force(tiny_dirs):
     """Static negatives through sentence-transformers' miner: each row's negative is the English text the model ranks
     highest for its LRL text (student route) among the other rows' English texts (teacher route), brute force."""
     import torch
     from sentence_transformers.util import cos_sim
 
     from optical_st import build_optical_model
-    from optical_st.research import ExperimentConfig, add_hard_negatives, contrastive_distillation, ot_distillation
+    from optical_st.recipe import mine_static_negatives
+    from optical_st.research import ExperimentConfig, contrastive_distillation, ot_distillation
     from tests.conftest import toy_bitext
 
     model = build_optical_model(str(tiny_dirs["teacher"]), str(tiny_dirs["student"]), device="cpu")
     train = toy_bitext(24)
-    mined = add_hard_negatives(train, model, num_negatives=1, batch_size=8)
+    mined = mine_static_negatives(train, model, num_negatives=1, batch_size=8, verbose=False)
     assert mined.column_names == ["english", "lrl", "negative_1"] and len(mined) == len(train)
 
     english = list(train["english"])

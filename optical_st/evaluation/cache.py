@@ -7,11 +7,11 @@ route, prompts, texts) and hands them back afterwards, so evaluating a trained s
 The key is a digest of everything that decides the embeddings: the modules the route runs (their types, configs and
 every byte of every tensor of their state), the model's prompts and the texts, and two models with the same weights
 (the zero-shot model and the teacher route built from it) share entries. Hashing every byte of a model is slow, so
-a module's digest is kept while its tensors look unchanged: same storage, same version counters
-(which see optimizer steps, ``load_state_dict`` and the other in-place changes PyTorch tracks) and same
-position-weighted float32 sum of each tensor's values (which sees writes through ``.data``, which no version counter
-does: scaling, an EMA step, overwriting or swapping rows). The one change that could go unseen is a ``.data`` write
-too small to move that sum in float32; call :meth:`EmbeddingCache.forget_weights` after such surgery. Entries are
+a module's digest is kept while its tensors look unchanged (:func:`optical_st.fingerprints.weights_signature`: same
+storage, same version counters, which see optimizer steps, ``load_state_dict`` and the other in-place changes PyTorch
+tracks, and same position-weighted float32 sum of each tensor's values, which sees writes through ``.data``: scaling,
+an EMA step, overwriting or swapping rows). The one change that could go unseen is a ``.data`` write too small to move
+that sum in float32; call :meth:`EmbeddingCache.forget_weights` after such surgery. Entries are
 written to a temporary file and renamed into place, so concurrent runs never read a half-written file (two writers of
 one entry write the same bytes; the last rename wins).
 """
@@ -23,38 +23,20 @@ import json
 import logging
 import os
 import tempfile
-import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from optical_st.fingerprints import hash_tensors, hash_texts, tokenizer_spec
+from optical_st.fingerprints import DigestMemo, hash_tensors, hash_texts, tokenizer_spec
 from optical_st.routes import encoding_modules, module_state
 from optical_st.utils import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbeddingCache"]
-
-
-def _weighted_sums(tensors: Iterable[Tensor]) -> bytes:
-    """Each tensor's values summed with weights that grow along its rows and along its columns, in float32, as
-    bytes: scaling, shifting, overwriting or permuting rows or columns moves it. One pass over the weights, a host
-    copy of one number per tensor."""
-    sums = []
-    with torch.no_grad():
-        for tensor in tensors:
-            if not torch.is_tensor(tensor) or tensor.numel() == 0:
-                continue
-            x = tensor.detach()
-            x = (x.reshape(-1, x.shape[-1]) if x.dim() >= 2 else x.reshape(-1, 1)).float()
-            rows = torch.linspace(1.0, 2.0, x.shape[0], device=x.device)
-            cols = torch.linspace(1.0, 2.0, x.shape[1], device=x.device)
-            sums.append(rows @ (x @ cols))
-    return torch.stack(sums).cpu().numpy().tobytes() if sums else b""
 
 
 class EmbeddingCache:
@@ -77,8 +59,7 @@ class EmbeddingCache:
         self.folder = Path(folder) if folder is not None else default_cache_dir() / "embeddings"
         self.hits = 0
         self.misses = 0
-        # id(module) -> (weak reference, tensor signature, digest): hashing every byte of ~100M weights is slow
-        self._digests: dict[int, tuple[weakref.ref, tuple, str]] = {}
+        self._digests = DigestMemo()  # hashing every byte of ~100M weights is slow: kept while they look unchanged
 
     def forget_weights(self) -> None:
         """Hash every module's weights anew at the next call (see the module docstring for when that is needed)."""
@@ -87,23 +68,18 @@ class EmbeddingCache:
     def _module_digest(self, module: nn.Module) -> str:
         # an adapter model's document route reports its base: it shares the base model's entries
         name, config, state = module_state(module)
-        # (data pointer, version counter) of every tensor: an optimizer step bumps the versions; the weighted sums
-        # see writes through .data, which bump none
-        signature = (tuple((t.data_ptr(), t._version) for t in state.values()), _weighted_sums(state.values()))
-        memo = self._digests.get(id(module))
-        # the weak reference tells a live module from a new one that reuses a freed module's id (and memory)
-        if memo is not None and memo[0]() is module and memo[1] == signature:
-            return memo[2]
-        h = hashlib.blake2b(digest_size=16)
-        h.update(name.encode())
-        h.update(json.dumps(config, sort_keys=True, default=str).encode())
-        hash_tensors(h, state)
-        spec = tokenizer_spec(getattr(module, "tokenizer", None))  # what splits texts into ids
-        if spec is not None:
-            h.update(json.dumps(spec).encode())
-        digest = h.hexdigest()
-        self._digests[id(module)] = (weakref.ref(module), signature, digest)
-        return digest
+
+        def compute() -> str:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(name.encode())
+            h.update(json.dumps(config, sort_keys=True, default=str).encode())
+            hash_tensors(h, state)
+            spec = tokenizer_spec(getattr(module, "tokenizer", None))  # what splits texts into ids
+            if spec is not None:
+                h.update(json.dumps(spec).encode())
+            return h.hexdigest()
+
+        return self._digests.get(module, state, compute)
 
     def key(self, model: nn.Module, route: str | None, texts: Sequence[str], **encode_kwargs: Any) -> str:
         """The entry's name: a digest of the route's modules, the model's prompts, the encode arguments and texts."""

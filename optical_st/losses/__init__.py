@@ -5,10 +5,11 @@ outputs shared by losses, steps and epochs."""
 
 from optical_st.losses.checks import check_bitext
 from optical_st.losses.contrastive_distillation import ContrastiveDistillationLoss
-from optical_st.losses.ot_distillation import OTDistillationLoss, TokenEmbeddings
+from optical_st.losses.ot_distillation import OTDistillationLoss
 from optical_st.losses.ot_monitor import OTDiagnosticsCallback, SinkhornConvergenceWarning
 from optical_st.losses.score_distillation import ScoreDistillationLoss
 from optical_st.losses.teacher_cache import TeacherCache
+from optical_st.losses.token_embeddings import TokenEmbeddings
 
 __all__ = [
     "ContrastiveDistillationLoss",

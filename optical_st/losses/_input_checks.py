@@ -1,7 +1,13 @@
 """What a distillation loss checks of its inputs, and remembers having checked: a training dataset before training
-(:meth:`InputChecks.check_dataset`), the columns and routes of every batch, the prompts and the column direction on
-the first batch. The checks themselves are the functions of :mod:`optical_st.losses.checks`; this class holds which
-ran already, so each runs once per loss (and a dataset once per fingerprint)."""
+(:meth:`InputChecks.check_dataset`), the columns and routes of every batch, and on the first batch the prompts, the
+column direction, the rows without content and a finite loss. The checks themselves are the functions of
+:mod:`optical_st.losses.checks`; this class holds which ran already, so each runs once per loss (and a dataset once
+per fingerprint).
+
+The first batch's checks read tensors back to the host (decoded texts, row indices, the loss's value), which on a GPU
+waits for every queued kernel; they run once per loss, as sentence-transformers checks teacher targets once per loss,
+and on every batch only with the debug switch :attr:`InputChecks.every_batch`. The checks of every batch read only the
+batch's keys."""
 
 from __future__ import annotations
 
@@ -13,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optical_st import transport
+from optical_st import compat
 from optical_st.losses import checks
 from optical_st.losses._sides import Encoder
 from optical_st.routes import LABEL_COLUMNS, column_routes, text_columns
 
-__all__ = ["InputChecks", "check_finite", "check_no_empty_rows"]
+__all__ = ["InputChecks"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,31 +32,27 @@ logger = logging.getLogger(__name__)
 BatchCheck = Callable[[list[dict[str, Any]], Tensor | None], None]
 
 
-def check_no_empty_rows(features: dict[str, Any], side: Encoder, name: str) -> None:
-    """A ``ValueError`` naming the rows of a tokenized column that hold special tokens only (an empty string
-    tokenizes to ``[CLS][SEP]``: nothing to align, whatever ``exclude_special_tokens`` says)."""
-    content = features["attention_mask"].bool() & ~transport.special_tokens_mask(features["input_ids"], side.special_ids)
-    empty = (content.sum(-1) == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(
-            f"{name}: row(s) {empty[:10]} of the batch are empty or only special tokens. Drop empty texts first, "
-            "e.g. `dataset.filter(lambda row: row['english'].strip() and row['lrl'].strip())`."
-        )
-
-
 class InputChecks:
     """The input checks of one loss named ``loss_name`` over (english, lrl, *negatives) columns, which its
     ``student`` reads (the second) and its ``teacher`` (the others). ``route_prompts``: the prompts the model's
-    ``encode_query`` / ``encode_document`` add, by route (Router models), which training must add too."""
+    ``encode_query`` / ``encode_document`` add, by route (Router models), which training must add too.
+
+    Attributes:
+        every_batch: run the first batch's checks (prompts, rows without content, a finite loss) on every batch: a
+            debug switch, e.g. for a stream whose bad rows no check before training could read. Costs one host read
+            per batch.
+    """
 
     def __init__(self, loss_name: str, student: Encoder, teacher: Encoder, route_prompts: dict[str, str]) -> None:
         self.loss_name = loss_name
         self.student = student
         self.teacher = teacher
         self.route_prompts = dict(route_prompts)
+        self.every_batch = False
         self.checked_datasets: set[tuple[Any, ...]] = set()
         self.direction_checked = False  # the swapped-columns heuristic warns once per loss, not once per batch
         self.prompts_checked = False
+        self.first_batch_seen = False
 
     # ------------------------------------------------------------------------------------------------
     # every batch
@@ -76,20 +78,63 @@ class InputChecks:
                 "SentenceTransformerTrainingArguments (english column first, lrl second)."
             )
 
-    def check_first_batch(self, features: list[dict[str, Any]]) -> None:
-        """Once: the prompts check (:meth:`check_prompts`), and the direction check for datasets that
-        :meth:`check_dataset` never saw (a stream, a trainer built for another model object than the loss's),
-        decoding one batch."""
+    # ------------------------------------------------------------------------------------------------
+    # the first batch (every batch with every_batch)
+    # ------------------------------------------------------------------------------------------------
+    def check_first_batch(self, features: list[dict[str, Any]]) -> bool:
+        """On the first batch (on every batch with :attr:`every_batch`): the prompts check (:meth:`check_prompts`),
+        the rows without content (:meth:`warn_rows_without_content`) and, for datasets that :meth:`check_dataset`
+        never saw (a stream, a trainer built without the checks), the direction check, decoding one batch. Returns
+        whether they ran: then the loss's value is checked too (:meth:`check_finite`)."""
+        if self.first_batch_seen and not self.every_batch:
+            return False
+        self.first_batch_seen = True
         self.check_prompts(features)
+        self.warn_rows_without_content(features)
         if self.direction_checked or len(features) < 2:
-            return
+            return True
         texts = []
         for feature, side in zip(features[:2], (self.teacher, self.student), strict=True):
             if side.tokenizer is None or "input_ids" not in feature:
                 self.direction_checked = True
-                return
+                return True
             texts.append(side.tokenizer.batch_decode(feature["input_ids"].tolist(), skip_special_tokens=True))
         self.warn_if_swapped(texts[0], texts[1], "first training batch")
+        return True
+
+    def warn_rows_without_content(self, features: list[dict[str, Any]]) -> None:
+        """A warning naming the rows of the batch whose text has no token but special and prompt tokens (an empty
+        text, or one its prompt swallows when tokenized together): nothing to distil from them, and no transport
+        weight for them in :class:`~optical_st.OTDistillationLoss`."""
+        sides = [self.teacher, self.student, *[self.teacher] * (len(features) - 2)]
+        names = ["english column (teacher)", "lrl column (student)"]
+        names += [f"negative column {i} (teacher)" for i in range(1, len(features) - 1)]
+        found = []
+        for feature, side, name in zip(features, sides, names, strict=True):
+            if "input_ids" in feature and "attention_mask" in feature:
+                rows = (side.content_mask(feature).sum(-1) == 0).nonzero().flatten().tolist()
+                found += [f"{name}: row(s) {rows[:10]}"] if rows else []
+        if found:
+            logger.warning(
+                f"{self.loss_name}: rows of the batch have no token but special or prompt tokens ({'; '.join(found)}), "
+                "e.g. an empty text, or a lone symbol that the prompt's last piece absorbs: nothing to distil from "
+                "them (OTDistillationLoss gives them no transport weight). Drop such texts before training, e.g. "
+                "`dataset.filter(lambda row: row['english'].strip() and row['lrl'].strip())`."
+            )
+
+    def check_finite(self, loss: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        """``loss`` unchanged if every component is finite; else a ``ValueError`` instead of a NaN step (which would
+        turn every student weight into NaN and blame the learning rate one step later)."""
+        parts = loss if isinstance(loss, dict) else {"loss": loss}
+        values = torch.stack([v.detach().float().sum() for v in parts.values()]).tolist()  # one host read
+        bad = {k: v for k, v in zip(parts, values, strict=True) if not math.isfinite(v)}
+        if bad:
+            raise ValueError(
+                f"{self.loss_name} is not finite: {bad}. The inputs passed their checks, so the student produced "
+                "non-finite embeddings or scores: it diverged (lower the learning rate, set max_grad_norm, train in "
+                "bf16 or fp32 instead of fp16), or a custom cost / similarity_fct returned NaN or inf."
+            )
+        return loss
 
     def check_prompts(self, features: list[dict[str, Any]]) -> None:
         """Once: in Router mode, a model whose ``encode_query`` / ``encode_document`` add prompts (multilingual-e5's
@@ -137,7 +182,7 @@ class InputChecks:
         error = checks.transform_error(dataset, name)  # before the memo: a transform does not change the fingerprint
         if error is not None:
             raise error
-        key = (getattr(dataset, "_fingerprint", None) or id(dataset), tuple(sorted(mapping.items())))
+        key = (compat.dataset_fingerprint(dataset) or id(dataset), tuple(sorted(mapping.items())))
         if key in self.checked_datasets:
             return
         columns = self._check_columns(dataset, mapping, name, check_batch)
@@ -180,18 +225,3 @@ class InputChecks:
                 "is ordered (lrl, english), reorder it with `dataset.select_columns(['english', 'lrl'])` (and rebuild "
                 "router_mapping=optical_st.router_mapping(dataset)); otherwise ignore this warning."
             )
-
-
-def check_finite(loss_name: str, loss: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
-    """``loss`` unchanged if every component is finite; else a ``ValueError`` instead of a NaN step (which would
-    turn every student weight into NaN and blame the learning rate one step later)."""
-    parts = loss if isinstance(loss, dict) else {"loss": loss}
-    values = torch.stack([v.detach().float().sum() for v in parts.values()]).tolist()  # one host sync
-    bad = {k: v for k, v in zip(parts, values, strict=True) if not math.isfinite(v)}
-    if bad:
-        raise ValueError(
-            f"{loss_name} is not finite: {bad}. The inputs passed their checks, so the student produced "
-            "non-finite embeddings or scores: it diverged (lower the learning rate, set max_grad_norm, train in "
-            "bf16 or fp32 instead of fp16), or a custom cost / similarity_fct returned NaN or inf."
-        )
-    return loss

@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from optical_st.losses.teacher_cache import TeacherCache, weights_versions
-from optical_st.routes import route_tokenizer
+from optical_st.fingerprints import weights_versions
+from optical_st.losses.teacher_cache import TeacherCache
+from optical_st.routes import module_state, route_tokenizer
+from optical_st.transport import special_tokens_mask
 
 __all__ = ["Encoder", "FrozenTeacher", "route_tokenizer"]
 
@@ -27,6 +29,21 @@ class Encoder:
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self.special_ids = sorted(special - {getattr(tokenizer, "unk_token_id", None)})
         self.special_set = frozenset(self.special_ids)
+        self._special_tensors: dict[torch.device, Tensor] = {}
+
+    def special_ids_on(self, device: torch.device) -> Tensor:
+        """:attr:`special_ids` as a tensor on ``device``, copied there once (a copy per batch would wait for the
+        device)."""
+        if device not in self._special_tensors:
+            self._special_tensors[device] = torch.tensor(self.special_ids, dtype=torch.long, device=device)
+        return self._special_tensors[device]
+
+    def content_mask(self, features: dict[str, Any]) -> Tensor:
+        """``(B, n)``: the tokens of a tokenized column that carry text: not padding, not special (``[UNK]`` is text)
+        and not the prompt (``prompt_length``)."""
+        ids = features["input_ids"]
+        excluded = special_tokens_mask(ids, self.special_ids_on(ids.device), features.get("prompt_length"))
+        return features["attention_mask"].bool() & ~excluded
 
 
 class FrozenTeacher(Encoder):
@@ -40,7 +57,6 @@ class FrozenTeacher(Encoder):
         modules: the teacher's modules, one by one: put in eval mode before every run (the trainer calls
             ``model.train()`` every step, which would switch on the teacher's dropout), and read by the cache's
             fingerprint (an adapter model's document route: its base).
-        cache: a :class:`~optical_st.TeacherCache` or ``None``.
     """
 
     def __init__(
@@ -49,13 +65,11 @@ class FrozenTeacher(Encoder):
         tokenizer: Any,
         route: str | None,
         modules: list[nn.Module],
-        cache: TeacherCache | None = None,
     ) -> None:
         super().__init__(run, tokenizer, route)
         self.modules = modules
         self._cache: TeacherCache | None = None
         self._bound_versions: tuple | None = None  # the weights' versions when the cache last checked them
-        self.cache = cache
 
     @property
     def cache(self) -> TeacherCache | None:
@@ -79,7 +93,7 @@ class FrozenTeacher(Encoder):
                 return self.run(features)
             # the weights' fingerprint is compared with the cache's whenever PyTorch saw them change (or the cache is
             # new to this teacher): load_state_dict, optimizer steps, in-place ops bump the version counters
-            versions = weights_versions(self.modules)
+            versions = weights_versions(t for module in self.modules for t in module_state(module)[2].values())
             if self._bound_versions != versions:
                 self._cache.bind(self.modules)
                 self._bound_versions = versions

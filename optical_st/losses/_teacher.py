@@ -11,8 +11,8 @@ Both losses accept the same two ways of supplying the frozen English teacher:
 
 :class:`TeacherStudentMixin` wires that once: a loss mixes it in and calls :meth:`_init_teacher` from its
 ``__init__``; afterwards ``self._student.run(features)`` runs the student and ``self._teacher.frozen(features)`` the
-frozen teacher (:mod:`optical_st.losses._sides`), and ``self._inputs`` checks what they read and remembers what it
-checked (:mod:`optical_st.losses._input_checks`).
+frozen teacher (:mod:`optical_st.losses._sides`), and ``self.input_checks`` checks what they read and remembers what
+it checked (:mod:`optical_st.losses._input_checks`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
 from torch import Tensor, nn
 
-from optical_st.losses import checks
-from optical_st.losses._input_checks import InputChecks, check_finite, check_no_empty_rows
+from optical_st.losses._input_checks import InputChecks
 from optical_st.losses._sides import Encoder, FrozenTeacher, route_tokenizer
 from optical_st.losses.teacher_cache import TeacherCache
 from optical_st.modeling import column_prompts, same_tokenizer
@@ -49,7 +48,8 @@ class TeacherStudentMixin:
       in Router mode (the teacher is then part of ``self.model``).
     * ``self._student`` (:class:`~optical_st.losses._sides.Encoder`) and ``self._teacher``
       (:class:`~optical_st.losses._sides.FrozenTeacher`): ``run``, ``route``, ``tokenizer``, ``special_ids``.
-    * ``self._inputs``: the :class:`~optical_st.losses._input_checks.InputChecks` of this loss.
+    * ``self.input_checks``: the :class:`~optical_st.losses._input_checks.InputChecks` of this loss (its
+      ``every_batch`` switch runs the first batch's checks on every batch).
     * :attr:`teacher_cache`: read and set through the teacher side, which checks the value.
     """
 
@@ -57,7 +57,7 @@ class TeacherStudentMixin:
     teacher: SentenceTransformer | None
     _student: Encoder
     _teacher: FrozenTeacher
-    _inputs: InputChecks
+    input_checks: InputChecks
     # (query, document) positions among the text columns (english, lrl, *negatives): without a Router there is no
     # router_mapping to tell the sides apart, so hard-negative samplers read this to mine English negatives for the
     # LRL side (see optical_st.DynamicHardNegativeSampler)
@@ -79,9 +79,7 @@ class TeacherStudentMixin:
             prompts = {}
         # a speed-up that changes no result: not a submodule, not in the config; the setter checks it
         self.teacher_cache = teacher_cache
-        self._inputs = InputChecks(type(self).__name__, self._student, self._teacher, prompts)
-        # bad rows, columns and routes stop SentenceTransformerTrainer(...), for every kind of model (checks.py)
-        checks.check_when_trainer_is_built(model)
+        self.input_checks = InputChecks(type(self).__name__, self._student, self._teacher, prompts)
 
     def _init_router_sides(self, model: SentenceTransformer, router: nn.Module, teacher: Any) -> None:
         """Router mode: the ``query`` route is the student, the ``document`` route the frozen teacher."""
@@ -136,25 +134,6 @@ class TeacherStudentMixin:
         device = next(self.teacher.parameters()).device
         return self.teacher(batch_to_device(dict(features), device))
 
-    def _run_teacher_frozen(self, features: dict[str, Any]) -> dict[str, Tensor]:
-        """The teacher side in eval mode without a graph, through :attr:`teacher_cache` when there is one."""
-        return self._teacher.frozen(features)
-
-    # ------------------------------------------------------------------------------------------------
-    # checks: the loss calls these; InputChecks holds them and what they have seen
-    # ------------------------------------------------------------------------------------------------
-    def _check_labels_and_routes(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
-        self._inputs.check_labels_and_routes(features, labels)
-
-    def _first_batch_check(self, features: list[dict[str, Any]]) -> None:
-        self._inputs.check_first_batch(features)
-
-    def _empty_rows_check(self, features: dict[str, Any], side: Encoder, name: str) -> None:
-        check_no_empty_rows(features, side, name)
-
-    def _finite(self, loss: Tensor | dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
-        return check_finite(type(self).__name__, loss)
-
     def check_dataset(
         self, dataset: Any, router_mapping: dict[str, Any] | None = None, name: str = "train_dataset"
     ) -> None:
@@ -164,7 +143,7 @@ class TeacherStudentMixin:
         count, routes against the column order); swapped-looking columns log one warning. A dataset already checked
         (same fingerprint and mapping) is not read again.
         """
-        self._inputs.check_dataset(dataset, router_mapping, name, self._check_inputs)
+        self.input_checks.check_dataset(dataset, router_mapping, name, self._check_inputs)
 
     def _check_inputs(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
         """The loss's own check of a batch's columns (count, labels, routes); the losses define it."""

@@ -2,16 +2,14 @@
 hours in (:func:`find_bad_rows`, whose home is :mod:`optical_st.data.rows`, shared with the ``optical-st train``
 command) and bitext read in the wrong direction (:func:`direction_evidence`).
 
-The losses call these from ``check_dataset`` (see :func:`check_bitext`). Every OPTICAL loss has them run when a
-``SentenceTransformerTrainer`` is built with it, whatever the model and its card data
-(:func:`check_when_trainer_is_built`). Pure Python and tokenizers: no model is run.
+The losses call these from ``check_dataset`` (see :func:`check_bitext`); :class:`optical_st.OpticalTrainer` runs them
+on the datasets it is given when it is built (:func:`run_dataset_checks`). Pure Python and tokenizers: no model is
+run.
 """
 
 from __future__ import annotations
 
 import re
-import sys
-import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +20,6 @@ __all__ = [
     "TextColumn",
     "bad_rows_error",
     "check_bitext",
-    "check_when_trainer_is_built",
     "direction_evidence",
     "find_bad_rows",
     "non_text_columns_error",
@@ -102,10 +99,10 @@ def check_bitext(dataset: Any, loss: Any, *, router_mapping: dict[str, Any] | No
     first, to the teacher; ``lrl`` second, to the student). Logs one warning when the columns look swapped (the
     student side reads like English to the teacher's tokenizer; see :func:`direction_evidence`).
 
-    Runs by itself when a ``SentenceTransformerTrainer`` is built with an OPTICAL loss, for every kind of model (a
-    Router model, a plain student with ``teacher=``, a reloaded model, any card data); call it yourself to check a
-    dataset before any trainer. Also raises for an empty dataset, a column that is not text (e.g. an integer ``id``)
-    and a ``set_transform`` that changes the columns the trainer will read.
+    Runs by itself when an :class:`optical_st.OpticalTrainer` is built, for every kind of model (a Router model, a
+    plain student with ``teacher=``, a reloaded model); call it yourself to check a dataset before any trainer (a
+    plain ``SentenceTransformerTrainer`` runs no dataset check). Also raises for an empty dataset, a column that is
+    not text (e.g. an integer ``id``) and a ``set_transform`` that changes the columns the trainer will read.
 
     Args:
         dataset: a ``datasets.Dataset`` or ``DatasetDict`` (every split is checked); an ``IterableDataset`` is
@@ -132,55 +129,6 @@ def run_dataset_checks(
                 part_loss.check_dataset(dataset[key], router_mapping=mapping, name=f"{name}[{key!r}]")
     elif hasattr(loss, "check_dataset"):
         loss.check_dataset(dataset, router_mapping=router_mapping, name=name)
-
-
-def _extract_with_checks(
-    card: Any,
-    dataset: Any,
-    dataset_metadata: list[dict[str, Any]],
-    loss: Any,
-    dataset_type: str,
-    router_mapping: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    run_dataset_checks(dataset, loss, dataset_type, router_mapping)
-    return type(card).extract_dataset_metadata(card, dataset, dataset_metadata, loss, dataset_type, router_mapping)
-
-
-def _set_losses_with_checks(card: Any, losses: list[Any]) -> None:
-    # sentence-transformers shows the card no empty training set (`if trainer.train_dataset:`), and torch would then
-    # stop train() with "num_samples=0". The trainer is an argument of the caller, the card callback's on_init_end
-    # (the one place it is at hand); if a later sentence-transformers calls this elsewhere, nothing is checked here.
-    trainer = sys._getframe(1).f_locals.get("trainer")
-    dataset = getattr(trainer, "train_dataset", None)
-    if dataset is not None and hasattr(dataset, "__len__") and len(dataset) == 0:
-        run_dataset_checks(dataset, trainer.loss, "train", getattr(trainer.args, "router_mapping", None))
-    return type(card).set_losses(card, losses)
-
-
-# the card data methods check_when_trainer_is_built routes through the checks (instance attributes of the card data)
-TRAINER_HOOKS = {"extract_dataset_metadata": _extract_with_checks, "set_losses": _set_losses_with_checks}
-
-
-def check_when_trainer_is_built(model: Any) -> None:
-    """Have the dataset checks run when a ``SentenceTransformerTrainer`` is built for ``model``.
-
-    sentence-transformers hands the training and evaluation datasets, the trainer's loss and ``router_mapping``
-    together to one call only, when the trainer is built: ``model.model_card_data.extract_dataset_metadata``
-    (its model card callback's ``on_init_end``), for every kind of model and card data, except for an empty
-    dataset, which the callback skips (``set_losses``, called next, covers that one). The losses call this at
-    construction, which routes those calls through :func:`run_dataset_checks` first, on this model's card data
-    object only; the card data classes themselves check nothing. Idempotent.
-    """
-    card = getattr(model, "model_card_data", None)
-    if card is None or not hasattr(type(card), "extract_dataset_metadata"):
-        return
-    for name, hook in TRAINER_HOOKS.items():
-        current = getattr(card, "__dict__", {}).get(name)
-        installed = getattr(current, "__func__", None) is hook and getattr(current, "__self__", None) is card
-        if not installed and hasattr(type(card), name):
-            # a bound method, not a closure: the card data stays picklable and deep-copyable with the model (a
-            # shallow copy shares it, bound to the original: the check above binds it anew)
-            setattr(card, name, types.MethodType(hook, card))
 
 
 def _feature_dtype(feature: Any) -> str:

@@ -146,20 +146,19 @@ class ContrastiveDistillationLoss(TeacherStudentMixin, nn.Module):
                 "ContrastiveDistillationLoss expects (english, lrl, *english_negatives) text columns, got "
                 f"{len(features)}. Select them with `dataset.select_columns(['english', 'lrl', ...])`."
             )
-        self._check_labels_and_routes(features, labels)
+        self.input_checks.check_labels_and_routes(features, labels)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features = list(sentence_features)
         self._check_inputs(features, labels)
-        self._first_batch_check(features)  # swapped columns: one warning (_teacher.py)
+        # once: prompts, rows without content, swapped columns; then the loss's value too (_input_checks.py)
+        checking = self.input_checks.check_first_batch(features)
         english, lrl, *negatives = features
-        self._empty_rows_check(english, self._teacher, "english column (teacher)")
-        self._empty_rows_check(lrl, self._student, "lrl column (student)")
         student = self._student.run(lrl)["sentence_embedding"]
-        teacher = self._run_teacher_frozen(english)["sentence_embedding"]
-        negative_embeddings = [self._run_teacher_frozen(column)["sentence_embedding"] for column in negatives]
-        # a NaN/inf loss raises instead of wiping the student (_teacher.py)
-        return self._finite(self.compute_loss_from_embeddings(student, teacher, negative_embeddings or None))
+        teacher = self._teacher.frozen(english)["sentence_embedding"]
+        negative_embeddings = [self._teacher.frozen(column)["sentence_embedding"] for column in negatives]
+        loss = self.compute_loss_from_embeddings(student, teacher, negative_embeddings or None)
+        return self.input_checks.check_finite(loss) if checking else loss
 
     def compute_loss_from_embeddings(
         self,

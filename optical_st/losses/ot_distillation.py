@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from torch import Tensor, nn
@@ -19,46 +19,25 @@ from optical_st.losses.info_nce import check_temperature, info_nce
 from optical_st.losses.ot_monitor import OTMonitor
 from optical_st.losses.score_kl import CandidateTable, check_score_labels, score_kl, score_targets
 from optical_st.losses.teacher_cache import TeacherCache
-from optical_st.model_card import OPTICAL_CITATION
+from optical_st.losses.token_embeddings import TokenEmbeddings
 from optical_st.transport import OTConfig
 from optical_st.utils import as_float
 
-__all__ = ["OTDistillationLoss", "TokenEmbeddings"]
+__all__ = ["OPTICAL_CITATION", "OTDistillationLoss", "TokenEmbeddings"]
 
-
-@dataclass(frozen=True)
-class TokenEmbeddings:
-    """One side of an OT distillation batch (the student's LRL texts or the teacher's English texts), as
-    :meth:`OTDistillationLoss.compute_loss_from_embeddings` reads it.
-
-    Args:
-        tokens: ``(B, n, d)`` token embeddings (the student's with grad).
-        mask: ``(B, n)`` attention mask.
-        exclude: optional ``(B, n)`` mask of tokens that get zero transport mass (special and prompt tokens).
-        sentence: optional ``(B, d)`` pooled embeddings, for the sentence and InfoNCE terms.
-    """
-
-    tokens: Tensor
-    mask: Tensor
-    exclude: Tensor | None = None
-    sentence: Tensor | None = None
-
-    @classmethod
-    def from_output(cls, output: Mapping[str, Tensor], exclude: Tensor | None = None) -> TokenEmbeddings:
-        """The side from a sentence-transformers forward output (``token_embeddings``, ``attention_mask`` and, when
-        the model pools, ``sentence_embedding``)."""
-        return cls(output["token_embeddings"], output["attention_mask"], exclude, output.get("sentence_embedding"))
-
-    def check_padded(self, name: str) -> None:
-        """Raise unless the tokens are padded ``(B, n, d)`` matching the mask (``name``: whose, for the message)."""
-        if self.tokens.dim() != 3 or self.tokens.shape[:2] != self.mask.shape:
-            # e.g. FlashAttention-2 with unpadded (packed) outputs: (total_tokens, d) instead of (B, n, d)
-            raise ValueError(
-                f"The {name}'s token embeddings have shape {tuple(self.tokens.shape)}, but the loss needs padded "
-                f"(batch, tokens, dim) embeddings matching the attention mask {tuple(self.mask.shape)}. Load the "
-                "model with model_kwargs={'attn_implementation': 'sdpa'} (or 'eager') instead of unpadded "
-                "FlashAttention."
-            )
+OPTICAL_CITATION = """
+@inproceedings{huang2023optical,
+    title={Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal Transport Distillation},
+    author={Huang, Zhiqi and Yu, Puxuan and Allan, James},
+    booktitle={Proceedings of the Sixteenth ACM International Conference on Web Search and Data Mining},
+    series={WSDM '23},
+    pages={1048--1056},
+    year={2023},
+    doi={10.1145/3539597.3570468},
+    eprint={2301.12566},
+    archivePrefix={arXiv}
+}
+"""
 
 
 class OTDistillationLoss(TeacherStudentMixin, nn.Module):
@@ -147,7 +126,11 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 marginal errors; ``None`` before the first batch or with ``solver="emd"``), read by the FLOPs counter's
                 analytic Sinkhorn estimate.
             monitor: the :class:`~optical_st.losses.OTMonitor` collecting the plans' diagnostics for the trainer's
-                logs (:class:`~optical_st.losses.OTDiagnosticsCallback`).
+                logs (:class:`~optical_st.losses.OTDiagnosticsCallback`) and counting the rows without content (all
+                special, prompt or padding tokens on a side), which get no transport weight.
+            input_checks: what the loss checks of its inputs: the routes of every batch, the prompts, the
+                direction, the rows without content and a finite loss on the first batch (``every_batch = True``: on
+                every batch, one host read each).
 
         References:
             - Huang, Yu, Allan. Improving Cross-lingual Information Retrieval on Low-Resource Languages via Optimal
@@ -248,12 +231,13 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
                 "Select them with `dataset.select_columns(['english', 'lrl'])`, or set contrastive_weight > 0 to "
                 "use extra columns as hard negatives."
             )
-        self._inputs.check_labels_and_routes(features, labels, takes_labels=self.score_weight > 0)
+        self.input_checks.check_labels_and_routes(features, labels, takes_labels=self.score_weight > 0)
 
     def _exclude_mask(self, features: dict[str, Any], side: Encoder) -> Tensor | None:
         if not self.ot_config.exclude_special_tokens:
             return None
-        return transport.special_tokens_mask(features["input_ids"], side.special_ids, features.get("prompt_length"))
+        ids = features["input_ids"]
+        return transport.special_tokens_mask(ids, side.special_ids_on(ids.device), features.get("prompt_length"))
 
     # ----------------------------------------------------------------------------------------------
     def forward(
@@ -261,25 +245,21 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
     ) -> Tensor | dict[str, Tensor]:
         features = list(sentence_features)
         self._check_inputs(features, labels)
-        self._first_batch_check(features)  # swapped columns: one warning (_teacher.py)
+        # once: prompts, rows without content, swapped columns; then the loss's value too (_input_checks.py)
+        checking = self.input_checks.check_first_batch(features)
         source, target, *negatives = features
-        self._empty_rows_check(source, self._teacher, "english column (teacher)")
-        self._empty_rows_check(target, self._student, "lrl column (student)")
-        for i, negative in enumerate(negatives):
-            self._empty_rows_check(negative, self._teacher, f"negative column {i + 1} (teacher)")
-
         student = TokenEmbeddings.from_output(self._student.run(target), self._exclude_mask(target, self._student))
-        teacher_out = self._run_teacher_frozen(source)
+        teacher_out = self._teacher.frozen(source)
         teacher = TokenEmbeddings.from_output(teacher_out, self._exclude_mask(source, self._teacher))
         # only the pooled embedding of a negative is used; no graph, like the positive's
-        negative_sentences = [self._run_teacher_frozen(negative)["sentence_embedding"] for negative in negatives]
+        negative_sentences = [self._teacher.frozen(negative)["sentence_embedding"] for negative in negatives]
         loss = self.compute_loss_from_embeddings(
             student=student,
             teacher=teacher,
             negative_sentences=negative_sentences or None,
             teacher_queries=labels if self.score_weight > 0 else None,
         )
-        return self._finite(loss)  # a NaN/inf loss raises instead of wiping the student (_teacher.py)
+        return self.input_checks.check_finite(loss) if checking else loss
 
     def compute_loss_from_embeddings(
         self,
@@ -336,39 +316,57 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         return losses
 
     def _ot_term(self, student: TokenEmbeddings, teacher: TokenEmbeddings) -> Tensor:
-        """The batch mean of ``<P, C>_F``: the cost between the two sides' tokens, then the plan held fixed."""
+        """The mean of ``<P, C>_F`` over the rows with content on both sides: the cost between the two sides' tokens,
+        then the plan held fixed. A row without content (its tokens all special, prompt or padding: an empty text, or
+        one its prompt swallows) gets no weight, found with masks, so the step reads nothing back from the device."""
         student.check_padded("student")
         teacher.check_padded("teacher")
         config = self.ot_config
         a = transport.token_marginals(student.mask, student.exclude, name="lrl column (student)")
         b = transport.token_marginals(teacher.mask, teacher.exclude, name="english column (teacher)")
+        rows = (a.sum(-1) > 0) & (b.sum(-1) > 0)  # (B,): both sides have a token to transport
         student_tokens, teacher_tokens = student.tokens, teacher.tokens.detach()
         if config.center and student_tokens.shape[-1] == teacher_tokens.shape[-1]:  # else the cost names the fix
-            # the mass-weighted mean teacher token of the batch: a constant shift for both sides (fp32, no gradient)
-            mean = (teacher_tokens.float() * b.unsqueeze(-1)).sum((0, 1)) / b.sum()
+            # the mass-weighted mean teacher token of the rows with content: a constant shift for both sides (fp32,
+            # no gradient)
+            mass = b * rows.unsqueeze(-1)
+            mean = (teacher_tokens.float() * mass.unsqueeze(-1)).sum((0, 1)) / mass.sum().clamp_min(_TINY)
             student_tokens, teacher_tokens = student_tokens.float() - mean, teacher_tokens.float() - mean
         cost = transport.pairwise_cost(student_tokens, teacher_tokens, config.cost)
         if config.cost_scale == "max":
             valid = (a.unsqueeze(2) > 0) & (b.unsqueeze(1) > 0)  # padding and excluded tokens do not set the scale
             largest = cost.detach().masked_fill(~valid, 0).amax(dim=(1, 2), keepdim=True)
             cost = cost / largest.clamp_min(1e-12)
+        # a row without content: zero cost and all its mass on its first token on each side, a problem solved at once
+        # whose value (0) the mean leaves out; the rows with content are solved as they would be alone
+        cost = torch.where(rows.view(-1, 1, 1), cost, 0.0)
         distances, plan, self.last_solver_log = transport.ot_distance(
-            cost, a, b, reg=config.reg, solver=config.solver, max_iter=config.max_iter, tol=config.tol, return_log=True
+            cost,
+            _on_first_token(a, rows),
+            _on_first_token(b, rows),
+            reg=config.reg,
+            solver=config.solver,
+            max_iter=config.max_iter,
+            tol=config.tol,
+            return_log=True,
         )
-        self._watch(plan, cost, a, b)
-        return distances.mean()
+        self._watch(plan, cost, a, b, rows)
+        # every row with content: the plain mean, as without the mask; else the mean over the rows with content
+        return torch.where(rows.all(), distances.mean(), distances.sum() / rows.sum().clamp_min(1))
 
-    def _watch(self, plan: Tensor, cost: Tensor, a: Tensor, b: Tensor) -> None:
-        """Record the plan's diagnostics (see :class:`~optical_st.losses.OTDiagnosticsCallback`) and warn when
-        Sinkhorn stopped before converging."""
+    def _watch(self, plan: Tensor, cost: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> None:
+        """Count the batch and its rows without content, record the plan's diagnostics while a callback reads them
+        (:class:`~optical_st.losses.OTDiagnosticsCallback`), and warn when Sinkhorn stopped before converging."""
         log = self.last_solver_log
-        stats = {**transport.plan_statistics(plan, a, b), "cost_std": transport.cost_statistics(cost, a, b)["cost_std"]}
-        if log is not None:
-            stats["sinkhorn_iters"] = log.n_iter
-        self.monitor.record(stats)
-        if log is not None:
+        self.monitor.observe((~rows).sum())
+        if self.monitor.enabled:
+            stats = {**transport.plan_stats(plan, a, b, rows), "cost_std": transport.cost_std(cost, a, b)}
+            if log is not None:
+                stats["sinkhorn_iters"] = log.n_iter
+            self.monitor.record(stats)
+        if log is not None and not log.converged:  # the error is read back only for a batch that did not converge
             self.monitor.check_convergence(
-                converged=log.converged,
+                converged=False,
                 n_iter=log.n_iter,
                 error=float(log.err.max()),
                 reg=self.ot_config.reg,
@@ -391,6 +389,18 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
     @property
     def citation(self) -> str:
         return OPTICAL_CITATION
+
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _on_first_token(marginals: Tensor, rows: Tensor) -> Tensor:
+    """``marginals`` with every row not in ``rows`` replaced by all its mass on its first token."""
+    if marginals.shape[-1] == 0:  # no tokens at all: the solvers return an empty plan
+        return marginals
+    first = torch.zeros_like(marginals[:1])
+    first[:, 0] = 1.0
+    return torch.where(rows.unsqueeze(-1), marginals, first)
 
 
 def _ot_config(ot_config: OTConfig | None, ot_settings: dict[str, Any]) -> OTConfig:

@@ -138,7 +138,6 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
         self.objective = check_objective(objective)
         self.similarity_fct = similarity_fct
         self.candidates = candidates  # a frozen table, not a submodule: not saved with the model
-        self._labels_checked = False
         self._init_teacher(model, teacher, teacher_cache)  # optical_st/losses/_teacher.py
 
     def _check_inputs(self, features: list[dict[str, Any]], labels: Tensor | None) -> None:
@@ -153,22 +152,21 @@ class ScoreDistillationLoss(TeacherStudentMixin, nn.Module):
                 "Build the dataset with optical_st.sampling.TeacherCandidates.build(model, english).attach(dataset, "
                 "model)."
             )
-        self._inputs.check_labels_and_routes(features, labels, takes_labels=True)
+        self.input_checks.check_labels_and_routes(features, labels, takes_labels=True)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features = list(sentence_features)
         self._check_inputs(features, labels)
-        self._first_batch_check(features)  # swapped columns: one warning (_teacher.py)
+        # once: prompts, rows without content, swapped columns, the labels; then the loss's value too
+        checking = self.input_checks.check_first_batch(features)
         english, lrl, *candidates = features
-        self._empty_rows_check(english, self._teacher, "english column (teacher)")
-        self._empty_rows_check(lrl, self._student, "lrl column (student)")
         student = self._student.run(lrl)["sentence_embedding"]
-        positive, *extra = (self._run_teacher_frozen(column)["sentence_embedding"] for column in (english, *candidates))
-        if not self._labels_checked:  # once, like sentence-transformers' check_teacher_targets: it reads the device
-            self._labels_checked = True
+        positive, *extra = (self._teacher.frozen(column)["sentence_embedding"] for column in (english, *candidates))
+        if checking:  # reads the device: the first batch only, like sentence-transformers' check_teacher_targets
             check_score_labels(labels, positive.shape[-1], self.candidates)
         queries, documents = score_targets(labels.to(student.device), positive, extra, self.candidates)
-        return self._finite(self.compute_loss_from_embeddings(student, queries, documents))  # a NaN/inf loss raises instead of wiping the student (_teacher.py)
+        loss = self.compute_loss_from_embeddings(student, queries, documents)
+        return self.input_checks.check_finite(loss) if checking else loss
 
     def compute_loss_from_embeddings(self, student: Tensor, teacher_queries: Tensor, candidates: Tensor) -> Tensor:
         """The loss from embeddings (testable on hand-made tensors): see :func:`optical_st.losses.score_kl.score_kl`.

@@ -3,40 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from optical_st.fingerprints import hash_tensors
+from optical_st.fingerprints import DigestMemo, tensors_digest
 from optical_st.routes import module_state
 
 __all__ = ["TeacherCache"]
-
-
-def teacher_fingerprint(modules: Iterable[nn.Module], sample: int = 4096) -> str:
-    """A digest of the modules' parameters and buffers: names, shapes, dtypes and ``sample`` evenly strided values of
-    each tensor. Equal for two copies of the same weights; a different teacher (or a fine-tuned one) differs in the
-    sampled values. Sampling keeps it cheap (no copy of a large embedding matrix)."""
-    digest = hashlib.sha256()
-    for module in modules:
-        hash_tensors(digest, module_state(module)[2], sample=sample)  # an adapter model's teacher: its base
-    return digest.hexdigest()[:16]
-
-
-def weights_versions(modules: Iterable[nn.Module]) -> tuple[tuple[int, int], ...]:
-    """``(storage address, version counter)`` of every tensor :func:`teacher_fingerprint` reads. PyTorch bumps a
-    tensor's version on every in-place change it tracks (``load_state_dict``, optimizer steps, ``p.mul_(...)``), so
-    an equal tuple means unchanged weights, except for writes through ``.data`` or to the raw storage, which no version
-    counter sees. Cheap enough for every batch: no tensor is read."""
-    return tuple(
-        (tensor.data_ptr(), tensor._version)
-        for module in modules
-        for _, tensor in sorted(module_state(module)[2].items())
-        if torch.is_tensor(tensor)
-    )
 
 
 class TeacherCache:
@@ -51,13 +27,15 @@ class TeacherCache:
 
     Entries are keyed by the token ids inside the attention mask, so a text is found whatever it is padded to in a
     batch; outputs agree with an uncached run up to float rounding (the teacher then sees other padding). The cache
-    records the teacher's weights (a fingerprint) at first use and raises a ``ValueError`` if a loss with a different
-    teacher uses it, or if the teacher of a loss that used it changed since. The contract, exactly: before every batch
-    each loss compares its teacher's version counters with those of its last check, and when they moved it compares
-    the fingerprint (``load_state_dict``, optimizer steps and other in-place changes PyTorch tracks are seen at the
-    next batch). A write through ``.data`` (or to the storage from outside) moves no version counter: call
-    ``cache.clear()`` after changing a teacher that way. Memory: ``tokens x hidden`` values per text (4 bytes
-    each in fp32); ``max_entries`` caps it (texts beyond it are encoded every time).
+    records the teacher's weights (a digest of every byte) at first use and raises a ``ValueError`` if a loss with a
+    different teacher uses it, or if the teacher of a loss that used it changed since. The contract, exactly: at its
+    first batch with the cache, and before every later batch whose teacher's version counters moved since its last
+    check (``load_state_dict``, optimizer steps and other in-place changes PyTorch tracks), each loss compares the
+    teacher's weights with the recorded ones, through the same change detection as the embedding cache
+    (:func:`optical_st.fingerprints.weights_signature`, which also sees writes through ``.data``). A ``.data`` write
+    moves no version counter, so one made while a loss is training is seen by the next loss to use the cache, not by
+    that loss: call ``cache.clear()`` after changing a teacher that way. Memory: ``tokens x hidden`` values per text
+    (4 bytes each in fp32); ``max_entries`` caps it (texts beyond it are encoded every time).
 
     Training FLOPs measured by :class:`optical_st.evaluation.FlopsCallback` stay the method's own: its measured
     steps bypass the cache (the teacher runs), so a method does not look cheaper for having run after another.
@@ -82,6 +60,7 @@ class TeacherCache:
         self.bypass = False  # True: run the teacher (and refresh the entries), e.g. while FLOPs are being counted
         self._entries: dict[bytes, tuple[Tensor, Tensor | None]] = {}
         self._fingerprint: str | None = None
+        self._digests = DigestMemo()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -108,7 +87,10 @@ class TeacherCache:
 
     def bind(self, modules: Iterable[nn.Module]) -> None:
         """Record the teacher (first call) or check that ``modules`` have the recorded teacher's weights."""
-        fingerprint = teacher_fingerprint(modules)
+        states = [(module, module_state(module)[2]) for module in modules]  # an adapter model's teacher: its base
+        fingerprint = "|".join(
+            self._digests.get(m, state, lambda state=state: tensors_digest(state)) for m, state in states
+        )
         if self._fingerprint is None:
             self._fingerprint = fingerprint
         elif fingerprint != self._fingerprint:

@@ -5,9 +5,11 @@ measure training FLOPs and wall time, and write tables, JSON and plots.
 * :mod:`~optical_st.research.config`: :class:`ExperimentConfig`, what a run depends on.
 * :mod:`~optical_st.research.methods`: the compared methods (:func:`zero_shot`, :func:`ot_distillation`,
   :func:`contrastive_distillation`, :func:`mse_distillation`).
-* :mod:`~optical_st.research.runner`: :func:`run_experiment` (every method x every seed) and :func:`timed_evaluation`.
-* :mod:`~optical_st.research.report`: tables, ``results.md`` / ``results.json`` and plots (plots need matplotlib:
-  ``pip install optical-st[research]``).
+* :mod:`~optical_st.research.runner`: :func:`run_experiment` (every method x every seed), resumable.
+* :mod:`~optical_st.research.training`: :func:`train_one` (one method, one seed) and the study's bitext.
+* :mod:`~optical_st.research.evaluate`: the benchmarks, :func:`evaluate_model` and :func:`timed_evaluation`.
+* :mod:`~optical_st.research.report`: tables, ``results.md`` / ``results.json``; :mod:`~optical_st.research.plots`:
+  the plots (matplotlib: ``pip install optical-st[research]``).
 * :mod:`~optical_st.research.cli`: the flags the RQ scripts share and :func:`run_and_report`.
 
 Example::
@@ -20,6 +22,7 @@ Example::
 
 from optical_st.research.cli import add_cli_arguments, config_from_args, run_and_report
 from optical_st.research.config import ExperimentConfig
+from optical_st.research.evaluate import evaluate_model, last_eval_metrics, load_benchmarks, summarize, timed_evaluation
 from optical_st.research.methods import (
     ENGLISH_CEILING,
     Method,
@@ -31,31 +34,20 @@ from optical_st.research.methods import (
     score_distillation,
     zero_shot,
 )
+from optical_st.research.plots import plot_quality_vs_flops, plot_results
 from optical_st.research.report import (
     DEMO_METRICS,
     METRICS,
     aggregate,
     format_table,
     method_row,
-    plot_quality_vs_flops,
-    plot_results,
     ratios,
     results_table,
     write_report,
     write_results,
 )
-from optical_st.research.runner import (
-    add_hard_negatives,
-    evaluate_model,
-    last_eval_metrics,
-    load_benchmarks,
-    load_train_pairs,
-    run_experiment,
-    run_one,
-    summarize,
-    timed_evaluation,
-    train_one,
-)
+from optical_st.research.runner import run_experiment, run_one
+from optical_st.research.training import load_train_pairs, train_one
 
 __all__ = [
     "DEMO_METRICS",
@@ -65,7 +57,6 @@ __all__ = [
     "Method",
     "TrainSetup",
     "add_cli_arguments",
-    "add_hard_negatives",
     "aggregate",
     "config_from_args",
     "contrastive_distillation",

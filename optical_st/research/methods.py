@@ -75,7 +75,7 @@ def english_ceiling() -> Method:
 
 def _pairs(train: Dataset, negatives: bool = False) -> tuple[Dataset, dict[str, str]]:
     """``(english, lrl)``, plus the ``negative_*`` columns (English, teacher route) when the loss takes them and the
-    data has them (:func:`~optical_st.research.add_hard_negatives`)."""
+    data has them (:func:`~optical_st.recipe.mine_static_negatives`)."""
     extra = [c for c in train.column_names if c.startswith("negative")] if negatives else []
     data = train.select_columns(["english", "lrl", *extra])
     return data, router_mapping(data)  # english and negatives -> teacher route, lrl -> student route

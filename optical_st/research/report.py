@@ -1,12 +1,10 @@
 """Reporting a comparison: mean ± std over seeds per method (:func:`aggregate`), the markdown table, the
 run conditions, a quality-vs-FLOPs plot, and ``results.md`` / ``results.json`` (:func:`write_report`); for a single
-run of N methods, such as the demo, :func:`results_table`, :func:`plot_results` and :func:`write_results`.
-
-Plots need matplotlib (the ``[research]`` extra)."""
+run of N methods, such as the demo, :func:`results_table` and :func:`write_results`. The plots are
+:mod:`~optical_st.research.plots` (matplotlib: the ``[research]`` extra)."""
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import shlex
@@ -19,8 +17,9 @@ from typing import Any
 import torch
 
 from optical_st.research.config import ExperimentConfig, resolve_device
-from optical_st.research.runner import save_json
+from optical_st.research.plots import plot_learning_curves, plot_quality_vs_flops, plot_results
 from optical_st.sampling import LengthGroupedBatchSampler
+from optical_st.utils import atomic_write_json
 
 __all__ = [
     "DEMO_METRICS",
@@ -28,9 +27,6 @@ __all__ = [
     "aggregate",
     "format_table",
     "method_row",
-    "plot_learning_curves",
-    "plot_quality_vs_flops",
-    "plot_results",
     "ratios",
     "results_table",
     "write_report",
@@ -221,92 +217,6 @@ def _sizes(config: ExperimentConfig) -> str:
     return " / ".join(f"{p:,}" if p else "all" for p in config.train_pairs)
 
 
-def _save_figure(fig: Any, path: Path, title: str) -> None:
-    """Title, layout, write ``path`` (its folder created), and free the figure."""
-    import matplotlib.pyplot as plt
-
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_learning_curves(
-    rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str], *, x: str = "pairs", title: str = ""
-) -> None:
-    """One panel per metric: each trained method's mean (± std over seeds) against its training pairs (``x="pairs"``)
-    or training FLOPs (``x="flops"``), a line through its sizes; methods without training are dashed lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [m for m in metrics if any(m in row for row in rows)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for method in dict.fromkeys(row["method"] for row in rows):
-            points = sorted(
-                (row["train_pairs"] if x == "pairs" else row["train FLOPs"][0], *row[metric])
-                for row in rows
-                if row["method"] == method and metric in row
-            )
-            if not points:
-                continue
-            if points[0][0] == 0:  # no training: a reference level
-                ax.axhline(points[0][1], linestyle="--", color="grey", label=f"{method} (no training)")
-                continue
-            xs, means, stds = zip(*points, strict=True)
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
-        ax.set_xscale("log")
-        ax.set_xlabel("training pairs (one epoch)" if x == "pairs" else "training FLOPs (measured, whole run)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    _save_figure(fig, path, title)
-
-
-def plot_quality_vs_flops(
-    rows: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str] = ("MAP@100", "acc@1 LRL→En"), title: str = ""
-) -> None:
-    """One panel per metric: mean ± std over seeds against training FLOPs (log scale when they span decades); the
-    zero-shot teacher, which costs no training, is a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    metrics = [m for m in metrics if any(m in row for row in rows)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for row in rows:
-            if metric not in row:
-                continue
-            (mean, std), flops = row[metric], row["train FLOPs"][0]
-            if flops == 0:
-                ax.axhline(mean, linestyle="--", color="grey", label=f"{row['method']} (no training)")
-                continue
-            ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=4, label=row["method"])
-            ax.annotate(row["method"], (flops, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
-        trained = [row["train FLOPs"][0] for row in rows if row["train FLOPs"][0] > 0]
-        xlabel = "training FLOPs (measured, whole run)"
-        if trained and max(trained) / min(trained) > 10:  # log scale only when the costs span decades
-            ax.set_xscale("log")
-        elif trained:
-            # the exponent goes into the label: matplotlib's offset text would sit on top of it
-            exponent = math.floor(math.log10(max(trained)))
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos, e=exponent: f"{x / 10**e:g}"))
-            xlabel = f"training FLOPs (x1e{exponent}, measured, whole run)"
-        ax.margins(x=0.15)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    _save_figure(fig, path, title)
-
-
 def _language_name(code: str) -> str:
     from optical_st.data import LANGUAGES
 
@@ -361,7 +271,7 @@ def write_report(
     json_rows = [
         {k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()} for row in rows
     ]  # (mean, std) pairs as lists
-    save_json(
+    atomic_write_json(
         out / "results.json",
         {
             "command": command,
@@ -404,41 +314,6 @@ def results_table(rows: Sequence[dict[str, Any]], metrics: dict[str, str] = DEMO
     return "\n".join(lines)
 
 
-def plot_results(
-    rows: Sequence[dict[str, Any]],
-    path: Path,
-    *,
-    log_history: Sequence[dict[str, Any]] = (),
-    metrics: dict[str, str] = DEMO_METRICS,
-    title: str = "",
-    loss_title: str = "training loss",
-) -> None:
-    """Grouped bars of every row's metrics and, from a trainer's ``log_history``, the training loss curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_bar, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(rows)
-    for i, row in enumerate(rows):
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
-        bars = ax_bar.bar(xs, [row[m] for m in metrics], width, label=row["method"])
-        ax_bar.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax_bar.set_xticks(range(len(metrics)), list(metrics.values()))
-    ax_bar.set_title(title)
-    ax_bar.legend()
-    steps = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    if steps:
-        ax_loss.plot(*zip(*steps, strict=True), marker=".")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training loss")
-    ax_loss.set_title(loss_title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def write_results(
     out: Path,
     rows: Sequence[dict[str, Any]],
@@ -454,6 +329,8 @@ def write_results(
     out.mkdir(parents=True, exist_ok=True)
     table = results_table(rows)
     (out / "results.md").write_text(f"{table}\n\n{summary}\n" if summary else f"{table}\n", encoding="utf-8")
-    save_json(out / "results.json", {"results": list(rows), **(details or {})})
-    plot_results(rows, out / "results.png", log_history=log_history, title=title, loss_title=loss_title)
+    atomic_write_json(out / "results.json", {"results": list(rows), **(details or {})})
+    plot_results(
+        rows, out / "results.png", metrics=DEMO_METRICS, log_history=log_history, title=title, loss_title=loss_title
+    )
     return table

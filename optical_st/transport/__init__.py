@@ -34,7 +34,7 @@ from optical_st.transport.costs import (
     sqeuclidean_cost,
     token_marginals,
 )
-from optical_st.transport.diagnostics import cost_statistics, plan_statistics
+from optical_st.transport.diagnostics import cost_statistics, cost_std, plan_statistics, plan_stats
 from optical_st.transport.sinkhorn import SinkhornLog, check_reg, sinkhorn_log
 from optical_st.transport.solve import SOLVERS, emd, ot_distance, transport_plan
 
@@ -46,10 +46,12 @@ __all__ = [
     "check_reg",
     "cosine_cost",
     "cost_statistics",
+    "cost_std",
     "emd",
     "ot_distance",
     "pairwise_cost",
     "plan_statistics",
+    "plan_stats",
     "sinkhorn_log",
     "special_tokens_mask",
     "sqeuclidean_cost",

@@ -68,14 +68,16 @@ def special_tokens_mask(
     """Boolean ``(B, n)`` mask of special tokens ([CLS], [SEP], <s>, ...) and, if given, prompt tokens.
 
     ``prompt_length`` is sentence-transformers' ``features["prompt_length"]``: the number of leading tokens (the
-    first special token included) that belong to the prompt.
+    first special token included) that belong to the prompt, an ``int`` or one per row. Pass ``special_ids`` as a
+    tensor on ``input_ids``' device to copy nothing to the device.
     """
     special_ids = torch.as_tensor(list(special_ids) if not isinstance(special_ids, Tensor) else special_ids)
     mask = torch.isin(input_ids, special_ids.to(input_ids.device))
     if prompt_length is not None:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        prompt_length = torch.as_tensor(prompt_length, device=input_ids.device).reshape(-1, 1)
-        mask = mask | (positions.unsqueeze(0) < prompt_length)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        if isinstance(prompt_length, Tensor):  # an int (sentence-transformers' collator) is compared as it is
+            prompt_length = prompt_length.to(input_ids.device).reshape(-1, 1)
+        mask = mask | (positions < prompt_length)
     return mask
 
 

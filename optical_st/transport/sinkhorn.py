@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor
 
 from optical_st.utils import as_float
 
-__all__ = ["SinkhornLog", "check_reg", "sinkhorn_log"]
+__all__ = ["SinkhornLog", "check_reg", "input_flags", "raise_for_inputs", "sinkhorn_log"]
 
 
 @dataclass
@@ -49,9 +50,12 @@ def _as_batch(cost: Tensor, a: Tensor | None, b: Tensor | None) -> tuple[Tensor,
     return cost, a, b, squeeze
 
 
-def _validate(cost: Tensor, a: Tensor, b: Tensor) -> None:
-    # one host sync per call; a NaN loss is far more expensive to debug than this check
-    checks = torch.stack(
+def input_flags(cost: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The input checks every solver runs, as one tensor of flags for :func:`raise_for_inputs` (1 = passed): finite
+    costs; finite, non-negative marginals; positive mass on both sides of every problem; balanced masses. A tensor, so
+    a solver reads it with a read it makes anyway (Sinkhorn: its first convergence check), not with a sync of its
+    own."""
+    return torch.stack(
         [
             torch.isfinite(cost).all(),
             torch.isfinite(a).all() & torch.isfinite(b).all(),
@@ -59,17 +63,21 @@ def _validate(cost: Tensor, a: Tensor, b: Tensor) -> None:
             (a.sum(-1) > 0).all() & (b.sum(-1) > 0).all(),
             ((a.sum(-1) - b.sum(-1)).abs() <= 1e-4 * a.sum(-1)).all(),
         ]
-    ).tolist()
-    if not checks[0]:
+    )
+
+
+def raise_for_inputs(flags: list[float] | list[bool]) -> None:
+    """A ``ValueError`` naming the first check of :func:`input_flags` that failed (its values read back)."""
+    if not flags[0]:
         raise ValueError(
             "The cost matrix contains NaN or inf: the encoders produced non-finite token embeddings "
             "(lower the learning rate, or train in fp32/bf16 instead of fp16)."
         )
-    if not checks[1] or not checks[2]:
+    if not flags[1] or not flags[2]:
         raise ValueError("Marginals must be finite and non-negative.")
-    if not checks[3]:
+    if not flags[3]:
         raise ValueError("Every problem needs positive mass on both sides; a row of the batch is empty.")
-    if not checks[4]:
+    if not flags[4]:
         raise ValueError("Balanced OT needs a.sum(-1) == b.sum(-1) for every problem; normalise the marginals.")
 
 
@@ -77,13 +85,13 @@ def _validate(cost: Tensor, a: Tensor, b: Tensor) -> None:
 _MAX_COST_OVER_REG = {torch.float32: 1e5, torch.float64: 1e13}
 
 
-def _check_precision(cost: Tensor, reg: float) -> None:
+def _check_precision(largest_cost: float, reg: float, dtype: torch.dtype) -> None:
     # |K| = |C| / reg itself, not the spread of C: the rounding error of K + f + g grows with |K|
-    scale = float(cost.abs().amax()) / reg
-    limit = _MAX_COST_OVER_REG[cost.dtype]
+    scale = largest_cost / reg
+    limit = _MAX_COST_OVER_REG[dtype]
     if scale > limit:
         raise ValueError(
-            f"reg={reg:g} is too small for costs spanning {scale * reg:.3g} in {cost.dtype}: cost/reg = {scale:.3g} > "
+            f"reg={reg:g} is too small for costs spanning {scale * reg:.3g} in {dtype}: cost/reg = {scale:.3g} > "
             f"{limit:.0e}, beyond the precision of the dtype. Raise reg (e.g. to {scale * reg / limit * 10:.2g}), use a "
             "bounded cost such as cosine, or pass float64 costs."
         )
@@ -126,7 +134,8 @@ def sinkhorn_log(
         reg: entropic regularisation ``epsilon`` (> 0), in the units of the cost.
         max_iter: maximum number of Sinkhorn iterations (one iteration = a row and a column update).
         tol: stop once ``max_b ||P 1 - a||_2 < tol`` (POT's criterion), checked every ``check_every`` iterations.
-        check_every: iterations between convergence checks (each check is one host sync on GPU).
+        check_every: iterations between convergence checks (each check is one host sync on GPU; the input checks are
+            read with the first one).
         return_log: also return a :class:`SinkhornLog`.
 
     Returns:
@@ -157,13 +166,17 @@ def sinkhorn_log(
         cost = cost.detach().to(dtype)
         a = a.detach().to(dtype)
         b = b.detach().to(dtype)
-        _validate(cost, a, b)
-        _check_precision(cost, reg)
+        # the input checks are read with the first convergence check (one host sync for both), then raise
+        inputs = torch.cat([input_flags(cost, a, b).to(dtype), cost.abs().amax().reshape(1)])
+
+        def check_inputs(values: list[float]) -> None:
+            raise_for_inputs(values[:-1])
+            _check_precision(values[-1], reg, dtype)
+
         b = b * (a.sum(-1, keepdim=True) / b.sum(-1, keepdim=True))  # exact balance, so tiny tol is reachable
-        plan, f, g, n_iter, err, fallbacks, absorptions = _sinkhorn_stabilized(
-            cost, a, b, reg, max_iter, tol, check_every
+        plan, f, g, n_iter, err, converged, fallbacks, absorptions = _sinkhorn_stabilized(
+            cost, a, b, reg, max_iter, tol, check_every, (inputs, check_inputs)
         )
-    converged = bool(err.max() < tol)
     if squeeze:
         plan = plan.squeeze(0)
     if not return_log:
@@ -199,12 +212,21 @@ _ABSORB_LOG = 30.0
 
 
 def _scaling_health(u: Tensor, v: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """(bad, max |log u|, max |log v|) over the rows/columns that carry mass, as one tensor (one host sync)."""
+    """(bad, max |log u|, max |log v|) over the rows/columns that carry mass, as one tensor (read with the convergence
+    check)."""
     real_u, real_v = a > 0, b > 0
-    bad = ~(torch.isfinite(u).all() & torch.isfinite(v).all() & (u[real_u] > 0).all() & (v[real_v] > 0).all())
+    # masks, not boolean indexing (which would read the number of entries back: a host sync on GPU)
+    positive = torch.where(real_u, u > 0, True).all() & torch.where(real_v, v > 0, True).all()
+    bad = ~(torch.isfinite(u).all() & torch.isfinite(v).all() & positive)
     log_u = torch.where(real_u, u, 1).log().abs().amax()
     log_v = torch.where(real_v, v, 1).log().abs().amax()
     return torch.stack([bad.to(u.dtype), log_u.nan_to_num(float("inf")), log_v.nan_to_num(float("inf"))])
+
+
+def _convergence(err: Tensor, tol: float) -> Tensor:
+    """(continue, converged) of the marginal errors as a tensor: both 0 for a NaN error, as the comparisons give."""
+    largest = err.max()
+    return torch.stack([largest >= tol, largest < tol]).to(err.dtype)
 
 
 def _absorb(f: Tensor, g: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -213,8 +235,17 @@ def _absorb(f: Tensor, g: Tensor, u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]
 
 
 def _sinkhorn_stabilized(
-    cost: Tensor, a: Tensor, b: Tensor, reg: float, max_iter: int, tol: float, check_every: int
-) -> tuple[Tensor, Tensor, Tensor, int, Tensor, int, int]:
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    reg: float,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+    inputs: tuple[Tensor, Callable[[list[float]], None]],
+) -> tuple[Tensor, Tensor, Tensor, int, Tensor, bool, int, int]:
+    """The iterations; ``inputs``: checks read with the first convergence check, and what to do with their values.
+    One host read per block of ``check_every`` iterations (scalings' health and convergence together)."""
     K = cost / -reg  # log-kernel
     loga, logb = a.log(), b.log()  # -inf on zero mass: those rows/columns get exactly zero plan
     pad = (a == 0).unsqueeze(2) | (b == 0).unsqueeze(1)
@@ -244,7 +275,10 @@ def _sinkhorn_stabilized(
     u_init, v_init = (a_row > 0).to(a.dtype), (b_row > 0).to(b.dtype)
     u, v = u_init, v_init
     err = row_err(KtT, u, v)
-    while n_iter < max_iter and bool(err.max() >= tol):
+    checks, check_inputs = inputs
+    *values, keep_going, converged = torch.cat([checks.to(err.dtype), _convergence(err, tol)]).tolist()
+    check_inputs(values)
+    while n_iter < max_iter and keep_going:
         steps = min(check_every, max_iter - n_iter)
         # plan = diag(u) Kt diag(v); each iteration is two batched (row vector x matrix) products
         u_start, v_start = u, v
@@ -253,7 +287,8 @@ def _sinkhorn_stabilized(
             v = b_row / torch.bmm(u, Kt)
         n_iter += steps
         err = row_err(KtT, u, v)
-        bad, log_u, log_v = _scaling_health(u.squeeze(1), v.squeeze(1), a, b).tolist()
+        health = _scaling_health(u.squeeze(1), v.squeeze(1), a, b)
+        bad, log_u, log_v, keep_going, converged = torch.cat([health, _convergence(err, tol)]).tolist()
         if bad:
             # the scalings under/overflowed in this block: redo it with exact log-sum-exp updates
             fallbacks += 1
@@ -263,6 +298,7 @@ def _sinkhorn_stabilized(
             Kt, KtT = kernel(f, g)
             u, v = u_init, v_init
             err = row_err(KtT, u, v)
+            keep_going, converged = _convergence(err, tol).tolist()
         elif max(log_u, log_v) > _ABSORB_LOG:
             absorptions += 1
             f, g = _absorb(f, g, u, v)
@@ -270,4 +306,4 @@ def _sinkhorn_stabilized(
             u, v = u_init, v_init
     f, g = _absorb(f, g, u, v)
     plan = torch.exp(K + f.unsqueeze(2) + g.unsqueeze(1))
-    return plan, f, g, n_iter, err, fallbacks, absorptions
+    return plan, f, g, n_iter, err, bool(converged), fallbacks, absorptions

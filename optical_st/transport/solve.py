@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from optical_st.transport.sinkhorn import SinkhornLog, _as_batch, _validate, sinkhorn_log
+from optical_st.transport.sinkhorn import SinkhornLog, _as_batch, input_flags, raise_for_inputs, sinkhorn_log
 
 __all__ = ["SOLVERS", "emd", "ot_distance", "transport_plan"]
 
@@ -26,7 +26,7 @@ def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, num_iter
         plan = torch.zeros(cost.shape, dtype=dtype, device=cost.device)
         return plan.squeeze(0) if squeeze else plan
     with torch.no_grad():
-        _validate(cost.detach().double(), a.detach().double(), b.detach().double())
+        raise_for_inputs(input_flags(cost.detach().double(), a.detach().double(), b.detach().double()).tolist())
         plan = torch.zeros(cost.shape, dtype=torch.float64)
         C = cost.detach().double().cpu()
         A = a.detach().double().cpu()

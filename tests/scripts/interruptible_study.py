@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-import optical_st.research.runner as runner
+import optical_st.research.training as training
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,11 +34,11 @@ def main() -> None:
         run, step, sig = kill.rsplit(":", 2)
         callback = _KillAt(run, int(step), getattr(signal, f"SIG{sig}"))
 
-        class Trainer(runner.SentenceTransformerTrainer):
+        class Trainer(training.OpticalTrainer):
             def __init__(self, *args, callbacks=None, **kwargs):
                 super().__init__(*args, callbacks=[*(callbacks or []), callback], **kwargs)
 
-        runner.SentenceTransformerTrainer = Trainer
+        training.OpticalTrainer = Trainer
     spec = importlib.util.spec_from_file_location("rq2", ROOT / "examples" / "rq2_ot_vs_contrastive.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
