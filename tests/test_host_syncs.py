@@ -106,3 +106,37 @@ def test_every_batch_switch_checks_every_batch(teacher, student, host_reads):
     assert host_reads["losses/_input_checks.py:check_finite"] == 4
     # .nonzero() and .tolist() of both columns, every batch
     assert host_reads["losses/_input_checks.py:warn_rows_without_content"] == 4 * 2 * 2
+
+
+@pytest.mark.parametrize("with_ot", [False, True])
+def test_no_host_read_in_a_score_distillation_step_after_the_first_batch(teacher, student, host_reads, with_ot):
+    """Score distillation: the candidates are looked up in the precomputed table, the labels checked once."""
+    import torch
+
+    from optical_st import ScoreDistillationLoss
+    from optical_st.sampling import TeacherCandidates
+
+    model = build_optical_model(teacher, student)
+    data = toy_bitext(32)
+    candidates = TeacherCandidates.build(model, list(data["english"]), show_progress_bar=False)
+    data = candidates.attach(data, model, num_candidates=3)
+    if with_ot:
+        loss = OTDistillationLoss(model, score_weight=1.0, temperature=0.03, candidates=candidates)
+    else:
+        loss = ScoreDistillationLoss(model, candidates=candidates)
+    mapping = router_mapping(data.remove_columns("label"))
+    batches = [data.select(range(i, i + 8)) for i in range(0, 32, 8)]
+
+    def step(batch: Dataset) -> None:
+        value = loss(features_for(model, batch.remove_columns("label"), mapping), torch.tensor(batch["label"]))
+        (sum(value.values()) if isinstance(value, dict) else value).backward()
+
+    step(batches[0])
+    assert (
+        host_reads["losses/_input_checks.py:check_finite"] == 1
+        and host_reads["losses/score_kl.py:check_score_labels"] > 0
+    )
+    host_reads.clear()
+    for batch in batches[1:]:
+        step(batch)
+    assert {key: n for key, n in host_reads.items() if key != SOLVER} == {}
