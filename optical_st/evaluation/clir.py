@@ -19,7 +19,7 @@ model with the same teacher on the same collection costs only its queries. The m
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,17 @@ from optical_st.evaluation.retrieval import trec_eval_metrics
 from optical_st.inference import encode_route, resolve_compute_dtype
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
-__all__ = ["DEPTH", "METRICS", "SYSTEMS", "SystemResult", "evaluate_collection", "ranked_run", "write_trec_run"]
+__all__ = [
+    "DEPTH",
+    "METRICS",
+    "SYSTEMS",
+    "SystemResult",
+    "encode_documents",
+    "evaluate_collection",
+    "ranked_run",
+    "trec_run_lines",
+    "write_trec_run",
+]
 
 # the table's columns: trec_eval measures at their cut-offs (ir-measures' AP@100, nDCG@10, R@100, RR@10)
 METRICS = {"MAP@100": ("map", 100), "nDCG@10": ("ndcg", 10), "R@100": ("recall", 100), "MRR@10": ("mrr", 10)}
@@ -68,14 +78,18 @@ def ranked_run(queries: Tensor, documents: Tensor, query_ids: list[str], doc_ids
     }
 
 
+def trec_run_lines(run: Mapping[str, Mapping[str, float]], tag: str) -> Iterator[str]:
+    """``run`` in TREC run format, a line a document (``qid Q0 docid rank score tag``), each query's by score."""
+    for qid, docs in run.items():
+        for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda item: -item[1]), start=1):
+            yield f"{qid} Q0 {doc} {rank} {score:.6f} {tag}"
+
+
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str) -> Path:
-    """Write ``run`` in TREC run format (``qid Q0 docid rank score tag``), each query's documents by score."""
+    """Write ``run`` as a TREC run file (:func:`trec_run_lines`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for qid, docs in run.items():
-            for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda item: -item[1]), start=1):
-                handle.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
+    path.write_text("".join(f"{line}\n" for line in trec_run_lines(run, tag)), encoding="utf-8")
     return path
 
 
@@ -101,6 +115,22 @@ class _Side:
             self.model, texts, route=self.route, compute=compute, prompt=self.prompt,
             compute_dtype=settings["compute_dtype"], max_seq_length=getattr(self.model, "max_seq_length", None),
         )  # fmt: skip
+
+
+def encode_documents(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    cache: EmbeddingCache | None = None,
+    compute_dtype: str = "auto",
+    batch_size: int = 64,
+    show_progress_bar: bool = False,
+) -> Tensor:
+    """The document route's embeddings of ``texts`` (an OPTICAL model's frozen teacher), through ``cache``: the same
+    entries :func:`evaluate_collection` reads and writes, so a corpus evaluated on is indexed for free."""
+    settings = {"compute_dtype": resolve_compute_dtype(compute_dtype, model.device), "batch_size": batch_size,
+                "show_progress_bar": show_progress_bar}  # fmt: skip
+    return _Side(model, TEACHER_ROUTE, None, True).embed(list(texts), cache, **settings)
 
 
 def _systems(model: Any, teacher: Any | None, direction: str, english: bool) -> dict[str, tuple[_Side, _Side]]:
