@@ -219,7 +219,7 @@ class SearchIndex:
 
     def _search_graph(self, queries: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
         import faiss
-        from sentence_transformers.util import semantic_search_faiss
+        from sentence_transformers.util.quantization import semantic_search_faiss
 
         if self._graph is None:
             self._graph = faiss.read_index(str(self.folder / GRAPH))
