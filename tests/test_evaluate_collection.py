@@ -328,6 +328,7 @@ def test_evaluate_command_prints_writes_and_updates_the_card(optical, tmp_path, 
         (["--topics", "t.txt"], "--topics needs --qrels FILE and --corpus FILE"),
         (["--beir", "nowhere", "--update-card"], "--update-card writes the card of a local model folder"),
         (["--beir", "nowhere"], "is not a BEIR folder"),
+        (["--beir", "nowhere", "--english-queries", "en.tsv", "--direction", "en2lrl"], "en2lrl's are English"),
     ],
 )
 def test_evaluate_command_refuses_bad_input_before_loading_the_model(tmp_path, capsys, extra, message):

@@ -68,6 +68,13 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     data.add_argument("--topic-field", default="title", choices=("title", "desc", "narr"), help="<top> field read")
     data.add_argument("--split", default="test", help="the qrels split of --beir / --hub-dataset (default: test)")
     data.add_argument("--english-queries", metavar="FILE", help="English versions of the queries (same ids): ceiling")
+    data.add_argument(
+        "--direction",
+        default="lrl2en",
+        choices=("lrl2en", "en2lrl"),
+        help="lrl2en: queries in your language, English documents; en2lrl: English queries (CIRAL's), the student "
+        "reads the documents",
+    )
     p.add_argument(
         "--teacher", default=None, help="a separate zero-shot baseline (default: the model's document route)"
     )
@@ -121,6 +128,8 @@ def _check_args(args: argparse.Namespace) -> None:
             f"--update-card writes the card of a local model folder; {args.model} has no README.md. Save the model to "
             "a folder first (model.save_pretrained(...)) and pass that folder."
         )
+    if args.direction == "en2lrl" and args.english_queries:
+        raise CollectionError("--english-queries gives the ceiling of queries in your language; en2lrl's are English.")
     if args.batch_size < 1:
         raise CollectionError(f"--batch-size must be at least 1, got {args.batch_size}.")
     try:
@@ -146,7 +155,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     teacher = SentenceTransformer(args.teacher, device=str(model.device)) if args.teacher else None
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     results = evaluate_collection(
-        model, collection, teacher=teacher, compute_dtype=args.compute_dtype, cache=cache,
+        model, collection, teacher=teacher, compute_dtype=args.compute_dtype, cache=cache, direction=args.direction,
         batch_size=args.batch_size, show_progress_bar=True,
     )  # fmt: skip
     out = Path(args.output_dir or f"eval-{collection.name}")
@@ -154,6 +163,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "teacher": args.teacher or ("the model's document route" if "teacher" in results else None),
         "collection": _describe(collection),
+        "direction": args.direction,
         "compute_dtype": resolve_compute_dtype(args.compute_dtype, model.device),
         "systems": {name: {"description": r.description, "metrics": r.metrics, "query_seconds": r.query_seconds}
                     for name, r in results.items()},
