@@ -586,3 +586,4 @@ def _report(result: dict[str, Any], out: Path) -> None:
     if result.get("push_error"):
         print(f"Push failed: {result['push_error']}\nThe model is saved in {out}; push it later with "
               f"`python examples/push_to_hub.py {out} --repo-id <namespace/name>`.")  # fmt: skip
+

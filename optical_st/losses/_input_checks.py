@@ -29,9 +29,7 @@ BatchCheck = Callable[[list[dict[str, Any]], Tensor | None], None]
 def check_no_empty_rows(features: dict[str, Any], side: Encoder, name: str) -> None:
     """A ``ValueError`` naming the rows of a tokenized column that hold special tokens only (an empty string
     tokenizes to ``[CLS][SEP]``: nothing to align, whatever ``exclude_special_tokens`` says)."""
-    content = features["attention_mask"].bool() & ~transport.special_tokens_mask(
-        features["input_ids"], side.special_ids
-    )
+    content = features["attention_mask"].bool() & ~transport.special_tokens_mask(features["input_ids"], side.special_ids)
     empty = (content.sum(-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(
