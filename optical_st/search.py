@@ -109,7 +109,8 @@ def build_index(
 
     Args:
         model_name: how ``SearchIndex.load`` finds the model later (default: the model's folder or Hub id).
-        compute_dtype: ``"auto"`` (bf16 autocast on CPUs with fast bf16), ``"float32"`` or ``"bfloat16"``.
+        compute_dtype: for the documents: ``"auto"`` (bf16 autocast on CPUs with fast bf16), ``"float32"`` or
+            ``"bfloat16"``; the index's :meth:`~SearchIndex.search` encodes queries in float32 unless told bfloat16.
         cache: an :class:`~optical_st.evaluation.EmbeddingCache`: a corpus already evaluated on is read from it.
         approximate: also build a faiss HNSW graph and search it instead of every embedding.
         store_texts: keep the texts to show with the results.
@@ -125,7 +126,7 @@ def build_index(
         raise SearchIndexError(
             f"approximate search needs cosine or dot similarity, not {fingerprint['similarity_fn_name']}."
         )
-    dtype = resolve_compute_dtype(compute_dtype, model.device)
+    dtype = resolve_compute_dtype(compute_dtype, model.device, "corpus")
     ids, texts = list(corpus), list(corpus.values())
     embeddings = encode_documents(model, texts, cache=cache, compute_dtype=dtype, batch_size=batch_size,
                                   show_progress_bar=show_progress_bar)  # fmt: skip
@@ -204,8 +205,8 @@ class SearchIndex:
             raise ValueError("No queries to search with.")
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}.")
-        encoded = encode_route(self.model, queries, route=STUDENT_ROUTE, compute_dtype=self.compute_dtype,
-                               batch_size=batch_size)  # fmt: skip
+        dtype = resolve_compute_dtype(self.compute_dtype, self.model.device, "queries")
+        encoded = encode_route(self.model, queries, route=STUDENT_ROUTE, compute_dtype=dtype, batch_size=batch_size)
         k = min(top_k, len(self.ids))
         if self.manifest["approximate"]:
             hits = self._search_graph(encoded, k)

@@ -16,7 +16,7 @@ from conftest import tiny_sentence_transformer
 from datasets import Dataset, DatasetDict
 from sentence_transformers.util import cos_sim
 
-from optical_st import build_optical_model
+from optical_st import build_optical_model, inference
 from optical_st.cli import main
 from optical_st.evaluation import EmbeddingCache
 from optical_st.evaluation.clir import evaluate_collection
@@ -196,7 +196,7 @@ def test_a_plain_model_is_its_own_baseline(teacher, tmp_path):
     _close(results["model"].metrics, expected(teacher.encode(texts, convert_to_tensor=True), documents))
 
 
-def test_the_teachers_embeddings_are_cached_the_students_are_not(optical, tiny_dirs, tmp_path):
+def test_the_teachers_embeddings_are_cached_the_students_are_not(optical, tiny_dirs, tmp_path, monkeypatch):
     collection = load_beir_folder(write_beir(tmp_path / "beir"))
     cache = EmbeddingCache(tmp_path / "cache")
     first = evaluate_collection(optical, collection, compute_dtype="float32", cache=cache)
@@ -214,6 +214,11 @@ def test_the_teachers_embeddings_are_cached_the_students_are_not(optical, tiny_d
     # bf16 embeddings are other numbers: their own entries
     evaluate_collection(optical, collection, compute_dtype="bfloat16", cache=cache)
     assert cache.misses == 4
+    # "auto" on a CPU with fast bf16: the corpus in bf16, the queries in float32; both entries exist by now
+    monkeypatch.setattr(inference, "fast_bf16_available", lambda device="cpu": True)
+    auto = evaluate_collection(optical, collection, compute_dtype="auto", cache=cache)
+    assert cache.misses == 4 and cache.hits == 4
+    assert auto["teacher"].metrics != first["teacher"].metrics or auto["teacher"].run != first["teacher"].run
 
 
 # ------------------------------------------------------------------------------------------------------------------

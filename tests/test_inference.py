@@ -16,7 +16,9 @@ TEXTS = ["mulungu ndi chikondi", "the light was good", "day and night"]
 @pytest.mark.parametrize(("fast", "expected"), [(True, "bfloat16"), (False, "float32")])
 def test_auto_is_bf16_only_where_the_cpu_has_fast_bf16(monkeypatch, fast, expected):
     monkeypatch.setattr(inference, "fast_bf16_available", lambda device="cpu": fast)
-    assert resolve_compute_dtype("auto", "cpu") == expected
+    assert resolve_compute_dtype("auto", "cpu") == resolve_compute_dtype("auto", "cpu", "corpus") == expected
+    assert resolve_compute_dtype("auto", "cpu", "queries") == "float32"  # the corpus is what costs
+    assert resolve_compute_dtype("bfloat16", "cpu", "queries") == "bfloat16"  # asked for
     assert resolve_compute_dtype("float32", "cpu") == "float32"
     assert resolve_compute_dtype("auto", "cuda") == "float32"  # measured on CPUs only
 
@@ -45,6 +47,8 @@ def test_routes_are_the_models_own_encoders(tiny_dirs):
         encode_route(model, TEXTS, route="teacher")
     with pytest.raises(ValueError, match="No texts"):
         encode_route(model, [], route="query")
+    with pytest.raises(ValueError, match="resolve_compute_dtype"):
+        encode_route(model, TEXTS, route="query", compute_dtype="auto")
 
 
 def test_bf16_autocast_gives_float32_embeddings_close_to_float32(teacher):

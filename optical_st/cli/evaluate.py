@@ -82,7 +82,8 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--compute-dtype",
         default="auto",
         choices=COMPUTE_DTYPES,
-        help="auto: bf16 autocast on CPUs with fast bf16 (AMX / AVX512-BF16), else float32; float32 turns it off",
+        help="auto: the corpus under bf16 autocast on CPUs with fast bf16 (AMX / AVX512-BF16), queries in float32; "
+        "float32 turns it off, bfloat16 uses it for both",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir", default=None, help="the embedding cache (default: ~/.cache/optical_st/embeddings)")
@@ -164,7 +165,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "teacher": args.teacher or ("the model's document route" if "teacher" in results else None),
         "collection": _describe(collection),
         "direction": args.direction,
-        "compute_dtype": resolve_compute_dtype(args.compute_dtype, model.device),
+        "compute_dtype": {side: resolve_compute_dtype(args.compute_dtype, model.device, side)
+                          for side in ("corpus", "queries")},
         "systems": {name: {"description": r.description, "metrics": r.metrics, "query_seconds": r.query_seconds}
                     for name, r in results.items()},
         "table": _table(results),
@@ -180,7 +182,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     (out / "results.md").write_text(f"{record['table']}\n", encoding="utf-8")
     (out / "results.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"\n{collection.name}: {record['collection']['judged_queries']} judged queries, "
-          f"{record['collection']['documents']} documents ({record['compute_dtype']}).\n\n{record['table']}\n\n"
+          f"{record['collection']['documents']} documents (corpus {record['compute_dtype']['corpus']}).\n\n{record['table']}\n\n"
           f"Wrote {out / 'results.md'} and results.json.")  # fmt: skip
     return record
 

@@ -128,8 +128,8 @@ def encode_documents(
 ) -> Tensor:
     """The document route's embeddings of ``texts`` (an OPTICAL model's frozen teacher), through ``cache``: the same
     entries :func:`evaluate_collection` reads and writes, so a corpus evaluated on is indexed for free."""
-    settings = {"compute_dtype": resolve_compute_dtype(compute_dtype, model.device), "batch_size": batch_size,
-                "show_progress_bar": show_progress_bar}  # fmt: skip
+    dtype = resolve_compute_dtype(compute_dtype, model.device, "corpus")
+    settings = {"compute_dtype": dtype, "batch_size": batch_size, "show_progress_bar": show_progress_bar}
     return _Side(model, TEACHER_ROUTE, None, True).embed(list(texts), cache, **settings)
 
 
@@ -174,7 +174,8 @@ def evaluate_collection(
         model: an OPTICAL model (``load_optical_model``) or any sentence-transformers model.
         teacher: a separate zero-shot baseline model (default: the model's own ``document`` route; none for a plain
             model, which is its own baseline).
-        compute_dtype: ``"auto"``, ``"float32"`` or ``"bfloat16"`` (:mod:`optical_st.inference`).
+        compute_dtype: ``"auto"`` (the corpus under bf16 autocast on a CPU with fast bf16, the queries in float32),
+            ``"float32"`` or ``"bfloat16"`` (both sides; :mod:`optical_st.inference`).
         cache: where the frozen teacher's embeddings are kept (``None``: encode everything).
         direction: ``"lrl2en"`` (queries in your language, English documents: the student reads the queries) or
             ``"en2lrl"`` (English queries, documents in your language, as CIRAL's: the student reads the documents
@@ -189,8 +190,9 @@ def evaluate_collection(
         raise ValueError(f"direction must be 'lrl2en' or 'en2lrl', got {direction!r}.")
     if direction == "en2lrl" and collection.english_queries is not None:
         raise ValueError("English queries give the ceiling of LRL queries (lrl2en); en2lrl queries are English.")
-    settings = {"compute_dtype": resolve_compute_dtype(compute_dtype, model.device), "batch_size": batch_size,
-                "show_progress_bar": show_progress_bar}  # fmt: skip
+    common = {"batch_size": batch_size, "show_progress_bar": show_progress_bar}
+    corpus_settings = {"compute_dtype": resolve_compute_dtype(compute_dtype, model.device, "corpus"), **common}
+    query_settings = {"compute_dtype": resolve_compute_dtype(compute_dtype, model.device, "queries"), **common}
     doc_ids = list(collection.corpus)
     doc_texts = [collection.corpus[doc] for doc in doc_ids]
     query_ids = list(collection.judged_queries)
@@ -200,10 +202,10 @@ def evaluate_collection(
     systems = _systems(model, teacher, direction, collection.english_queries is not None)
     for name, (query_side, document_side) in systems.items():
         if document_side not in documents:
-            documents[document_side] = document_side.embed(doc_texts, cache, **settings)
+            documents[document_side] = document_side.embed(doc_texts, cache, **corpus_settings)
         texts = collection.english_queries if name == "english" else collection.queries
         start = time.perf_counter()
-        queries = query_side.embed([texts[qid] for qid in query_ids], cache, **settings)
+        queries = query_side.embed([texts[qid] for qid in query_ids], cache, **query_settings)
         seconds = time.perf_counter() - start
         depth = min(DEPTH, len(doc_ids))
         run = ranked_run(queries, documents[document_side], query_ids, doc_ids, document_side.model, depth)
