@@ -211,5 +211,7 @@ def evaluate_collection(
         run = ranked_run(queries, documents[document_side], query_ids, doc_ids, document_side.model, depth)
         scores = trec_eval_metrics(qrels, run, **{f"{measure}_at_k": [k] for measure, k in METRICS.values()})
         metrics = {column: scores[f"trec_{measure}@k"][k] for column, (measure, k) in METRICS.items()}
-        results[name] = SystemResult(name, SYSTEMS[name], metrics, run, seconds)
+        plain = name == "model" and find_router(model) is None
+        results[name] = SystemResult(name, "the model (one encoder, no routes)" if plain else SYSTEMS[name], metrics,
+                                     run, seconds)  # fmt: skip
     return results
