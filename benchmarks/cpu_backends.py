@@ -26,8 +26,9 @@ for torch backends, with both sides::
 
     python benchmarks/cpu_backends.py --subset 256 --rounds 1 --max-documents 2000      # a quick look
     # the committed records (then python scripts/results_tables.py): the timing on idle cores, the re-scoring anywhere
-    python benchmarks/cpu_backends.py --parts speed --output results/bench_cpu_backends/results.json
-    python benchmarks/cpu_backends.py --parts quality --output results/bench_cpu_backends/quality.json
+    python benchmarks/cpu_backends.py --parts speed --threads 1 --subset 512 --rounds 5 \
+        --output results/bench_cpu_backends/results.json
+    python benchmarks/cpu_backends.py --parts quality --threads 1 --output results/bench_cpu_backends/quality.json
 """
 
 from __future__ import annotations
