@@ -50,8 +50,8 @@ def test_readme_is_a_users_outline():
     text = README.read_text(encoding="utf8")
     assert len(text.splitlines()) <= 250, "README stays a user's page; measurements and history go to docs/"
     headings = [line[3:] for line in text.splitlines() if line.startswith("## ")]
-    expected = ["Install", "Quickstart", "Train on your own bitext", "Usage", "Results", "Documentation", "Development",
-                "Citation"]  # fmt: skip
+    expected = ["Install", "Quickstart", "Train on your own bitext", "Evaluate and search", "Usage", "Results",
+                "Documentation", "Development", "Citation"]  # fmt: skip
     assert headings == expected
     # every docs page is linked from the index, and every link points at a file that exists
     root = README.parent

@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+from optical_st.cli import evaluate as _evaluate
+from optical_st.cli import index as _index
+from optical_st.cli import search as _search
 from optical_st.cli import train as _train
 from optical_st.cli.train import Bitext, BitextError, load_bitext
 
 __all__ = ["Bitext", "BitextError", "build_parser", "load_bitext", "main"]
 
 # each sub-command module: add_parser(subparsers) -> its parser, with set_defaults(run=...)
-COMMANDS = (_train,)
+COMMANDS = (_train, _evaluate, _index, _search)
 
 
 def build_parser() -> argparse.ArgumentParser:

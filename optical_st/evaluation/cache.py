@@ -81,6 +81,15 @@ class EmbeddingCache:
 
         return self._digests.get(module, state, compute)
 
+    def route_digest(self, model: nn.Module, route: str | None) -> str:
+        """A digest of what ``route`` of ``model`` computes: the types, configs, weights and tokenizers of the modules
+        ``encode_query`` / ``encode_document`` run (prompts aside). Equal for the same encoder in another model: an
+        OPTICAL model's document route and the plain teacher it was built from, or two students of one teacher."""
+        h = hashlib.blake2b(digest_size=16)
+        for module in encoding_modules(model, route):
+            h.update(self._module_digest(module).encode())
+        return h.hexdigest()
+
     def key(self, model: nn.Module, route: str | None, texts: Sequence[str], **encode_kwargs: Any) -> str:
         """The entry's name: a digest of the route's modules, the model's prompts, the encode arguments and texts."""
         h = hashlib.blake2b(digest_size=20)

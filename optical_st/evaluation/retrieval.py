@@ -18,7 +18,7 @@ queries with more than ``k`` relevant documents, where ST/XTREME-R's value is hi
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -60,7 +60,7 @@ def bitext_to_ir(
 
 
 def trec_eval_metrics(
-    relevant_docs: dict[str, set[str]],
+    relevant_docs: Mapping[str, set[str] | Mapping[str, int]],
     run: dict[str, dict[str, float]],
     *,
     map_at_k: Sequence[int] = (100,),
@@ -71,7 +71,8 @@ def trec_eval_metrics(
     """trec_eval's definitions (through ``ir-measures``, i.e. ``pytrec_eval``) of MAP@k, nDCG@k, MRR@k, R@k.
 
     Args:
-        relevant_docs: ``qid -> {relevant doc ids}`` (binary relevance).
+        relevant_docs: ``qid -> {relevant doc ids}`` (binary relevance) or ``qid -> {doc id: grade}`` (graded
+            judgements, as TREC and BEIR qrels give them: nDCG gains are the grades, a grade of 0 is not relevant).
         run: ``qid -> {doc id: score}``; the ranked list of each query (at least the top ``max(k)``).
 
     Returns:
@@ -83,7 +84,11 @@ def trec_eval_metrics(
         from ir_measures import AP, RR, R, nDCG
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError("trec_eval metrics need ir-measures: pip install 'optical-st[ir]'.") from err
-    qrels = {qid: dict.fromkeys(docs, 1) for qid, docs in relevant_docs.items() if docs}
+    qrels = {
+        qid: {doc: int(grade) for doc, grade in docs.items()} if isinstance(docs, Mapping) else dict.fromkeys(docs, 1)
+        for qid, docs in relevant_docs.items()
+        if docs
+    }
     full_run = {qid: dict(run.get(qid, {})) for qid in qrels}
     measures = {
         **{AP @ k: ("trec_map@k", k) for k in map_at_k},
