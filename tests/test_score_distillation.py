@@ -260,3 +260,21 @@ def test_research_score_methods_train_on_training_books_only(tiny_dirs, tmp_path
     assert seen and len(test_only) > 1000
     for texts in seen:
         assert texts <= train_texts and not texts & test_only
+
+
+def test_the_pool_is_read_with_the_prompts_of_search_and_training(teacher, wide_student, bitext):
+    """With prompts (multilingual-e5's ``query: `` / ``passage: ``), the pool's embeddings are the teacher's
+    ``encode_document`` (the document prompt, as the English column in training), the label's the teacher route with
+    the query prompt."""
+    model = build_optical_model(teacher, wide_student)
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    texts = list(bitext["english"])
+    candidates = TeacherCandidates.build(model, texts, show_progress_bar=False)
+    documents = model.encode_document(texts, normalize_embeddings=True, convert_to_tensor=True)
+    torch.testing.assert_close(candidates.embeddings, documents.float(), atol=1e-5, rtol=1e-5)
+    queries = model.encode(
+        [f"query: {t}" for t in texts], task="document", normalize_embeddings=True, convert_to_tensor=True
+    )
+    torch.testing.assert_close(candidates.query_embeddings(texts, model), queries.float(), atol=1e-5, rtol=1e-5)
+    unprompted = model.encode(texts, task="document", normalize_embeddings=True, convert_to_tensor=True)
+    assert not torch.allclose(candidates.embeddings, unprompted.float(), atol=1e-3)  # the prompt matters here

@@ -14,6 +14,7 @@ from optical_st.evaluation.flops import PhaseFlopCounter
 from optical_st.research.config import ExperimentConfig
 from optical_st.routes import TEACHER_ROUTE
 from optical_st.sampling import frozen_teacher_encoder
+from optical_st.sampling.score_targets import teacher_prompt
 
 __all__ = ["POOLS", "english_pool", "teacher_encoder"]
 
@@ -52,7 +53,10 @@ def teacher_encoder(
             plain(sample, kind)
         spent.append(round(counter.get_total_flops() * _tokens(model, texts) / max(_tokens(model, sample), 1)))
         compute = lambda batch: plain(batch, kind)  # noqa: E731
-        return cache.encode(model, texts, route=TEACHER_ROUTE, compute=compute, kind=kind, normalize=True)
+        prompt = teacher_prompt(model, kind)
+        return cache.encode(
+            model, texts, route=TEACHER_ROUTE, compute=compute, kind=kind, prompt=prompt, normalize=True
+        )
 
     return encode, lambda: sum(spent)
 

@@ -18,7 +18,7 @@ from optical_st.modeling import column_prompts
 from optical_st.routes import TEACHER_ROUTE, find_router
 from optical_st.sampling.mining import search_topk
 
-__all__ = ["TeacherCandidates", "frozen_teacher_encoder", "teacher_candidates"]
+__all__ = ["TeacherCandidates", "frozen_teacher_encoder", "teacher_candidates", "teacher_prompt"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +127,16 @@ def _columns(dataset: Dataset, english_column: str, lrl_column: str) -> tuple[li
     return [str(text) for text in dataset[english_column]], list(dataset[lrl_column])
 
 
+def teacher_prompt(model: SentenceTransformer, kind: str) -> str | None:
+    """The prompt ``encode_query`` (``kind="query"``) or ``encode_document`` (``"document"``) prepends, or ``None``."""
+    route = "query" if kind == "query" else TEACHER_ROUTE
+    return column_prompts(model, {"column": route}).get("column") or None
+
+
 def frozen_teacher_encoder(model: SentenceTransformer, batch_size: int = 64, progress: bool = True) -> Encode:
     """``encode(texts, kind)``: the frozen teacher (an OPTICAL model's document route) reading ``texts`` as documents
-    (``kind="document"``) or as queries (``"query"``, with the model's query prompt); L2-normalised, on the CPU."""
-    query_prompt = column_prompts(model, {"q": "query"}).get("q")
+    (``kind="document"``, with the document prompt, as ``encode_document`` and training read them) or as queries
+    (``"query"``, with the query prompt); L2-normalised, on the CPU."""
     routed = find_router(model) is not None
 
     def encode(texts: list[str], kind: str) -> Tensor:
@@ -140,10 +146,8 @@ def frozen_teacher_encoder(model: SentenceTransformer, batch_size: int = 64, pro
             "normalize_embeddings": True,
             "show_progress_bar": progress,
         }
-        if kind == "query" and query_prompt:
-            kwargs["prompt"] = query_prompt
-        if routed:
-            return model.encode(texts, task=TEACHER_ROUTE, **kwargs).cpu()
+        if routed:  # the document route read with the prompt of the kind: encode(task=...) adds none by itself
+            return model.encode(texts, task=TEACHER_ROUTE, prompt=teacher_prompt(model, kind), **kwargs).cpu()
         return (model.encode_query if kind == "query" else model.encode_document)(texts, **kwargs).cpu()
 
     return encode
