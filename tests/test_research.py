@@ -343,6 +343,8 @@ def test_rq1_script_with_soft_labels(tiny_dirs, tmp_path, monkeypatch):
     methods = ("score-teacher", "score-static", "score-dynamic")
     argv = tiny_args(tiny_dirs, out, "--methods", *methods, "--refresh-steps", "1", "--seeds", "0")
     monkeypatch.setattr(sys, "argv", ["rq1", *argv, "--num-candidates", "2", "--train-pairs", "16"])
+    # the pairs' own English as the pool (the training books' pool is tested in test_score_distillation.py): seconds
+    monkeypatch.setattr("optical_st.research.methods.english_pool", lambda config, train, pool: list(train["english"]))
     load_script("rq1_dynamic_vs_static").main()
     names = [f"Score-KD + OT, {kind} candidates" for kind in ("teacher", "static student", "dynamic student")]
     results = check_outputs(out, {**dict.fromkeys(names, 1), "English queries (ceiling)": 1})
