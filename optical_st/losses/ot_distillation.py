@@ -200,7 +200,6 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         self.symmetric = bool(symmetric)
         self.score_weight = as_float("score_weight", score_weight, minimum=0.0)
         self.candidates = candidates  # a frozen table, not a submodule: not saved with the model
-        self._score_labels_checked = False
         if self.symmetric and self.contrastive_weight == 0:  # the reverse direction belongs to the InfoNCE term
             raise ValueError(
                 "symmetric=True adds the reverse direction to the InfoNCE term, which contrastive_weight=0 switches "
@@ -251,6 +250,8 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
         student = TokenEmbeddings.from_output(self._student.run(target), self._exclude_mask(target, self._student))
         teacher_out = self._teacher.frozen(source)
         teacher = TokenEmbeddings.from_output(teacher_out, self._exclude_mask(source, self._teacher))
+        if checking and self.score_weight > 0:  # the labels with the first batch's checks: reading them syncs
+            check_score_labels(labels, teacher_out["sentence_embedding"].shape[-1], self.candidates)
         # only the pooled embedding of a negative is used; no graph, like the positive's
         negative_sentences = [self._teacher.frozen(negative)["sentence_embedding"] for negative in negatives]
         loss = self.compute_loss_from_embeddings(
@@ -308,9 +309,6 @@ class OTDistillationLoss(TeacherStudentMixin, nn.Module):
             if teacher_queries is None:
                 raise ValueError("score_weight > 0 needs teacher_queries (the label column).")
             labels = teacher_queries.to(teacher.sentence.device)
-            if not self._score_labels_checked:  # once: it reads the device
-                self._score_labels_checked = True
-                check_score_labels(labels, teacher.sentence.shape[-1], self.candidates)
             queries, documents = score_targets(labels, teacher.sentence, negative_sentences or [], self.candidates)
             losses["score"] = self.score_weight * score_kl(student.sentence, queries, documents, self.temperature)
         return losses
