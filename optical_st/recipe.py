@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -44,9 +45,17 @@ from sentence_transformers.util import mine_hard_negatives
 from optical_st import compat
 from optical_st.losses import OTDistillationLoss
 from optical_st.modeling import build_optical_model, column_prompts, router_mapping
-from optical_st.sampling import LengthGroupedBatchSampler
+from optical_st.sampling import LengthGroupedBatchSampler, TeacherCandidates
 
-__all__ = ["RECOMMENDED", "OpticalTrainingArguments", "Recipe", "mine_static_negatives"]
+__all__ = [
+    "OT_INFONCE",
+    "OT_SCORE",
+    "RECIPES",
+    "RECOMMENDED",
+    "OpticalTrainingArguments",
+    "Recipe",
+    "mine_static_negatives",
+]
 
 
 @compat.parse_as_dict("max_length")  # from a JSON string on the command line, as transformers parses its dict fields
@@ -89,6 +98,10 @@ class Recipe:
             memory, a saved model of a few megabytes. ``False``: full fine-tuning.
         adapter_learning_rate: the learning rate with ``adapter=True`` (an adapter starts at zero and needs larger
             steps than full fine-tuning; results/adapters/ compares them).
+        score_weight: weight of the score-distillation term (the teacher's softmax over English candidates, at
+            ``temperature``; :class:`~optical_st.ScoreDistillationLoss`). Above 0 the data needs candidates:
+            :meth:`teacher_candidates` and :meth:`prepare_dataset`; hard negatives (``num_negatives``) are not mined.
+        num_candidates: with ``score_weight``: each pair's nearest English pool texts the teacher scores.
     """
 
     contrastive_weight: float = 1.0
@@ -104,6 +117,16 @@ class Recipe:
     epochs: float = 1.0
     adapter: bool = False
     adapter_learning_rate: float = 1e-3
+    score_weight: float = 0.0
+    num_candidates: int = 15
+
+    def __post_init__(self) -> None:
+        if self.score_weight < 0 or self.contrastive_weight < 0:
+            raise ValueError("score_weight and contrastive_weight cannot be negative.")
+        if self.score_weight and self.num_negatives:
+            raise ValueError(
+                "Score distillation scores each pair's own candidates: with score_weight > 0 set num_negatives=0."
+            )
 
     @property
     def train_learning_rate(self) -> float:
@@ -118,11 +141,60 @@ class Recipe:
 
     def loss_kwargs(self) -> dict[str, float]:
         """The keyword arguments of :class:`~optical_st.OTDistillationLoss` beyond its defaults."""
-        return {"contrastive_weight": self.contrastive_weight, "temperature": self.temperature}
+        kwargs: dict[str, Any] = {"contrastive_weight": self.contrastive_weight, "temperature": self.temperature}
+        return {**kwargs, "score_weight": self.score_weight} if self.score_weight else kwargs
 
-    def loss(self, model: SentenceTransformer, **kwargs: Any) -> OTDistillationLoss:
-        """The recipe's :class:`~optical_st.OTDistillationLoss` for ``model`` (``kwargs``: e.g. ``teacher_cache=``)."""
-        return OTDistillationLoss(model, **{**self.loss_kwargs(), **kwargs})
+    def loss(
+        self, model: SentenceTransformer, candidates: TeacherCandidates | None = None, **kwargs: Any
+    ) -> OTDistillationLoss:
+        """The recipe's :class:`~optical_st.OTDistillationLoss` for ``model`` (``kwargs``: e.g. ``teacher_cache=``);
+        with ``score_weight``, ``candidates`` is the pool :meth:`prepare_dataset` drew the candidates from."""
+        if self.score_weight and candidates is None:
+            raise ValueError(
+                "This recipe distils the teacher's scores: pass candidates=recipe.teacher_candidates(model, english)."
+            )
+        extra = {"candidates": candidates} if self.score_weight else {}
+        return OTDistillationLoss(model, **{**self.loss_kwargs(), **extra, **kwargs})
+
+    def teacher_candidates(
+        self, model: SentenceTransformer, english: Sequence[str], *, compute_dtype: str = "auto", verbose: bool = True
+    ) -> TeacherCandidates:
+        """The English pool score distillation draws candidates from, encoded once by ``model``'s frozen teacher:
+        the bitext's English side plus any other English texts you have (English is free for every language; never
+        evaluation texts). ``compute_dtype="auto"``: bf16 on a CPU with fast bf16 (see
+        :meth:`TeacherCandidates.build`)."""
+        return TeacherCandidates.build(
+            model, english, batch_size=self.mining_batch_size, show_progress_bar=verbose, compute_dtype=compute_dtype
+        )
+
+    def prepare_dataset(
+        self,
+        dataset: Dataset,
+        model: SentenceTransformer,
+        *,
+        english_column: str = "english",
+        lrl_column: str | None = None,
+        candidates: TeacherCandidates | None = None,
+        verbose: bool = True,
+    ) -> Dataset:
+        """The training columns for this recipe: ``(english, lrl, label)`` with each pair's candidates and the
+        teacher's query embedding (score distillation, from ``candidates``), else :meth:`mine_hard_negatives`."""
+        if not self.score_weight:
+            return self.mine_hard_negatives(
+                dataset, model, english_column=english_column, lrl_column=lrl_column, verbose=verbose
+            )
+        if candidates is None:
+            raise ValueError(
+                "This recipe distils the teacher's scores: pass candidates=recipe.teacher_candidates(model, english)."
+            )
+        return candidates.attach(
+            dataset,
+            model,
+            num_candidates=self.num_candidates,
+            english_column=english_column,
+            lrl_column=lrl_column or _other_column(dataset, english_column),
+            batch_size=self.mining_batch_size,
+        )
 
     def build_model(
         self, teacher: SentenceTransformer | str, student: SentenceTransformer | str | None = None, **kwargs: Any
@@ -176,9 +248,19 @@ class Recipe:
         return OpticalTrainingArguments(output_dir=output_dir, **{**settings, **kwargs})
 
 
-RECOMMENDED = Recipe()
-"""The recommended recipe: OT + InfoNCE at the teacher's temperature with one mined hard negative (see the module
-docstring). The demo's default student (docs/demo.md) was trained with exactly these settings."""
+OT_INFONCE = Recipe()
+"""OT + InfoNCE at the teacher's temperature with one mined hard negative (see the module docstring)."""
+
+OT_SCORE = Recipe(contrastive_weight=0.0, temperature=0.03, num_negatives=0, score_weight=1.0)
+"""OT + score distillation: the teacher's softmax (temperature 0.03) over each pair's 15 nearest English texts of a
+pool and the batch's other candidates, instead of InfoNCE's hard labels (docs/research_results.md, "Score
+distillation")."""
+
+RECIPES = {"ot-infonce": OT_INFONCE, "ot-score": OT_SCORE}
+"""The recipes by the name ``optical-st train --recipe`` takes."""
+
+RECOMMENDED = OT_INFONCE
+"""The recommended recipe. The demo's default student (docs/demo.md) was trained with exactly these settings."""
 
 
 def mine_static_negatives(

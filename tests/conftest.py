@@ -192,3 +192,33 @@ def leave_process_group() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def spm_teacher(tmp_path_factory) -> Path:
+    """A tiny BERT with a SentencePiece-like tokenizer (Metaspace pieces, ``<s> ... </s>``) and e5's prompts: it reads
+    ``"query: "`` + ``"-"`` as multilingual-e5's does (the prompt's last piece takes the text's only one)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("spm_teacher")
+    pieces = [(t, 0.0) for t in ("<s>", "<pad>", "</s>", "<unk>")]
+    pieces += [("▁", -3.0), (":", -3.0), ("-", -4.0), ("▁-", -3.0), (".", -3.0)]
+    pieces += [(c, -6.0) for c in string.ascii_lowercase] + [("▁" + c, -6.0) for c in string.ascii_lowercase]
+    pieces += [("▁" + w, -2.0) for w in dict.fromkeys([*ENGLISH_WORDS, *LRL_WORDS, "query", "passage"])]
+    spm = Tokenizer(models.Unigram(pieces, unk_id=3))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    spm.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    names = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>"}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, unk_token="<unk>", pad_token="<pad>", **names)
+    tokenizer.save_pretrained(str(root / "hf"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(pieces), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=1)  # fmt: skip
+    BertModel(config).save_pretrained(str(root / "hf"))
+    model = SentenceTransformer(modules=[Transformer(str(root / "hf")), Pooling(32)], device="cpu")
+    model.prompts = {"query": "query: ", "document": "passage: "}
+    model.save_pretrained(str(root / "st"))
+    return root / "st"

@@ -9,54 +9,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import string
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENGLISH_WORDS, LRL_WORDS, toy_bitext
+from conftest import toy_bitext
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules import Transformer
-from sentence_transformers.sentence_transformer.modules import Pooling
 
 from optical_st.cli import build_parser, main
 from optical_st.transport import special_tokens_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "killable_train.py"
-PROMPTS = {"query": "query: ", "document": "passage: "}
-
-
-@pytest.fixture(scope="module")
-def spm_teacher(tmp_path_factory) -> Path:
-    """A tiny BERT with a SentencePiece-like tokenizer (Metaspace pieces, ``<s> ... </s>``) and e5's prompts."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("spm_teacher")
-    pieces = [(t, 0.0) for t in ("<s>", "<pad>", "</s>", "<unk>")]
-    pieces += [("▁", -3.0), (":", -3.0), ("-", -4.0), ("▁-", -3.0), (".", -3.0)]
-    pieces += [(c, -6.0) for c in string.ascii_lowercase] + [("▁" + c, -6.0) for c in string.ascii_lowercase]
-    pieces += [("▁" + w, -2.0) for w in dict.fromkeys([*ENGLISH_WORDS, *LRL_WORDS, "query", "passage"])]
-    spm = Tokenizer(models.Unigram(pieces, unk_id=3))
-    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    spm.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    names = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>"}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, unk_token="<unk>", pad_token="<pad>", **names)
-    tokenizer.save_pretrained(str(root / "hf"))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(pieces), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, pad_token_id=1)  # fmt: skip
-    BertModel(config).save_pretrained(str(root / "hf"))
-    model = SentenceTransformer(modules=[Transformer(str(root / "hf")), Pooling(32)], device="cpu")
-    model.prompts = dict(PROMPTS)
-    model.save_pretrained(str(root / "st"))
-    return root / "st"
 
 
 def _pairs(n: int = 40) -> list[tuple[str, str]]:

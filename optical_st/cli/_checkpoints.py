@@ -23,14 +23,19 @@ from datasets import Dataset
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from optical_st.cli._options import UsageError
+from optical_st.sampling import TeacherCandidates
 
-__all__ = ["CHECKPOINTS", "finish", "load_pairs", "prepare_output_dir", "run_record", "save_run", "verify_resume"]
+__all__ = [
+    "CHECKPOINTS", "finish", "load_candidates", "load_pairs", "prepare_output_dir", "run_record", "save_run",
+    "verify_resume",
+]  # fmt: skip
 
 logger = logging.getLogger("optical_st.train")
 
 CHECKPOINTS = "checkpoints"  # under --output-dir
 RUN_FILE = "run.json"
 PAIRS_FILE = "train_pairs.jsonl"
+POOL_DIR = "english_pool"  # score distillation's encoded pool: the pairs' candidate ids point into it
 # written by the trainer after the model, optimizer and RNG states: a checkpoint without it was cut short
 TRAINER_STATE = "trainer_state.json"
 # arguments that change nothing of what is trained: free to differ when a run is resumed
@@ -131,10 +136,15 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)  # a run killed while writing leaves the old file or none, never half of one
 
 
-def save_run(out: Path, record: dict[str, Any], train_data: Dataset) -> None:
-    """Keep the run's record and its training pairs (hard negatives included) beside its checkpoints."""
+def save_run(
+    out: Path, record: dict[str, Any], train_data: Dataset, candidates: TeacherCandidates | None = None
+) -> None:
+    """Keep the run's record and its training pairs (hard negatives or score labels included) beside its
+    checkpoints, and score distillation's encoded English pool."""
     folder = out / CHECKPOINTS
     folder.mkdir(parents=True, exist_ok=True)
+    if candidates is not None:
+        candidates.save(folder / POOL_DIR)
     rows = train_data.with_format(None).to_list()
     _write(folder / PAIRS_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     _write(folder / RUN_FILE, json.dumps(record, indent=2, ensure_ascii=False))  # last: the run's state is whole
@@ -144,6 +154,11 @@ def load_pairs(checkpoint: str) -> Dataset:
     """The training pairs, with their mined hard negatives, of the run that wrote ``checkpoint``."""
     text = (Path(checkpoint).parent / PAIRS_FILE).read_text(encoding="utf-8")
     return Dataset.from_list([json.loads(line) for line in text.split("\n") if line])  # not splitlines: U+2028
+
+
+def load_candidates(checkpoint: str) -> TeacherCandidates:
+    """The encoded English pool of the run that wrote ``checkpoint`` (score distillation)."""
+    return TeacherCandidates.load(Path(checkpoint).parent / POOL_DIR)
 
 
 def finish(out: Path) -> None:

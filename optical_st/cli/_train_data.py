@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from optical_st.data.bitext import Bitext, BitextError, load_bitext
+from optical_st.data.bitext import Bitext, BitextError, load_bitext, load_texts
 from optical_st.data.rows import TextColumn, bad_rows_message, find_bad_rows, find_overlap
 from optical_st.modeling import column_prompts, router_mapping
 from optical_st.routes import route_modules, route_tokenizer
 
-__all__ = ["TrainingPairs", "check_tokenized", "read_pairs"]
+__all__ = ["TrainingPairs", "check_tokenized", "english_pool", "read_pairs"]
 
 logger = logging.getLogger("optical_st.train")
 
@@ -67,6 +67,23 @@ def read_pairs(args: argparse.Namespace) -> TrainingPairs:
     if held is not None:
         held, findings["held_out_overlap"] = _without_overlap(train, held, args)
     return TrainingPairs(train, held, held_out, findings)
+
+
+def english_pool(args: argparse.Namespace, pairs: TrainingPairs) -> list[str]:
+    """Score distillation's English pool: the training pairs' English and every ``--english-pool`` file's lines,
+    without the held-out pairs' English texts (a held-out text scored in training would inflate its evaluation)."""
+    texts = [str(text) for text in pairs.train.dataset[args.english_column]]
+    extra = [text for path in args.english_pool or () for text in load_texts(path, args.encoding)]
+    held = set(map(str, pairs.held.dataset[args.english_column])) if pairs.held is not None else set()
+    kept = [text for text in extra if text not in held]
+    if len(kept) < len(extra):
+        logger.warning(
+            "--english-pool: left out %d line(s) that are held-out pairs' English texts (the evaluation would be "
+            "inflated); %d extra English texts kept.", len(extra) - len(kept), len(kept),
+        )  # fmt: skip
+    pairs.findings["english_pool"] = {"files": list(args.english_pool or ()), "extra_texts": len(kept),
+                                      "held_out_texts_left_out": len(extra) - len(kept)}  # fmt: skip
+    return texts + kept
 
 
 def _split(bitext: Bitext, fraction: float, seed: int) -> tuple[Bitext, Bitext]:

@@ -37,11 +37,11 @@ from datasets import Dataset
 
 from optical_st.cli import _checkpoints as checkpoints
 from optical_st.cli._options import UsageError, encoding, hub_model_id, integer, number
-from optical_st.cli._train_data import TrainingPairs, check_tokenized, read_pairs
+from optical_st.cli._train_data import TrainingPairs, check_tokenized, english_pool, read_pairs
 from optical_st.data.bitext import Bitext, BitextError, load_bitext
 from optical_st.hub import HubPushError, eval_results_from_metrics, push_folder_to_hub
 from optical_st.model_card import OpticalModelCardData
-from optical_st.recipe import RECOMMENDED
+from optical_st.recipe import RECIPES, RECOMMENDED
 
 __all__ = ["Bitext", "BitextError", "add_parser", "load_bitext", "run", "train"]
 
@@ -80,7 +80,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     output = p.add_argument_group("output, checkpoints and the Hugging Face Hub")
     output.add_argument("--output-dir", required=True, help="where the model, its card and results.md go")
     output.add_argument("--overwrite-output-dir", action="store_true", help="write over a folder that is not empty")
-    output.add_argument("--save-steps", type=integer(0), default=500, help="a checkpoint every N steps (default: 500; 0: none)")
+    output.add_argument(
+        "--save-steps", type=integer(0), default=500, help="a checkpoint every N steps (default: 500; 0: none)"
+    )
     output.add_argument("--save-total-limit", type=POSITIVE, default=2, help="checkpoints kept (default: 2)")
     output.add_argument(
         "--resume-from-checkpoint", nargs="?", const=True, default=None, metavar="PATH",
@@ -143,6 +145,17 @@ def _training_arguments(p: argparse.ArgumentParser) -> None:
         "--max-seq-length", type=integer(3), default=RECOMMENDED.max_seq_length, help="tokens per text in training"
     )
     training.add_argument("--seed", type=integer(0, maximum=2**32 - 1), default=0)
+    default = next(name for name, recipe in RECIPES.items() if recipe == RECOMMENDED)
+    training.add_argument(
+        "--recipe", choices=sorted(RECIPES), default=default,
+        help=f"ot-infonce: OT + InfoNCE with a mined hard negative; ot-score: OT + the teacher's scores over English "
+        f"candidates (default: {default})",
+    )  # fmt: skip
+    training.add_argument(
+        "--english-pool", nargs="+", metavar="FILE", default=None,
+        help="ot-score: more English texts for the candidate pool, one per line (the pairs' English is in it)",
+    )  # fmt: skip
+    training.add_argument("--num-candidates", type=POSITIVE, default=None, help="ot-score: candidates per pair")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -166,6 +179,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError("--adapter trains an adapter on the teacher's own weights; drop --student (or --adapter).")
     if args.eval_split and not args.dataset_name:
         raise UsageError("--eval-split needs --dataset-name; for a file use --eval-file or --eval-fraction.")
+    if (args.english_pool or args.num_candidates) and not RECIPES[args.recipe].score_weight:
+        raise UsageError("--english-pool and --num-candidates are for --recipe ot-score (score distillation).")
 
 
 def _step(number: int, text: str) -> None:
@@ -174,11 +189,13 @@ def _step(number: int, text: str) -> None:
 
 def _recipe(args: argparse.Namespace) -> Any:
     recipe = dataclasses.replace(
-        RECOMMENDED, epochs=args.num_train_epochs, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
+        RECIPES[args.recipe], epochs=args.num_train_epochs, batch_size=args.batch_size, max_seq_length=args.max_seq_length,
         adapter=args.adapter,
     )  # fmt: skip
     if args.learning_rate is not None:  # the one given applies to whichever kind of student trains
         recipe = dataclasses.replace(recipe, learning_rate=args.learning_rate, adapter_learning_rate=args.learning_rate)
+    if args.num_candidates is not None:
+        recipe = dataclasses.replace(recipe, num_candidates=args.num_candidates)
     return recipe
 
 
@@ -192,6 +209,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     # 1. the data, every row checked before anything slow
     _step(1, "Reading and checking the bitext")
     pairs = read_pairs(args)
+    pool = english_pool(args, pairs) if recipe.score_weight else None
     record = checkpoints.run_record(args, pairs.train.dataset, pairs.held.dataset if pairs.held else None)
     if checkpoint is not None:
         checkpoints.verify_resume(checkpoint, record)
@@ -213,7 +231,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
 
     # 4-6. hard negatives, training, the trained model on the same held-out pairs; then the model, its card, results
-    result = _train_and_evaluate(args, recipe, model, card, pairs, rows, evaluator, checkpoint, record)
+    result = _train_and_evaluate(args, recipe, model, card, pairs, rows, evaluator, checkpoint, record, pool)
     _save(model, args, result, rows, start)
     _report(result, Path(args.output_dir))
     return result
@@ -221,21 +239,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train_and_evaluate(
     args: argparse.Namespace, recipe: Any, model: Any, card: OpticalModelCardData, pairs: TrainingPairs,
-    rows: dict[str, Any], evaluator: Any, checkpoint: str | None, record: dict[str, Any],
+    rows: dict[str, Any], evaluator: Any, checkpoint: str | None, record: dict[str, Any], pool: list[str] | None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Steps 4 to 6: mine (or read the interrupted run's mined pairs), train, evaluate; returns the results."""
-    out = Path(args.output_dir)
-    columns = {"english_column": args.english_column, "lrl_column": args.lrl_column}
-    if checkpoint is not None:
-        _step(4, f"Resuming from {checkpoint}: the interrupted run's pairs and hard negatives")
-        train_data = checkpoints.load_pairs(checkpoint)
-    else:
-        _step(4, f"Mining {recipe.num_negatives} hard negative(s) per pair")
-        train_data = recipe.mine_hard_negatives(pairs.train.dataset, model, **columns)
-        if args.save_steps:
-            checkpoints.save_run(out, record, train_data)
+    """Steps 4 to 6: mine or score candidates (or read the interrupted run's), train, evaluate; returns the
+    results."""
+    train_data, candidates = _training_data(args, recipe, model, pairs, checkpoint, record, pool)
     _step(5, f"Training on {len(train_data)} pairs")
-    trainer, training_args = _fit(args, recipe, model, recipe.loss(model), train_data, checkpoint)
+    loss = recipe.loss(model, candidates=candidates)
+    trainer, training_args = _fit(args, recipe, model, loss, train_data, checkpoint)
     eval_pairs = len(pairs.held or [])
     result: dict[str, Any] = {
         "data": {"name": pairs.train.name, "train_pairs": len(train_data), "eval_pairs": eval_pairs,
@@ -256,6 +267,29 @@ def _train_and_evaluate(
     else:
         _step(6, "No held-out pairs (--eval-fraction 0): skipping the evaluation")
     return result
+
+
+def _training_data(
+    args: argparse.Namespace, recipe: Any, model: Any, pairs: TrainingPairs, checkpoint: str | None,
+    record: dict[str, Any], pool: list[str] | None,
+) -> tuple[Dataset, Any]:  # fmt: skip
+    """Step 4: the training columns and score distillation's encoded pool (``None`` for the InfoNCE recipe)."""
+    if checkpoint is not None:
+        _step(4, f"Resuming from {checkpoint}: the interrupted run's training pairs")
+        candidates = checkpoints.load_candidates(checkpoint) if recipe.score_weight else None
+        return checkpoints.load_pairs(checkpoint), candidates
+    columns = {"english_column": args.english_column, "lrl_column": args.lrl_column}
+    candidates = None
+    if pool is not None:
+        _step(4, f"Encoding {len(pool)} English texts with the teacher; {recipe.num_candidates} candidates per pair")
+        candidates = recipe.teacher_candidates(model, pool)
+        train_data = recipe.prepare_dataset(pairs.train.dataset, model, candidates=candidates, **columns)
+    else:
+        _step(4, f"Mining {recipe.num_negatives} hard negative(s) per pair")
+        train_data = recipe.mine_hard_negatives(pairs.train.dataset, model, **columns)
+    if args.save_steps:
+        checkpoints.save_run(Path(args.output_dir), record, train_data, candidates)
+    return train_data, candidates
 
 
 def _build_model(args: argparse.Namespace, recipe: Any, bitext: Bitext) -> tuple[Any, OpticalModelCardData, Any]:
@@ -394,4 +428,3 @@ def _report(result: dict[str, Any], out: Path) -> None:
     if result.get("push_error"):
         print(f"Push failed: {result['push_error']}\nThe model is saved in {out}; push it later with "
               f"`python examples/push_to_hub.py {out} --repo-id <namespace/name>`.")  # fmt: skip
-

@@ -28,7 +28,7 @@ from optical_st.data.rows import (
     identical_rows,
 )
 
-__all__ = ["FILE_FORMATS", "IDENTICAL_ERROR_SHARE", "Bitext", "BitextError", "load_bitext"]
+__all__ = ["FILE_FORMATS", "IDENTICAL_ERROR_SHARE", "Bitext", "BitextError", "load_bitext", "load_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,19 @@ def _decode(path: Path, encoding: str) -> str:
             f"{path}, line {line}: byte {data[error.start]:#04x} is not {encoding} text. Save the file as UTF-8 "
             f"(e.g. Excel: 'CSV UTF-8'), or pass {hint}."
         ) from None
+
+
+def load_texts(path: str | Path, encoding: str = "utf-8") -> list[str]:
+    """The non-empty lines of a plain text file (one text per line, e.g. monolingual English for a candidate pool),
+    stripped; decoded as :func:`load_bitext` decodes files (a byte-order mark dropped, other bytes named by line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BitextError(f"{path}: no such file (a text file, one text per line).")
+    texts = [line.strip() for line in _decode(path, encoding).split("\n")]  # not splitlines: U+2028 is text
+    texts = [text for text in texts if text]
+    if not texts:
+        raise BitextError(f"{path}: the file holds no text (one text per line).")
+    return texts
 
 
 @contextlib.contextmanager
