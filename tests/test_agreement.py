@@ -38,3 +38,24 @@ def test_evaluator_reads_the_student_for_lrl_and_the_teacher_for_english(teacher
     other = RankingAgreementEvaluator(texts, texts, corpus, k_values=(3,), embedding_cache=cache)
     assert other(build_optical_model(teacher, wide_student))["agreement_spearman"] < 0.99
     assert other.primary_metric.endswith("overlap@3") and cache.hits > 0
+
+
+def test_the_corpus_the_retrieval_evaluator_encoded_is_not_encoded_again(teacher, tmp_path):
+    """Tracking runs the relevance metrics and the agreement on the same corpus: one encoding of it serves both
+    (it was encoded twice, under two cache keys: minutes per tracked run on a whole Bible). Oracle: the
+    embeddings the agreement reads equal ``encode_document``'s, and the cache counts one corpus miss."""
+    from optical_st.evaluation import CrossLingualRetrievalEvaluator
+
+    texts = ["god is love", "the light was good", "day and night"]
+    corpus = {f"d{i}": text for i, text in enumerate([*texts, "the heavens", "night was good", "the day"])}
+    model = build_optical_model(teacher)
+    cache = EmbeddingCache(tmp_path / "cache")
+    queries = {f"q{i}": text for i, text in enumerate(texts)}
+    relevance = CrossLingualRetrievalEvaluator(queries, corpus, {q: {"d0"} for q in queries}, embedding_cache=cache)
+    relevance(model)
+    assert (cache.hits, cache.misses) == (0, 1)  # the corpus; the student's queries are never cached
+    agreement = RankingAgreementEvaluator(texts, texts, list(corpus.values()), k_values=(3,), embedding_cache=cache)
+    agreement(model)
+    assert (cache.hits, cache.misses) == (1, 2)  # the corpus read back; the teacher's English queries encoded
+    expected = model.encode_document(list(corpus.values()), convert_to_tensor=True).cpu()
+    torch.testing.assert_close(agreement._documents(model), expected)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from torch import Tensor
 
-from optical_st.evaluation.cache import EmbeddingCache
+from optical_st.evaluation.cache import EmbeddingCache, document_key
 from optical_st.modeling import column_prompts
 from optical_st.routes import STUDENT_ROUTE, TEACHER_ROUTE, find_router
 
@@ -103,8 +103,8 @@ class RankingAgreementEvaluator(BaseEvaluator):
         # a plain model (zero-shot) is its own student and teacher
         routed = find_router(model) is not None
         query_prompt = column_prompts(model, {"q": STUDENT_ROUTE}).get("q") or None
-        teacher = self._teacher(model, self.english_queries, query_prompt, "query")
-        documents = self._teacher(model, self.corpus, column_prompts(model, {"d": TEACHER_ROUTE}).get("d"), "document")
+        teacher = self._teacher_queries(model, query_prompt)
+        documents = self._documents(model)
         kwargs = {"batch_size": self.batch_size, "convert_to_tensor": True}
         if routed:
             student = model.encode(self.lrl_queries, task=STUDENT_ROUTE, prompt=query_prompt, **kwargs)
@@ -115,20 +115,32 @@ class RankingAgreementEvaluator(BaseEvaluator):
         self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
         return metrics
 
-    def _teacher(self, model: Any, texts: list[str], prompt: str | None, kind: str) -> Tensor:
-        """The frozen teacher reading ``texts`` as ``kind`` (queries or documents), through the cache."""
+    def _documents(self, model: Any) -> Tensor:
+        """The corpus as ``encode_document`` reads it (the frozen teacher), cached under the key the retrieval
+        evaluators use, so a corpus they encoded is not encoded again."""
+
+        def encode(batch: list[str]) -> Tensor:
+            return model.encode_document(batch, batch_size=self.batch_size, convert_to_tensor=True).cpu()
+
+        if self.embedding_cache is None:
+            return encode(self.corpus)
+        return self.embedding_cache.encode(
+            model, self.corpus, route=TEACHER_ROUTE, compute=encode, **document_key(model)
+        )
+
+    def _teacher_queries(self, model: Any, prompt: str | None) -> Tensor:
+        """The frozen teacher reading the English queries with the query ``prompt``, through the cache."""
         routed = find_router(model) is not None
 
         def encode(batch: list[str]) -> Tensor:
             kwargs = {"batch_size": self.batch_size, "convert_to_tensor": True}
             if routed:
                 return model.encode(batch, task=TEACHER_ROUTE, prompt=prompt, **kwargs).cpu()
-            return (model.encode_query if kind == "query" else model.encode_document)(batch, **kwargs).cpu()
+            return model.encode_query(batch, **kwargs).cpu()
 
         if self.embedding_cache is None:
-            return encode(texts)
+            return encode(self.english_queries)
         route = TEACHER_ROUTE if routed else None
         length = getattr(model, "max_seq_length", None)  # texts are truncated to it
-        return self.embedding_cache.encode(
-            model, texts, route=route, compute=encode, prompt=prompt, kind=kind, max_seq_length=length
-        )
+        key = {"prompt": prompt, "kind": "query", "max_seq_length": length}
+        return self.embedding_cache.encode(model, self.english_queries, route=route, compute=encode, **key)

@@ -36,7 +36,7 @@ from optical_st.utils import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EmbeddingCache"]
+__all__ = ["EmbeddingCache", "document_key"]
 
 
 class EmbeddingCache:
@@ -142,3 +142,12 @@ class EmbeddingCache:
         finally:
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+
+def document_key(
+    model: Any, *, truncate_dim: int | None = None, prompt: str | None = None, prompt_name: str | None = None
+) -> dict[str, Any]:
+    """The cache key arguments of ``model.encode_document`` embeddings (with route ``"document"``): one for every
+    evaluator that reads a corpus, so one encoding of it serves the retrieval metrics and the ranking agreement."""
+    length = getattr(model, "max_seq_length", None)  # texts are truncated to it
+    return {"prompt": prompt, "prompt_name": prompt_name, "truncate_dim": truncate_dim, "max_seq_length": length}

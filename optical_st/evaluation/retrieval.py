@@ -27,7 +27,7 @@ from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from torch import Tensor
 
-from optical_st.evaluation.cache import EmbeddingCache
+from optical_st.evaluation.cache import EmbeddingCache, document_key
 
 __all__ = ["BitextRetrievalEvaluator", "CrossLingualRetrievalEvaluator", "bitext_to_ir", "trec_eval_metrics"]
 
@@ -257,16 +257,8 @@ class CrossLingualRetrievalEvaluator(InformationRetrievalEvaluator):
 
         if self.embedding_cache is None or route != "document":
             return encode(sentences)
-        return self.embedding_cache.encode(
-            model,
-            sentences,
-            route=route,
-            compute=encode,
-            prompt=prompt,
-            prompt_name=prompt_name,
-            truncate_dim=self.truncate_dim,
-            max_seq_length=getattr(model, "max_seq_length", None),
-        )
+        key = document_key(model, truncate_dim=self.truncate_dim, prompt=prompt, prompt_name=prompt_name)
+        return self.embedding_cache.encode(model, sentences, route=route, compute=encode, **key)
 
     def compute_all_metrics(self, model: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         if not self.excluded_docs:
