@@ -33,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -56,6 +57,8 @@ __all__ = [
     "Recipe",
     "mine_static_negatives",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @compat.parse_as_dict("max_length")  # from a JSON string on the command line, as transformers parses its dict fields
@@ -187,10 +190,16 @@ class Recipe:
             raise ValueError(
                 "This recipe distils the teacher's scores: pass candidates=recipe.teacher_candidates(model, english)."
             )
+        num_candidates = min(self.num_candidates, len(candidates.texts) - 1)
+        if num_candidates < self.num_candidates:  # a small bitext without more English: as many as there are
+            logger.warning(
+                "The English pool holds %d texts: %d candidates per pair instead of %d (add English texts to the pool).",
+                len(candidates.texts), num_candidates, self.num_candidates,
+            )  # fmt: skip
         return candidates.attach(
             dataset,
             model,
-            num_candidates=self.num_candidates,
+            num_candidates=num_candidates,
             english_column=english_column,
             lrl_column=lrl_column or _other_column(dataset, english_column),
             batch_size=self.mining_batch_size,

@@ -105,6 +105,19 @@ def test_the_score_recipe_builds_its_data_and_loss(teacher):
     assert (config["score_weight"], config["contrastive_weight"], config["temperature"]) == (1.0, 0.0, 0.03)
 
 
+def test_a_pool_smaller_than_the_candidates_gives_each_pair_the_rest_of_it(teacher, caplog):
+    """Two pairs and no other English (the README's quickstart): each pair gets the one other text, with a warning,
+    instead of an error about 15 candidates."""
+    model = build_optical_model(teacher, train_word_embeddings=True)
+    bitext = toy_bitext(2)
+    pool = OT_SCORE.teacher_candidates(model, list(bitext["english"]), compute_dtype="float32", verbose=False)
+    with caplog.at_level("WARNING", logger="optical_st.recipe"):
+        data = OT_SCORE.prepare_dataset(bitext, model, candidates=pool)
+    d = model.get_embedding_dimension()
+    assert [row[d:] for row in data["label"]] == [[1.0], [0.0]]  # each pair's candidate: the other English text
+    assert "1 candidates per pair instead of 15" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # the command
 # ------------------------------------------------------------------------------------------------------------------
