@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _record import conditions, measured  # noqa: E402  (the benchmarks' record conditions)
 
+from optical_st.research.plots import plot_tracking  # noqa: E402
 from optical_st.utils import atomic_write_json  # noqa: E402
 
 COLUMNS = ("acc@1 LRL→En", "acc@1 En→LRL", "xref MAP@100", "xref nDCG@10")
@@ -37,20 +38,31 @@ def _cell(value: Any, digits: int = 4) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _tracking(name: str, record: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for log in record.get("tracking", []):
-        metric = next((v for k, v in log.items() if k.endswith("map@100")), None)
-        rows.append(
-            [
-                name,
-                str(log["step"]),
-                _cell(metric),
-                _cell(log.get("eval_agreement_overlap@100"), 3),
-                _cell(log.get("eval_agreement_spearman"), 3),
-            ]
-        )
-    return rows
+def _tracked(record: dict[str, Any]) -> list[dict[str, float]]:
+    """The record's tracking logs with short names; the final evaluation as the last point."""
+    logs = [
+        {
+            "step": log["step"],
+            "xref MAP@100": next((v for k, v in log.items() if k.endswith("map@100")), None),
+            "overlap@100": log.get("eval_agreement_overlap@100"),
+            "spearman": log.get("eval_agreement_spearman"),
+        }
+        for log in record.get("tracking", [])
+    ]
+    return [log for log in logs if log["step"] != record["steps"]] + [_final(record)]
+
+
+def _final(record: dict[str, Any]) -> dict[str, float]:
+    agreement = record.get("agreement", {})
+    return {"step": record["steps"], "xref MAP@100": record["metrics"].get("xref MAP@100"),
+            "overlap@100": agreement.get("overlap@100"), "spearman": agreement.get("spearman")}  # fmt: skip
+
+
+def _tracking(name: str, logs: list[dict[str, float]]) -> list[list[str]]:
+    return [
+        [name, str(log["step"]), _cell(log["xref MAP@100"]), _cell(log["overlap@100"], 3), _cell(log["spearman"], 3)]
+        for log in logs
+    ]
 
 
 def main() -> None:
@@ -61,7 +73,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3200)
     args = parser.parse_args()
     header = ["variant", "steps", *COLUMNS, *AGREEMENT]
-    rows, tracking, raw = [], [], {}
+    rows, tracking, raw, curves = [], [], {}, {}
     for spec in args.studies:
         name, _, folder = spec.partition("=")
         record = _run(ROOT / folder, args.method, args.pairs)
@@ -74,7 +86,8 @@ def main() -> None:
             + [_cell(record["metrics"].get(c)) for c in COLUMNS]
             + [_cell(agreement.get(a), 3) for a in AGREEMENT]
         )
-        tracking += _tracking(name, record)
+        curves[name] = _tracked(record)
+        tracking += _tracking(name, curves[name])
         raw[name] = {
             "study": folder,
             "metrics": record["metrics"],
@@ -87,7 +100,8 @@ def main() -> None:
         "in raw); agreement: the student's ranking of the whole English Bible for the bible-xref queries in Chichewa "
         "against the teacher's ranking for the same queries in English (overlap of the top k, Spearman over all "
         "verses, the teacher's softmax mass at T 0.03 on the student's top 100). Tracking at the training "
-        "max_seq_length (96), the final rows at the evaluation one (128). Tabulated by " + measured(cond)
+        "max_seq_length (96), the final rows and the last point of each curve at the evaluation one (128). Tabulated by "
+        + measured(cond)
     )
     tables = {
         "variants": {"header": header, "rows": rows, "measured": description, "raw": raw},
@@ -98,6 +112,8 @@ def main() -> None:
         },
     }
     atomic_write_json(args.output / "results.json", {"tables": tables, "conditions": cond})
+    plot_tracking(curves, args.output / "results.png", ["xref MAP@100", "overlap@100"],
+                  title=f"{args.method}, {args.pairs} Chichewa pairs: relevance and agreement with the teacher")  # fmt: skip
     print(json.dumps(tables["variants"]["rows"], indent=1, ensure_ascii=False))
 
 

@@ -1,6 +1,6 @@
 """The plots of a research report (matplotlib, the ``[research]`` extra): quality against training pairs or FLOPs
-(:func:`plot_learning_curves`, :func:`plot_quality_vs_flops`), and a single run's metrics with its loss curve
-(:func:`plot_results`)."""
+(:func:`plot_learning_curves`, :func:`plot_quality_vs_flops`), a single run's metrics with its loss curve
+(:func:`plot_results`), and metrics tracked during training, one line per run (:func:`plot_tracking`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_learning_curves", "plot_quality_vs_flops", "plot_results"]
+__all__ = ["plot_learning_curves", "plot_quality_vs_flops", "plot_results", "plot_tracking"]
 
 
 def _save_figure(fig: Any, path: Path, title: str) -> None:
@@ -131,3 +131,26 @@ def plot_results(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_tracking(
+    runs: dict[str, Sequence[dict[str, float]]], path: Path, metrics: Sequence[str], *, title: str = ""
+) -> None:
+    """One panel per metric: each run's values (``{"step": ..., metric: ...}`` dicts, e.g. a research record's
+    ``tracking`` with short names) against its training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for name, logs in runs.items():
+            points = sorted((log["step"], log[metric]) for log in logs if log.get(metric) is not None)
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=name)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    _save_figure(fig, path, title)
