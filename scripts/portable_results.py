@@ -29,7 +29,7 @@ from optical_st.utils import portable_path
 ROOT = Path(__file__).resolve().parents[1]
 PATH_KEYS = ("output_dir", "cache_dir", "teacher", "student")
 SECTIONS = ("config", "settings")  # the dicts of a results file / a study record that hold the settings
-ABSOLUTE = re.compile(r"""["'`(](/(?:tmp|root|home|Users|work|var|mnt|data|scratch)/[^"'`)\s]*)""")
+ABSOLUTE = re.compile(r"""[\s"'`(=](/(?:tmp|root|home|Users|work|var|mnt|data|scratch)/[^"'`)\s]*)""")
 
 
 def portable_settings(settings: dict[str, Any], folder: Path) -> dict[str, str]:
