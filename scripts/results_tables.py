@@ -20,7 +20,8 @@ Attributes (``key=value``, separated by spaces; a value runs to the next ``key=`
 - ``table``: the name of a record's table (records only, and required there).
 - ``columns``: comma-separated metric names as the file names them; also ``n``, ``pairs``, ``steps``,
   ``train FLOPs``, ``train s`` (research) and ``train pairs`` (demo). Default: every quality metric in the file.
-- ``methods``: comma-separated method (or adapter setting) names, in this order; default: all, in the file's order.
+- ``methods``: comma-separated method (or adapter setting) names, in this order (``;``-separated when a name holds a
+  comma); default: all, in the file's order.
 - ``languages``: comma-separated language codes (research files); a ``language`` column is added when several.
 - ``pairs``: comma-separated training sizes (a learning curve's rows); ``0`` = the untrained rows.
 
@@ -62,7 +63,8 @@ LANGUAGES = {"nya": "Chichewa", "swh": "Swahili", "tgl": "Tagalog"}
 
 
 def _split(value: str | None) -> list[str] | None:
-    return [part.strip() for part in value.split(",") if part.strip()] if value else None
+    separator = ";" if value and ";" in value else ","  # names with a comma in them: a ;-separated list
+    return [part.strip() for part in value.split(separator) if part.strip()] if value else None
 
 
 def parse_attributes(text: str) -> dict[str, str]:

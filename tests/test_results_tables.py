@@ -95,6 +95,11 @@ def test_methods_filter_order_and_errors(tmp_path):
         results_tables.update(doc.replace("OT-KD", "MSE-KD"), tmp_path)
     with pytest.raises(ValueError, match="source="):
         results_tables.update("<!-- results columns=n -->\n<!-- /results -->", tmp_path)
+    assert results_tables._split("Score-KD + OT, teacher candidates;OT-KD") == [
+        "Score-KD + OT, teacher candidates",
+        "OT-KD",
+    ]
+    assert results_tables._split("OT-KD, zero-shot") == ["OT-KD", "zero-shot"]
 
 
 def test_adapter_table_ratios(tmp_path):
