@@ -20,6 +20,16 @@ What the recipe is, in the terms the project uses everywhere:
 Change a setting with :func:`dataclasses.replace`, e.g. ``replace(RECOMMENDED, temperature=0.05)`` for a teacher
 trained at 0.05.
 
+The other recipe, :data:`OT_SCORE` (``optical-st train --recipe ot-score``): the OT term plus score distillation, the
+frozen teacher's softmax over each pair's nearest English texts of a pool (the bitext's English and any English you
+add) instead of InfoNCE's hard labels. It carries the teacher's ranking over better (docs/research_results.md, "Score
+distillation": higher relevance at every size measured) but loses a little translation accuracy at the demo's size,
+which is why it is not the default. Its data needs the pool::
+
+    candidates = OT_SCORE.teacher_candidates(model, list(train["english"]) + more_english)
+    train = OT_SCORE.prepare_dataset(train, model, english_column="english", lrl_column="swahili", candidates=candidates)
+    loss = OT_SCORE.loss(model, candidates=candidates)
+
 Example::
 
     from optical_st import OpticalTrainer
