@@ -27,9 +27,10 @@ AGREEMENT = ("overlap@10", "overlap@100", "spearman", "teacher_mass@100")
 
 
 def _run(study: Path, method: str, pairs: int) -> dict[str, Any] | None:
+    """The study's run of ``method`` at ``pairs`` (a method without training, e.g. zero-shot: at any size)."""
     for path in sorted((study / "records").glob("*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
-        if record["method"] == method and record.get("train_pairs") == pairs:
+        if record["method"] == method and (record.get("train_pairs") == pairs or not record.get("steps")):
             return record
     return None
 
@@ -67,7 +68,7 @@ def _tracking(name: str, logs: list[dict[str, float]]) -> list[list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("studies", nargs="+", help="name=study folder, one per variant")
+    parser.add_argument("studies", nargs="+", help="name=study folder (or name=folder@method), one per variant")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--method", default="Score-KD")
     parser.add_argument("--pairs", type=int, default=3200)
@@ -76,9 +77,10 @@ def main() -> None:
     rows, tracking, raw, curves = [], [], {}, {}
     for spec in args.studies:
         name, _, folder = spec.partition("=")
-        record = _run(ROOT / folder, args.method, args.pairs)
+        folder, _, method = folder.partition("@")  # name=folder@method: another method, e.g. zero-shot
+        record = _run(ROOT / folder, method or args.method, args.pairs)
         if record is None:
-            print(f"{name}: no finished {args.method} run at {args.pairs} pairs in {folder}; left out")
+            print(f"{name}: no finished {method or args.method} run at {args.pairs} pairs in {folder}; left out")
             continue
         agreement = record.get("agreement", {})
         rows.append(
