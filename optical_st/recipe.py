@@ -70,6 +70,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_NEEDS_CANDIDATES = (
+    "This recipe distils the teacher's scores: pass candidates=recipe.teacher_candidates(model, english)."
+)
+
 
 @compat.parse_as_dict("max_length")  # from a JSON string on the command line, as transformers parses its dict fields
 @dataclass
@@ -163,9 +167,7 @@ class Recipe:
         """The recipe's :class:`~optical_st.OTDistillationLoss` for ``model`` (``kwargs``: e.g. ``teacher_cache=``);
         with ``score_weight``, ``candidates`` is the pool :meth:`prepare_dataset` drew the candidates from."""
         if self.score_weight and candidates is None:
-            raise ValueError(
-                "This recipe distils the teacher's scores: pass candidates=recipe.teacher_candidates(model, english)."
-            )
+            raise ValueError(_NEEDS_CANDIDATES)
         extra = {"candidates": candidates} if self.score_weight else {}
         return OTDistillationLoss(model, **{**self.loss_kwargs(), **extra, **kwargs})
 
@@ -197,9 +199,7 @@ class Recipe:
                 dataset, model, english_column=english_column, lrl_column=lrl_column, verbose=verbose
             )
         if candidates is None:
-            raise ValueError(
-                "This recipe distils the teacher's scores: pass candidates=recipe.teacher_candidates(model, english)."
-            )
+            raise ValueError(_NEEDS_CANDIDATES)
         num_candidates = min(self.num_candidates, len(candidates.texts) - 1)
         if num_candidates < self.num_candidates:  # a small bitext without more English: as many as there are
             logger.warning(

@@ -278,15 +278,14 @@ def _training_data(
         _step(4, f"Resuming from {checkpoint}: the interrupted run's training pairs")
         candidates = checkpoints.load_candidates(checkpoint) if recipe.score_weight else None
         return checkpoints.load_pairs(checkpoint), candidates
-    columns = {"english_column": args.english_column, "lrl_column": args.lrl_column}
     candidates = None
     if pool is not None:
         _step(4, f"Encoding {len(pool)} English texts with the teacher; {recipe.num_candidates} candidates per pair")
         candidates = recipe.teacher_candidates(model, pool)
-        train_data = recipe.prepare_dataset(pairs.train.dataset, model, candidates=candidates, **columns)
     else:
         _step(4, f"Mining {recipe.num_negatives} hard negative(s) per pair")
-        train_data = recipe.mine_hard_negatives(pairs.train.dataset, model, **columns)
+    columns = {"english_column": args.english_column, "lrl_column": args.lrl_column}
+    train_data = recipe.prepare_dataset(pairs.train.dataset, model, candidates=candidates, **columns)
     if args.save_steps:
         checkpoints.save_run(Path(args.output_dir), record, train_data, candidates)
     return train_data, candidates
