@@ -5,6 +5,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from optical_st import hub, transport
+from optical_st.averaging import WeightAveragingCallback
 from optical_st.hub import HubPushError
 from optical_st.losses import (
     ContrastiveDistillationLoss,
@@ -36,6 +37,7 @@ __all__ = [
     "OpticalTrainer",
     "ScoreDistillationLoss",
     "TeacherCache",
+    "WeightAveragingCallback",
     "__version__",
     "add_projection",
     "build_optical_model",

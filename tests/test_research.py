@@ -136,9 +136,13 @@ def test_rq2_script_end_to_end(tiny_dirs, tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_rq1_script_without_negatives(tiny_dirs, tmp_path, monkeypatch):
     out = tmp_path / "rq1"
-    monkeypatch.setattr(sys, "argv", ["rq1", *tiny_args(tiny_dirs, out, "--methods", "none")])
+    argv = tiny_args(tiny_dirs, out, "--methods", "none", "--average-weights-from", "0.5")
+    monkeypatch.setattr(sys, "argv", ["rq1", *argv])
     load_script("rq1_dynamic_vs_static").main()
-    check_outputs(out, {"OT (no negatives)": 2, "English queries (ceiling)": 1})
+    results = check_outputs(out, {"OT (no negatives)": 2, "English queries (ceiling)": 1})
+    # the evaluated students are the mean of steps 2 and 3 (int(0.5 * 3) + 1 = 2)
+    trained = [r for r in results["runs"] if r["steps"]]
+    assert [r["weight_average"] for r in trained] == [{"start": 0.5, "steps": 2}] * 2
 
 
 @pytest.mark.slow

@@ -87,6 +87,12 @@ class ExperimentConfig:
     batch_size: int = _field(32, "training batch size")
     learning_rate: float = _field(5e-5, "peak learning rate")
     warmup_ratio: float = _field(0.1, "linear warm-up, as a fraction of the steps")
+    average_weights_from: float | None = _field(
+        None,
+        "average the student's weights from this fraction of the steps to the end (0.5: the last half; "
+        "optical_st.WeightAveragingCallback) and evaluate the average; 0: the last weights",
+        zero_is_none=True,
+    )
     # methods that mine hard negatives bring their own sampler (DynamicHardNegativeSampler, group_by_length=True with
     # length-grouped batches)
     batch_sampler: Any = _field(  # noqa: RUF009 (a dataclasses.field)

@@ -17,6 +17,7 @@ from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from optical_st.alignment import fit_student_map
+from optical_st.averaging import WeightAveragingCallback
 from optical_st.evaluation.flops import FlopsCallback, PhaseFlopCounter
 from optical_st.losses import OTDiagnosticsCallback, OTDistillationLoss, TeacherCache
 from optical_st.modeling import build_optical_model, column_prompts
@@ -143,6 +144,10 @@ def train_one(
     callbacks = [flops, resume]
     if isinstance(plan.loss, OTDistillationLoss):
         callbacks.append(OTDiagnosticsCallback(plan.loss))
+    averaging = None
+    if config.average_weights_from is not None:
+        averaging = WeightAveragingCallback(model, start=config.average_weights_from)
+        callbacks.append(averaging)
     trainer = OpticalTrainer(  # checks the dataset against the loss before anything runs
         model=model, args=args, train_dataset=plan.train_dataset, loss=plan.loss, callbacks=callbacks, evaluator=tracker
     )
@@ -151,6 +156,8 @@ def train_one(
     with flops.counting(*plan.counted_phases):  # e.g. a sampler's re-mining, which it runs as a work phase
         trainer.train(resume_from_checkpoint=checkpoint)
     record.update(_training_record(trainer, flops, resume, checkpoint))
+    if averaging is not None:  # the evaluated model is this average; the tracked values are the last weights'
+        record["weight_average"] = {"start": averaging.start, "steps": averaging.count}
     if cache_counts is not None:
         hits, misses = cache_counts
         record["teacher_cache"] = {"hits": teacher_cache.hits - hits, "misses": teacher_cache.misses - misses}
