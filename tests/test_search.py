@@ -189,3 +189,20 @@ def test_search_command_errors(saved, tmp_path, capsys):
     assert main(["index", "--model", str(saved), "--corpus", str(tmp_path / "none.jsonl"), "--index-dir",
                  str(tmp_path / "i")]) == 2  # fmt: skip
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["search", "--index-dir", "i", "--top-k", "0", "q"], "--top-k: must be an integer >= 1, got '0'"),
+        (["search", "--index-dir", "i", "--batch-size", "-1", "q"], "--batch-size: must be an integer >= 1"),
+        (["index", "--model", "m", "--corpus", "c", "--index-dir", "i", "--batch-size", "0"], "--batch-size: must"),
+        (["evaluate", "--model", "m", "--beir", "b", "--batch-size", "0"], "--batch-size: must be an integer >= 1"),
+        (["index", "--model", "m", "--corpus", "c", "--index-dir", "i", "--compute-dtype", "fp8"], "invalid choice"),
+    ],
+)
+def test_the_encoding_commands_check_their_numbers_before_reading_anything(argv, message, capsys):
+    """evaluate, index and search share their --model / --compute-dtype / --batch-size options (cli._options)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

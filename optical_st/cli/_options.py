@@ -7,10 +7,13 @@ import argparse
 import codecs
 from collections.abc import Callable
 
+from optical_st.inference import COMPUTE_DTYPES
 from optical_st.model_card import HUB_ID
 from optical_st.utils import as_float, as_int
 
-__all__ = ["UsageError", "encoding", "hub_model_id", "integer", "number"]
+__all__ = ["UsageError", "add_encoding_options", "add_model_option", "encoding", "hub_model_id", "integer", "number"]
+
+MODEL_HELP = "an OPTICAL model folder or Hub id (or any sentence-transformers model)"
 
 
 class UsageError(ValueError):
@@ -73,3 +76,20 @@ def hub_model_id(text: str) -> str:
     if not HUB_ID.match(text):
         raise argparse.ArgumentTypeError(f"must be 'namespace/name' (e.g. my-org/optical-swahili), got {text!r}")
     return text
+
+
+def add_model_option(parser: argparse.ArgumentParser, *, required: bool = True, help: str = MODEL_HELP) -> None:
+    """``--model``: the model a command loads."""
+    parser.add_argument("--model", required=required, default=None, help=help)
+
+
+def add_encoding_options(parser: argparse.ArgumentParser, *, dtype_help: str, cache_help: str | None = None) -> None:
+    """How a command encodes texts: ``--compute-dtype`` (``dtype_help`` says what ``auto`` means there),
+    ``--batch-size`` and, with ``cache_help`` (what ``--no-cache`` skips), ``--cache-dir`` / ``--no-cache``."""
+    parser.add_argument("--compute-dtype", default="auto", choices=COMPUTE_DTYPES, help=dtype_help)
+    parser.add_argument("--batch-size", type=integer(1), default=64, help="texts encoded at a time (default: 64)")
+    if cache_help is not None:
+        parser.add_argument(
+            "--cache-dir", default=None, help="the embedding cache (default: ~/.cache/optical_st/embeddings)"
+        )
+        parser.add_argument("--no-cache", action="store_true", help=cache_help)

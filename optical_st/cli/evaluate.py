@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optical_st.cli._options import add_encoding_options, add_model_option
 from optical_st.evaluation.collection import (
     CollectionError,
     TestCollection,
@@ -31,7 +32,6 @@ from optical_st.evaluation.collection import (
     load_ir_datasets,
     load_trec_files,
 )
-from optical_st.inference import COMPUTE_DTYPES
 
 __all__ = ["add_parser", "collection_from_args", "evaluate", "run"]
 
@@ -50,9 +50,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(run=run)
-    p.add_argument(
-        "--model", required=True, help="an OPTICAL model folder or Hub id (or any sentence-transformers model)"
-    )
+    add_model_option(p)
     data = p.add_argument_group("the test collection (one of)")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -78,16 +76,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--teacher", default=None, help="a separate zero-shot baseline (default: the model's document route)"
     )
-    p.add_argument(
-        "--compute-dtype",
-        default="auto",
-        choices=COMPUTE_DTYPES,
-        help="auto: the corpus under bf16 autocast on CPUs with fast bf16 (AMX / AVX512-BF16), queries in float32; "
-        "float32 turns it off, bfloat16 uses it for both",
+    add_encoding_options(
+        p,
+        dtype_help="auto: the corpus under bf16 autocast on CPUs with fast bf16 (AMX / AVX512-BF16), queries in "
+        "float32; float32 turns it off, bfloat16 uses it for both",
+        cache_help="encode the teacher's side again",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--cache-dir", default=None, help="the embedding cache (default: ~/.cache/optical_st/embeddings)")
-    p.add_argument("--no-cache", action="store_true", help="encode the teacher's side again")
     p.add_argument("--output-dir", default=None, help="where results.json / results.md go (default: eval-<collection>)")
     p.add_argument("--save-runs", action="store_true", help="also write each system's top 100 as a TREC run file")
     p.add_argument("--update-card", action="store_true", help="add the model's scores to its folder's README.md")
@@ -131,8 +125,6 @@ def _check_args(args: argparse.Namespace) -> None:
         )
     if args.direction == "en2lrl" and args.english_queries:
         raise CollectionError("--english-queries gives the ceiling of queries in your language; en2lrl's are English.")
-    if args.batch_size < 1:
-        raise CollectionError(f"--batch-size must be at least 1, got {args.batch_size}.")
     try:
         import ir_measures  # noqa: F401
     except ImportError as error:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optical_st.cli._options import add_encoding_options, add_model_option
 from optical_st.evaluation.collection import CollectionError, load_texts
-from optical_st.inference import COMPUTE_DTYPES
 
 __all__ = ["add_parser", "run"]
 
@@ -32,25 +32,19 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(run=run)
-    p.add_argument(
-        "--model", required=True, help="an OPTICAL model folder or Hub id (or any sentence-transformers model)"
-    )
+    add_model_option(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", metavar="FILE", help="the documents: JSONL (_id/id, title, text) or TSV (id, text)")
     source.add_argument("--beir", metavar="FOLDER", help="a BEIR folder: its corpus.jsonl")
     p.add_argument("--index-dir", required=True, help="the folder the index is written to")
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index-dir")
-    p.add_argument(
-        "--compute-dtype",
-        default="auto",
-        choices=COMPUTE_DTYPES,
-        help="auto: bf16 autocast on CPUs with fast bf16 (AMX / AVX512-BF16), else float32; float32 turns it off",
-    )
     p.add_argument("--approximate", action="store_true", help="also build a faiss HNSW graph and search that")
     p.add_argument("--no-texts", action="store_true", help="store ids and embeddings only (results show no text)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--cache-dir", default=None, help="the embedding cache (default: ~/.cache/optical_st/embeddings)")
-    p.add_argument("--no-cache", action="store_true", help="encode the corpus even when it is cached")
+    add_encoding_options(
+        p,
+        dtype_help="auto: bf16 autocast on CPUs with fast bf16 (AMX / AVX512-BF16), else float32; float32 turns it off",
+        cache_help="encode the corpus even when it is cached",
+    )
     return p
 
 

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from optical_st.cli._options import add_encoding_options, add_model_option, integer
 from optical_st.evaluation.collection import CollectionError, load_texts
-from optical_st.inference import COMPUTE_DTYPES
 
 __all__ = ["add_parser", "read_queries", "run"]
 
@@ -38,14 +38,12 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     p.set_defaults(run=run)
     p.add_argument("queries", nargs="*", help="queries (default: --queries-file, else standard input)")
     p.add_argument("--index-dir", required=True, help="a folder written by `optical-st index`")
-    p.add_argument("--model", default=None, help="default: the model the index was built with")
+    add_model_option(p, required=False, help="default: the model the index was built with")
     p.add_argument("--queries-file", default=None, help="JSONL (_id, text), TSV (id<TAB>text) or one query a line")
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--top-k", type=integer(1), default=10, help="results per query (default: 10)")
     p.add_argument("--format", default="tsv", choices=FORMATS)
     p.add_argument("--output", default=None, help="write the results to this file (default: standard output)")
-    p.add_argument(
-        "--compute-dtype", default="auto", choices=COMPUTE_DTYPES, help="the queries' (auto: float32; bfloat16: faster)"
-    )
+    add_encoding_options(p, dtype_help="the queries' (auto: float32; bfloat16: faster)")
     return p
 
 
@@ -77,14 +75,12 @@ def run(args: argparse.Namespace) -> int:
     from optical_st.search import SearchIndex, SearchIndexError
 
     try:
-        if args.top_k < 1:
-            raise CollectionError(f"--top-k must be at least 1, got {args.top_k}.")
         queries = read_queries(args, sys.stdin)
         index = SearchIndex.load(args.index_dir, args.model, compute_dtype=args.compute_dtype)
     except (CollectionError, SearchIndexError) as error:
         print(f"optical-st search: error: {error}", file=sys.stderr)
         return 2
-    results = index.search(list(queries.values()), top_k=args.top_k)
+    results = index.search(list(queries.values()), top_k=args.top_k, batch_size=args.batch_size)
     lines = format_results(queries, results, args.format)
     if args.output:
         Path(args.output).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
