@@ -187,7 +187,13 @@ def test_empty_problems_give_empty_plans_from_both_solvers(shape, dtype):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("bad", "problem"),
-    [("", "empty"), ("   ", "whitespace only"), (None, "missing"), ("[CLS] [SEP]", "special tokens only"), ("\u200b", "")],
+    [
+        ("", "empty"),
+        ("   ", "whitespace only"),
+        (None, "missing"),
+        ("[CLS] [SEP]", "special tokens only"),
+        ("\u200b", ""),
+    ],
 )
 def test_bad_rows_stop_the_trainer_before_training_naming_the_dataset_row(teacher, tmp_path, bad, problem):
     model = build_optical_model(teacher)
