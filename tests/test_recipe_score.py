@@ -126,14 +126,16 @@ def test_the_pool_never_holds_a_held_out_text(spm_teacher, tmp_path):
     data = _tsv(tmp_path / "pairs.tsv", rows[:30])
     held = _tsv(tmp_path / "held.tsv", rows[30:])
     extra = tmp_path / "more_english.txt"
-    extra.write_text("\n".join(["a psalm of praise", rows[31][1], "a song of ascents", rows[35][1]]) + "\n")
+    # two new texts, two held-out pairs' English, one training pair's English (encoded once)
+    lines = ["a psalm of praise", rows[31][1], "a song of ascents", rows[35][1], rows[0][1]]
+    extra.write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
     argv = _train(spm_teacher, out, data, "--recipe", "ot-score", "--eval-file", str(held), "--english-pool",
                   str(extra), "--num-candidates", "3", "--max-steps", "2")  # fmt: skip
     assert main(argv) == 0
     result = _results(out)
     pool = result["data"]["english_pool"]
-    assert (pool["extra_texts"], pool["held_out_texts_left_out"]) == (2, 2)
+    assert (pool["extra_texts"], pool["held_out_texts_left_out"], pool["distinct_texts"]) == (3, 2, 32)
     assert result["recipe"]["score_weight"] == 1.0 and result["recipe"]["num_candidates"] == 3
     assert result["data"]["train_columns"] == ["english", "lrl", "label"]
     assert "score_weight" in (out / "README.md").read_text()  # the card shows the loss's settings

@@ -70,8 +70,9 @@ def read_pairs(args: argparse.Namespace) -> TrainingPairs:
 
 
 def english_pool(args: argparse.Namespace, pairs: TrainingPairs) -> list[str]:
-    """Score distillation's English pool: the training pairs' English and every ``--english-pool`` file's lines,
-    without the held-out pairs' English texts (a held-out text scored in training would inflate its evaluation)."""
+    """Score distillation's English pool: the distinct texts of the training pairs' English and every
+    ``--english-pool`` file's lines, without the held-out pairs' English texts (a held-out text scored in training
+    would inflate its evaluation)."""
     texts = [str(text) for text in pairs.train.dataset[args.english_column]]
     extra = [text for path in args.english_pool or () for text in load_texts(path, args.encoding)]
     held = set(map(str, pairs.held.dataset[args.english_column])) if pairs.held is not None else set()
@@ -81,9 +82,10 @@ def english_pool(args: argparse.Namespace, pairs: TrainingPairs) -> list[str]:
             "--english-pool: left out %d line(s) that are held-out pairs' English texts (the evaluation would be "
             "inflated); %d extra English texts kept.", len(extra) - len(kept), len(kept),
         )  # fmt: skip
+    pool = list(dict.fromkeys(text for text in texts + kept if text.strip()))  # what the teacher encodes
     pairs.findings["english_pool"] = {"files": list(args.english_pool or ()), "extra_texts": len(kept),
-                                      "held_out_texts_left_out": len(extra) - len(kept)}  # fmt: skip
-    return texts + kept
+                                      "held_out_texts_left_out": len(extra) - len(kept), "distinct_texts": len(pool)}  # fmt: skip
+    return pool
 
 
 def _split(bitext: Bitext, fraction: float, seed: int) -> tuple[Bitext, Bitext]:
