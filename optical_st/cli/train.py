@@ -2,8 +2,9 @@
 
 Give it English–LRL sentence pairs (a .tsv/.csv/.jsonl/.parquet file, a Hub dataset, or a local ``datasets`` folder)
 and the two column names; it checks every row before anything slow starts, trains the recommended recipe
-(:data:`optical_st.recipe.RECOMMENDED`; ``--recipe ot-score`` for score distillation), scores the zero-shot model and the trained one on held-out pairs, prints the
-table, and saves the model with a card that names the language, the data and the results (and pushes it if asked)::
+(:data:`optical_st.recipe.RECOMMENDED`; ``--recipe ot-score`` for score distillation), scores the zero-shot model
+and the trained one on held-out pairs, prints the table, and saves the model with a card that names the language,
+the data and the results (and pushes it if asked)::
 
     optical-st train --train-file swahili.tsv --english-column english --lrl-column swahili --language swh \\
         --output-dir runs/swahili [--push-to-hub --hub-model-id my-org/optical-swahili]
