@@ -137,7 +137,7 @@ def test_bad_rows_are_named_before_training(e5_like, tmp_path, capsys):
     with pytest.raises(ValueError, match="line 3, column 'sw': missing"):
         load_bitext(train_file=str(jsonl), english_column="en", lrl_column="sw")
     kept = load_bitext(train_file=str(jsonl), english_column="en", lrl_column="sw", skip_bad_rows=True)
-    assert kept.dataset.column_names == ["en", "sw"] and len(kept.dataset) == 1
+    assert kept.dataset.column_names == ["en", "sw"] and len(kept.dataset) == 1 and kept.skipped == 1
     # a column that is not there is named with the columns that are
     with pytest.raises(ValueError, match=r"no column\(s\) \['English'\].*did you mean 'english'"):
         load_bitext(train_file=str(tsv), english_column="English", lrl_column="swahili")

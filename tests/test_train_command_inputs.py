@@ -61,7 +61,8 @@ def test_a_text_that_is_only_the_prompt_once_tokenized_is_named_before_training(
     assert "line 5, column 'swahili': only the prompt 'query: ' once tokenized" in error and "line 11" in error
     assert not (tmp_path / "run").exists()
     assert main([*argv, "--skip-bad-rows"]) == 0
-    assert _results(tmp_path / "run")["data"]["train_pairs"] == 14
+    data = _results(tmp_path / "run")["data"]
+    assert (data["train_pairs"], data["bad_pairs_skipped"]) == (14, 2)  # results.json says what was left out
 
 
 def test_the_row_check_reads_texts_as_the_models_own_preprocessing_does(spm_teacher):

@@ -46,7 +46,7 @@ def read_pairs(args: argparse.Namespace) -> TrainingPairs:
         train_file=args.train_file, dataset_name=args.dataset_name, dataset_config=args.dataset_config,
         split=args.split, **read,
     )  # fmt: skip
-    train, held, duplicates = bitext, None, bitext.duplicates
+    train, held, duplicates, skipped = bitext, None, bitext.duplicates, bitext.skipped
     if args.eval_file or args.eval_split:
         held = load_bitext(
             train_file=args.eval_file, dataset_name=args.dataset_name if args.eval_split else None,
@@ -54,6 +54,7 @@ def read_pairs(args: argparse.Namespace) -> TrainingPairs:
         )  # fmt: skip
         held_out = f"held-out split {args.eval_split}" if args.eval_split else f"held-out file {held.name}"
         duplicates += held.duplicates
+        skipped += held.skipped
     elif args.eval_fraction > 0:
         train, held = _split(bitext, args.eval_fraction, args.seed)
         held_out = f"{args.eval_fraction:.0%} held out (seed {args.seed})"
@@ -63,7 +64,7 @@ def read_pairs(args: argparse.Namespace) -> TrainingPairs:
         train = train.select(range(min(args.max_train_samples, len(train))))
     if held is not None and args.max_eval_samples:
         held = held.select(range(min(args.max_eval_samples, len(held))))
-    findings: dict[str, Any] = {"duplicate_pairs_dropped": duplicates}
+    findings: dict[str, Any] = {"duplicate_pairs_dropped": duplicates, "bad_pairs_skipped": skipped}
     if held is not None:
         held, findings["held_out_overlap"] = _without_overlap(train, held, args)
     return TrainingPairs(train, held, held_out, findings)
@@ -168,7 +169,9 @@ def check_tokenized(pairs: TrainingPairs, model: Any, max_length: int, skip: boo
             "or pass --skip-bad-rows to leave them out."
         )
     kept = [_without(part, bad) for part, bad in zip(parts, found, strict=True)]
-    return replace(pairs, train=kept[0], held=kept[1] if pairs.held is not None else None)
+    findings = dict(pairs.findings)
+    findings["bad_pairs_skipped"] = findings.get("bad_pairs_skipped", 0) + sum(len({r for r, _, _ in b}) for b in found)
+    return replace(pairs, train=kept[0], held=kept[1] if pairs.held is not None else None, findings=findings)
 
 
 def _in_file_order(bad: list[tuple[int, str, str]], bitext: Bitext) -> list[tuple[int, str, str]]:

@@ -281,7 +281,7 @@ def _training_data(
         return checkpoints.load_pairs(checkpoint), candidates
     candidates = None
     if pool is not None:
-        _step(4, f"Encoding {len(pool)} distinct English texts with the teacher; {recipe.num_candidates} candidates per pair")
+        _step(4, f"Encoding {len(pool)} distinct English texts (teacher); {recipe.num_candidates} candidates per pair")
         candidates = recipe.teacher_candidates(model, pool)
     else:
         _step(4, f"Mining {recipe.num_negatives} hard negative(s) per pair")

@@ -53,6 +53,7 @@ class Bitext:
     lines: list[int] | None = None  # the file line of each row
     source: str = ""  # for messages: the file's path, or the dataset and split
     duplicates: int = 0  # repeated pairs left out when read
+    skipped: int = 0  # bad pairs left out when read (skip_bad_rows)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -278,6 +279,7 @@ def load_bitext(
         source = f"{dataset_name} [{split}]"
     pairs = _pick_columns(columns, english_column, lrl_column, source)
     keep = _checked_rows(pairs, lines, source, skip_bad_rows)
+    skipped = len(pairs[english_column]) - len(keep)
     repeats = set(duplicate_rows([pairs[english_column][i] for i in keep], [pairs[lrl_column][i] for i in keep]))
     if repeats:
         logger.warning(
@@ -289,4 +291,4 @@ def load_bitext(
     if len(dataset) == 0:
         raise BitextError(f"{source}: no pairs to train on.")
     kept_lines = [lines[i] for i in keep] if lines is not None else None
-    return Bitext(dataset, name, hub_id, kept_lines, source, duplicates=len(repeats))
+    return Bitext(dataset, name, hub_id, kept_lines, source, duplicates=len(repeats), skipped=skipped)
