@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,12 @@ class WeightAveragingCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if not folder.is_dir():
+        if not args.should_save or not folder.is_dir():  # one writer per checkpoint, as the trainer's own files
             return
         if self.average is not None:
-            save_file(
-                {name: t.detach().contiguous().cpu() for name, t in self.average.items()}, str(folder / self.FILE)
-            )
+            tmp = folder / f".{self.FILE}.tmp"  # a crash mid-write leaves no half file to resume from
+            save_file({name: t.detach().contiguous().cpu() for name, t in self.average.items()}, str(tmp))
+            os.replace(tmp, folder / self.FILE)
         atomic_write_json(folder / self.STATE, {"count": self.count, "start": self.start, "ema_decay": self.ema_decay})
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -42,3 +42,18 @@ def test_torchrun_two_processes_router_model(tmp_path, tiny_dirs):
     # 32 rows, 4 per device, 2 devices -> 4 steps an epoch, 2 epochs
     assert results[0]["steps"] == 8
     assert results[0]["losses"][-1] < results[0]["losses"][0]
+
+
+@pytest.mark.slow
+def test_weight_averaging_under_ddp_keeps_the_replicas_identical(tmp_path, tiny_dirs):
+    """Each rank averages its own replica (identical after every step), so the averages are identical too; rank 0
+    alone writes the average into each checkpoint."""
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(SCRIPTS / "ddp_train.py"), str(tmp_path), str(tiny_dirs["teacher"].parent), "--average"]  # fmt: skip
+    results = launch(run, tmp_path)
+    assert results[0]["digest"] == results[1]["digest"], "the averaged replicas differ"
+    checkpoints = sorted((tmp_path / "trainer").glob("checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    # steps 5..8 are averaged: the first two checkpoints hold only the count (0), the later ones the mean too
+    assert [(c / "weight_average.safetensors").is_file() for c in checkpoints] == [False, False, True, True]
+    assert not list((tmp_path / "trainer").glob("checkpoint-*/.*.tmp"))

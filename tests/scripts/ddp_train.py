@@ -19,7 +19,7 @@ from conftest import PAIRS, leave_process_group, make_training_args, state_diges
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer
 
-from optical_st import OTConfig, OTDistillationLoss, build_optical_model
+from optical_st import OTConfig, OTDistillationLoss, WeightAveragingCallback, build_optical_model
 
 
 def main() -> None:
@@ -29,14 +29,16 @@ def main() -> None:
     model = build_optical_model(teacher, student)
     english, lrl = zip(*PAIRS, strict=True)
     dataset = Dataset.from_dict({"english": list(english) * 4, "lrl": list(lrl) * 4})
-    args = make_training_args(
-        out,
-        dataset,
-        output_dir=str(out / "trainer"),
-        num_train_epochs=2,
-    )
+    average = "--average" in sys.argv  # the mean of the last half's weights, checkpointed every 2 steps
+    saving = {"save_strategy": "steps", "save_steps": 2} if average else {}
+    args = make_training_args(out, dataset, output_dir=str(out / "trainer"), num_train_epochs=2, **saving)
+    callbacks = [WeightAveragingCallback(model, start=0.5)] if average else []
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=OTDistillationLoss(model, ot_config=OTConfig(reg=0.05))
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=OTDistillationLoss(model, ot_config=OTConfig(reg=0.05)),
+        callbacks=callbacks,
     )
     trainer.train()
     rank = int(os.environ.get("RANK", 0))
