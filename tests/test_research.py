@@ -193,6 +193,7 @@ def test_plot_axes(tmp_path, monkeypatch, flops, xscale, label):
         {"method": "zero-shot", "MAP@100": (0.02, 0.0), "train FLOPs": (0.0, 0.0)},
         {"method": "A", "MAP@100": (0.1, 0.01), "train FLOPs": (flops[0], 0.0)},
         {"method": "B", "MAP@100": (0.2, 0.02), "train FLOPs": (flops[1], 0.0)},
+        {"method": "ceiling", "MAP@100": (0.5, 0.0), "train FLOPs": (0.0, 0.0)},
     ]
     plot_quality_vs_flops(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
@@ -204,6 +205,8 @@ def test_plot_axes(tmp_path, monkeypatch, flops, xscale, label):
         assert "5" in [t.get_text() for t in ax.get_xticklabels()]  # 5e13 shown as 5
     # the zero-shot teacher is a dashed line at its score, not a point at 0 FLOPs
     assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [0.02]
+    # a second reference (the English-query ceiling) is told apart by its own dash style
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"] == [0.5]
 
 
 @pytest.mark.parametrize(("loads", "wording"), [([0.6, 2.2], "(the runs alone)"), ([1.9, 3.4], "(other processes")])

@@ -46,7 +46,7 @@ def plot_learning_curves(
             if not points:
                 continue
             if points[0][0] == 0:  # no training: a reference level
-                ax.axhline(points[0][1], linestyle="--", color="grey", label=f"{method} (no training)")
+                _reference_line(ax, points[0][1], method)
                 continue
             xs, means, stds = zip(*points, strict=True)
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
@@ -56,6 +56,17 @@ def plot_learning_curves(
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     _save_figure(fig, path, title)
+
+
+_REFERENCE_STYLES = ("--", ":", "-.")
+
+
+def _reference_line(ax: Any, y: float, method: str) -> None:
+    """A method without training (zero-shot, the English-query ceiling) as a grey level, each in its own dash style
+    so that two of them can be told apart."""
+    used = sum(1 for line in ax.get_lines() if line.get_label().endswith("(no training)"))
+    style = _REFERENCE_STYLES[used % len(_REFERENCE_STYLES)]
+    ax.axhline(y, linestyle=style, color="grey", label=f"{method} (no training)")
 
 
 def plot_quality_vs_flops(
@@ -77,7 +88,7 @@ def plot_quality_vs_flops(
                 continue
             (mean, std), flops = row[metric], row["train FLOPs"][0]
             if flops == 0:
-                ax.axhline(mean, linestyle="--", color="grey", label=f"{row['method']} (no training)")
+                _reference_line(ax, mean, row["method"])
                 continue
             ax.errorbar(flops, mean, yerr=std, fmt="o", capsize=4, label=row["method"])
             ax.annotate(row["method"], (flops, mean), textcoords="offset points", xytext=(6, 6), fontsize=8)
