@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,9 +14,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn, get_swa_multi_avg_fn
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from optical_st.utils import atomic_write_json
+from optical_st.utils import atomic_write_json, checkpoint_folder
 
 __all__ = ["WeightAveragingCallback"]
 
@@ -73,7 +71,7 @@ class WeightAveragingCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.average, self.count = None, 0
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = checkpoint_folder(args.output_dir, state.global_step)
         if state.global_step and (folder / self.STATE).is_file():  # a resumed run: continue its average
             saved = json.loads((folder / self.STATE).read_text(encoding="utf-8"))
             self.count = int(saved["count"])
@@ -84,15 +82,14 @@ class WeightAveragingCallback(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step < self.start_step(state.max_steps):
             return
-        current = list(self.params.values())
         if self.average is None:
             self.average = {name: p.detach().clone() for name, p in self.params.items()}
         else:
-            self.update(list(self.average.values()), [p.detach() for p in current], self.count)
+            self.update(list(self.average.values()), [p.detach() for p in self.params.values()], self.count)
         self.count += 1
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = checkpoint_folder(args.output_dir, state.global_step)
         if not args.should_save or not folder.is_dir():  # one writer per checkpoint, as the trainer's own files
             return
         if self.average is not None:

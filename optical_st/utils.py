@@ -78,6 +78,14 @@ def model_card_template_path(name: str = MODEL_CARD_TEMPLATE) -> Path:
     return Path(str(resource))
 
 
+def checkpoint_folder(output_dir: str | os.PathLike, step: int) -> Path:
+    """The folder transformers' Trainer writes the checkpoint of ``step`` to (``<output_dir>/checkpoint-<step>``),
+    where callbacks keep what the trainer's own files lack."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return Path(output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+
+
 def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON so that a reader (or a crash) never sees half a file: a temporary file, then a rename."""
     path = Path(path)

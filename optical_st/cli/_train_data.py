@@ -16,6 +16,7 @@ from optical_st.data.bitext import Bitext, BitextError, load_bitext, load_texts
 from optical_st.data.rows import TextColumn, bad_rows_message, find_bad_rows, find_overlap
 from optical_st.modeling import column_prompts, router_mapping
 from optical_st.routes import route_modules, route_tokenizer
+from optical_st.sampling.score_targets import distinct_texts
 
 __all__ = ["TrainingPairs", "check_tokenized", "english_pool", "read_pairs"]
 
@@ -83,7 +84,7 @@ def english_pool(args: argparse.Namespace, pairs: TrainingPairs) -> list[str]:
             "--english-pool: left out %d line(s) that are held-out pairs' English texts (the evaluation would be "
             "inflated); %d extra English texts kept.", len(extra) - len(kept), len(kept),
         )  # fmt: skip
-    pool = list(dict.fromkeys(text for text in texts + kept if text.strip()))  # what the teacher encodes
+    pool = list(distinct_texts(texts + kept))  # what TeacherCandidates.build encodes
     pairs.findings["english_pool"] = {"files": list(args.english_pool or ()), "extra_texts": len(kept),
                                       "held_out_texts_left_out": len(extra) - len(kept), "distinct_texts": len(pool)}  # fmt: skip
     return pool
@@ -170,7 +171,7 @@ def check_tokenized(pairs: TrainingPairs, model: Any, max_length: int, skip: boo
         )
     kept = [_without(part, bad) for part, bad in zip(parts, found, strict=True)]
     findings = dict(pairs.findings)
-    findings["bad_pairs_skipped"] = findings.get("bad_pairs_skipped", 0) + sum(len({r for r, _, _ in b}) for b in found)
+    findings["bad_pairs_skipped"] = findings.get("bad_pairs_skipped", 0) + sum(map(len, parts)) - sum(map(len, kept))
     return replace(pairs, train=kept[0], held=kept[1] if pairs.held is not None else None, findings=findings)
 
 

@@ -14,7 +14,7 @@ from datasets import Dataset, concatenate_datasets
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from torch import nn
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint
 
 from optical_st.alignment import fit_student_map
 from optical_st.averaging import WeightAveragingCallback
@@ -26,7 +26,7 @@ from optical_st.research.evaluate import set_max_seq_length
 from optical_st.research.methods import Method, TrainSetup
 from optical_st.sampling import DynamicHardNegativeSampler
 from optical_st.trainer import OpticalTrainer
-from optical_st.utils import atomic_write_json
+from optical_st.utils import atomic_write_json, checkpoint_folder
 
 __all__ = ["fit_map", "load_train_pairs", "train_one", "with_english_pairs"]
 
@@ -85,7 +85,7 @@ class _ResumeState(TrainerCallback):
         return self.spent + time.perf_counter() - self.start
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = checkpoint_folder(args.output_dir, state.global_step)
         if folder.is_dir():
             atomic_write_json(folder / self.FILE, {"flops": self.flops.state_dict(), "train_seconds": self.seconds()})
 

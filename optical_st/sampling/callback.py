@@ -37,6 +37,7 @@ from optical_st.sampling.table import (
     load_checkpoint,
     save_checkpoint,
 )
+from optical_st.utils import checkpoint_folder
 
 __all__ = ["HardNegativeMiningCallback"]
 
@@ -220,7 +221,7 @@ class HardNegativeMiningCallback(TrainerCallback):
         if state.global_step > 0:
             # resumed: the checkpoint trainer.train() loaded is not passed to callbacks; look where scripts keep it
             resume = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
-            own = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            own = str(checkpoint_folder(args.output_dir, state.global_step))
             saved = load_checkpoint([resume, own], state.global_step)
             if saved is not None:
                 self.state.load_state_dict(saved)
@@ -256,7 +257,7 @@ class HardNegativeMiningCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs) -> None:
         if not args.should_save:
             return
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        folder = str(checkpoint_folder(args.output_dir, state.global_step))
         if not os.path.isdir(folder):
             logger.warning("Checkpoint folder %s not found; the hard-negative table was not saved with it.", folder)
             return

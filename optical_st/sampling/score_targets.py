@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from optical_st.modeling import column_prompts
 from optical_st.routes import TEACHER_ROUTE, find_router
 from optical_st.sampling.mining import search_topk
 
-__all__ = ["TeacherCandidates", "frozen_teacher_encoder", "teacher_candidates", "teacher_prompt"]
+__all__ = ["TeacherCandidates", "distinct_texts", "frozen_teacher_encoder", "teacher_candidates", "teacher_prompt"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class TeacherCandidates:
         embeddings (e.g. read from a cache); default :func:`frozen_teacher_encoder`. ``compute_dtype``: as
         :func:`optical_st.inference.resolve_compute_dtype` for a corpus (``"auto"``: bf16 autocast on a CPU with
         fast bf16, several times faster for a large pool; the queries' embeddings, the targets, stay float32)."""
-        distinct = tuple(dict.fromkeys(str(t) for t in texts if str(t).strip()))
+        distinct = distinct_texts(texts)
         if len(distinct) < 2:
             raise ValueError(f"The pool needs at least 2 distinct non-empty English texts, got {len(distinct)}.")
         encode = encode or frozen_teacher_encoder(model, batch_size, show_progress_bar)
@@ -158,6 +158,11 @@ def teacher_prompt(model: SentenceTransformer, kind: str) -> str | None:
     """The prompt ``encode_query`` (``kind="query"``) or ``encode_document`` (``"document"``) prepends, or ``None``."""
     route = "query" if kind == "query" else TEACHER_ROUTE
     return column_prompts(model, {"column": route}).get("column") or None
+
+
+def distinct_texts(texts: Iterable[Any]) -> tuple[str, ...]:
+    """The texts a pool holds: each non-blank text once, in first-seen order."""
+    return tuple(dict.fromkeys(str(t) for t in texts if str(t).strip()))
 
 
 def frozen_teacher_encoder(model: SentenceTransformer, batch_size: int = 64, progress: bool = True) -> Encode:
